@@ -1,0 +1,86 @@
+#pragma once
+// Config: the typed form of outboxd's one TOML file, and LoadConfig(), the
+// strict loader that produces it.
+//
+// The loader rejects unknown keys, wrong types, missing required values and
+// bad values with an error of the form "FILE:LINE:COLUMN: message" and status
+// code kInvalidConfig (the daemon maps it to exit code 78, EX_CONFIG). It does
+// not touch the database; table and column existence is checked by the relay
+// at start-up. Plain value types; not synchronised.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+
+namespace outboxd {
+
+struct PostgresConfig {
+  std::string conninfo;                 // libpq conninfo string or URI (required)
+  std::optional<std::string> password;  // read from password_file, if given
+};
+
+struct KafkaConfig {
+  std::string bootstrap_servers;                   // required
+  std::map<std::string, std::string> properties;   // passed to librdkafka as is
+  // Upper bound on events produced but not yet acknowledged, over all tables.
+  std::size_t max_in_flight = 50000;
+  // On shutdown, how long to wait for in-flight deliveries.
+  std::chrono::milliseconds shutdown_timeout{10000};
+};
+
+struct HttpConfig {
+  std::optional<std::string> listen;  // "host:port"; no listener when absent
+};
+
+enum class LogFormat { kText, kJson };
+struct LogConfig {
+  std::string level = "info";  // trace | debug | info | warn | error
+  LogFormat format = LogFormat::kText;
+};
+
+enum class AfterDelivery { kDelete, kMark };
+
+struct OutboxTableConfig {
+  std::string table;                    // "schema.table" or "table" (required)
+  std::string order_by = "seq";         // monotonic ordering column
+  AfterDelivery after_delivery = AfterDelivery::kDelete;
+  std::optional<std::string> sent_column;  // required with kMark
+  // Column mapping; the defaults are Debezium's outbox event router's.
+  std::string id = "id";
+  std::optional<std::string> key = std::string("aggregateid");  // nullopt: no key
+  std::string payload = "payload";
+  std::string topic = "outbox.event.${aggregatetype}";  // template of ${column}
+  std::vector<std::pair<std::string, std::string>> headers;  // header -> column
+  std::optional<std::string> timestamp;  // column giving the record timestamp
+  std::size_t batch_size = 1000;
+  std::chrono::milliseconds poll_interval{250};
+  std::optional<std::string> notify_channel;
+  std::optional<std::string> dead_letter_topic;
+  std::string config_location;  // "FILE:LINE:COLUMN" of the block, for errors
+};
+
+struct Config {
+  std::string path;  // the file it was loaded from
+  PostgresConfig postgres;
+  KafkaConfig kafka;
+  HttpConfig http;
+  LogConfig log;
+  std::vector<OutboxTableConfig> outboxes;  // at least one
+};
+
+// Loads and validates the TOML file at `path`. `${NAME}` in strings of the
+// [postgres], [kafka], [http] and [log] sections is replaced by the
+// environment variable NAME (an unset variable is an error); routing keys of
+// [[outbox]] blocks keep `${column}` for the router.
+[[nodiscard]] Result<Config> LoadConfig(const std::string& path);
+
+// Parses "250ms", "10s", "2m", "1h" into milliseconds.
+[[nodiscard]] Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
+
+}  // namespace outboxd

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every Debian package outboxd needs to build, test and run the demo.
+# The README, .ci/run and the Dockerfile's build stage all call this script, so
+# this is the one list. Usage: scripts/install-deps.sh [build|runtime|all]
+set -euo pipefail
+
+what="${1:-all}"
+
+build_pkgs=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  libpq-dev librdkafka-dev libtomlplusplus-dev prometheus-cpp-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libsystemd-dev
+  libgtest-dev libgmock-dev
+)
+# Real services and clients the tests and the demo talk to.
+test_pkgs=(
+  postgresql postgresql-client kcat maven openjdk-17-jre-headless
+  procps util-linux iproute2 python3
+)
+
+case "$what" in
+  build) pkgs=("${build_pkgs[@]}") ;;
+  all) pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 [build|all]" >&2; exit 64 ;;
+esac
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -q
+  "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
