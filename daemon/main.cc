@@ -1,0 +1,125 @@
+// outboxd: moves events out of PostgreSQL outbox tables into Apache Kafka.
+//
+//   outboxd run -c FILE           relay until SIGTERM/SIGINT
+//   outboxd check-config -c FILE  validate the configuration file and exit
+//   outboxd --version
+
+#include <signal.h>
+#include <sys/signalfd.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+
+#include "common/logging.h"
+#include "common/unique_fd.h"
+#include "config/config.h"
+#include "daemon/exit_codes.h"
+#include "relay/outbox_relay.h"
+
+#ifndef OUTBOXD_VERSION
+#define OUTBOXD_VERSION "unknown"
+#endif
+
+namespace outboxd {
+namespace {
+
+int ExitCodeFor(const Status& st) {
+  switch (st.code()) {
+    case StatusCode::kOk: return kExitOk;
+    case StatusCode::kInvalidConfig: return kExitConfig;
+    case StatusCode::kRetriable:
+    case StatusCode::kPermanent:
+    case StatusCode::kFatal: return kExitUnavailable;
+    case StatusCode::kInternal: return kExitSoftware;
+  }
+  return kExitSoftware;
+}
+
+Result<Config> LoadAndReport(const std::string& path) {
+  auto config = LoadConfig(path);
+  if (!config.ok()) std::cerr << "outboxd: " << config.status().message() << "\n";
+  return config;
+}
+
+int CheckConfig(const std::string& path) {
+  auto config = LoadAndReport(path);
+  if (!config.ok()) return ExitCodeFor(config.status());
+  // Topic templates and librdkafka properties are checked by building the
+  // relay, which does not connect to anything yet.
+  auto relay = OutboxRelay::Create(*config);
+  if (!relay.ok()) {
+    std::cerr << "outboxd: " << path << ": " << relay.status().message() << "\n";
+    return ExitCodeFor(relay.status());
+  }
+  std::cout << path << ": OK (" << config->outboxes.size() << " outbox table"
+            << (config->outboxes.size() == 1 ? "" : "s") << ")\n";
+  return kExitOk;
+}
+
+int Run(const std::string& path) {
+  // Block the stop signals before librdkafka starts its threads, so that only
+  // the main loop sees them, through a signalfd it polls with everything else.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  if (sigprocmask(SIG_BLOCK, &stop_signals, nullptr) != 0) {
+    std::cerr << "outboxd: sigprocmask: " << std::strerror(errno) << "\n";
+    return kExitSoftware;
+  }
+  UniqueFd stop_fd(signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!stop_fd.valid()) {
+    std::cerr << "outboxd: signalfd: " << std::strerror(errno) << "\n";
+    return kExitSoftware;
+  }
+
+  auto config = LoadAndReport(path);
+  if (!config.ok()) return ExitCodeFor(config.status());
+  Status st = InitLogging(config->log.level, config->log.format == LogFormat::kJson
+                                                 ? LogOutputFormat::kJson
+                                                 : LogOutputFormat::kText);
+  if (!st.ok()) {
+    std::cerr << "outboxd: " << path << ": " << st.message() << "\n";
+    return ExitCodeFor(st);
+  }
+  auto log = Logger("daemon");
+  log->info("outboxd {} starting with {}", OUTBOXD_VERSION, path);
+  auto relay = OutboxRelay::Create(*config);
+  if (!relay.ok()) {
+    log->error("{}", relay.status().message());
+    return ExitCodeFor(relay.status());
+  }
+  st = (*relay)->Run(stop_fd.get());
+  if (!st.ok()) {
+    log->error("{}", st.message());
+    return ExitCodeFor(st);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace outboxd
+
+int main(int argc, char** argv) {
+  CLI::App app{"outboxd: relays transactional outbox events from PostgreSQL to Apache Kafka"};
+  app.set_version_flag("--version", std::string("outboxd ") + OUTBOXD_VERSION);
+  app.require_subcommand(1);
+  std::string config_path;
+
+  auto* run = app.add_subcommand("run", "Relay events until SIGTERM or SIGINT");
+  run->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
+  auto* check = app.add_subcommand("check-config", "Validate a configuration file and exit");
+  check->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? outboxd::kExitOk : outboxd::kExitUsage;
+  }
+  if (run->parsed()) return outboxd::Run(config_path);
+  if (check->parsed()) return outboxd::CheckConfig(config_path);
+  return outboxd::kExitUsage;
+}

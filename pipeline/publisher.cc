@@ -1,0 +1,236 @@
+#include "pipeline/publisher.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/logging.h"
+
+namespace outboxd {
+
+DeliveryOutcome ClassifyKafkaError(rd_kafka_resp_err_t err) {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR_NO_ERROR:
+      return DeliveryOutcome::kPersisted;
+
+    // The record itself can never be accepted as it is.
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT:
+    case RD_KAFKA_RESP_ERR__BAD_MSG:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+    // Its topic cannot be written: no such topic after librdkafka waited for it
+    // to appear, an illegal name, a policy or an ACL.
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+      return DeliveryOutcome::kPermanent;
+
+    // The idempotent producer is dead or may never work: recreate it.
+    case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+      return DeliveryOutcome::kFatal;
+
+    // Everything else — timeouts, transport errors, leader changes, not enough
+    // replicas, purged queues, authentication hiccups — is worth another try:
+    // librdkafka already retried within message.timeout.ms, outboxd produces
+    // the record again.
+    default:
+      return DeliveryOutcome::kRetriable;
+  }
+}
+
+Publisher::Publisher(KafkaConfig config, DeliveryHandler on_delivery)
+    : config_(std::move(config)), on_delivery_(std::move(on_delivery)) {}
+
+Publisher::~Publisher() { Destroy(); }
+
+Result<std::unique_ptr<Publisher>> Publisher::Create(const KafkaConfig& config,
+                                                     DeliveryHandler on_delivery) {
+  std::unique_ptr<Publisher> p(new Publisher(config, std::move(on_delivery)));
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+    return Status::Internal(std::string("could not create a pipe: ") + std::strerror(errno));
+  }
+  p->wake_read_ = UniqueFd(fds[0]);
+  p->wake_write_ = UniqueFd(fds[1]);
+  OUTBOXD_RETURN_IF_ERROR(p->Build());
+  return p;
+}
+
+Status Publisher::Build() {
+  // Owned until rd_kafka_new() takes it.
+  std::unique_ptr<rd_kafka_conf_t, decltype(&rd_kafka_conf_destroy)> conf(rd_kafka_conf_new(),
+                                                                          &rd_kafka_conf_destroy);
+  char errstr[512];
+  auto set = [&](const std::string& k, const std::string& v, bool user) -> Status {
+    if (rd_kafka_conf_set(conf.get(), k.c_str(), v.c_str(), errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+      return Status::InvalidConfig(
+          (user ? "[kafka.properties] \"" + k + "\": " : "kafka property \"" + k + "\": ") + errstr);
+    }
+    return Status::Ok();
+  };
+  // Defaults that make the producer safe and fast for outboxd; any of them can
+  // be overridden in [kafka.properties].
+  OUTBOXD_RETURN_IF_ERROR(set("bootstrap.servers", config_.bootstrap_servers, false));
+  OUTBOXD_RETURN_IF_ERROR(set("client.id", "outboxd", false));
+  OUTBOXD_RETURN_IF_ERROR(set("enable.idempotence", "true", false));
+  OUTBOXD_RETURN_IF_ERROR(set("acks", "all", false));
+  OUTBOXD_RETURN_IF_ERROR(set("linger.ms", "5", false));
+  OUTBOXD_RETURN_IF_ERROR(
+      set("queue.buffering.max.messages", std::to_string(config_.max_in_flight + 10000), false));
+  for (const auto& [k, v] : config_.properties) {
+    if (k == "bootstrap.servers") continue;  // [kafka] bootstrap_servers wins
+    OUTBOXD_RETURN_IF_ERROR(set(k, v, true));
+  }
+  auto it = config_.properties.find("enable.idempotence");
+  if (it != config_.properties.end() && it->second != "true") {
+    Logger("kafka")->warn(
+        "enable.idempotence is off: retries may reorder or duplicate events of the same key");
+  }
+
+  rd_kafka_conf_set_opaque(conf.get(), this);
+  rd_kafka_conf_set_dr_msg_cb(conf.get(), &Publisher::OnDelivery);
+  rd_kafka_conf_set_error_cb(conf.get(), &Publisher::OnError);
+  rd_kafka_conf_set_log_cb(conf.get(), &Publisher::OnLog);
+
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof errstr);
+  if (rk == nullptr) return Status::InvalidConfig(std::string("could not create the Kafka producer: ") + errstr);
+  conf.release();  // now owned by rk
+  rk_ = rk;
+  main_queue_ = rd_kafka_queue_get_main(rk_);
+  rd_kafka_queue_io_event_enable(main_queue_, wake_write_.get(), "1", 1);
+  fatal_raised_ = false;
+  return Status::Ok();
+}
+
+void Publisher::Destroy() {
+  if (rk_ == nullptr) return;
+  // Records still queued are dropped; the caller re-produces from its own
+  // checkpoint, so nothing is lost.
+  rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+  rd_kafka_queue_io_event_enable(main_queue_, -1, nullptr, 0);
+  rd_kafka_queue_destroy(main_queue_);
+  main_queue_ = nullptr;
+  auto handler = std::move(on_delivery_);
+  on_delivery_ = nullptr;  // reports of purged records must not reach the caller
+  rd_kafka_destroy(rk_);
+  rk_ = nullptr;
+  on_delivery_ = std::move(handler);
+}
+
+Status Publisher::Recreate() {
+  Logger("kafka")->warn("recreating the Kafka producer");
+  Destroy();
+  return Build();
+}
+
+Status Publisher::Produce(const Record& record, uint64_t token) {
+  if (rk_ == nullptr) return Status::Fatal("the Kafka producer is not running");
+  rd_kafka_headers_t* headers = rd_kafka_headers_new(record.headers.size());
+  for (const Header& h : record.headers) {
+    rd_kafka_header_add(headers, h.name.data(), static_cast<ssize_t>(h.name.size()),
+                        h.value ? h.value->data() : nullptr,
+                        h.value ? static_cast<ssize_t>(h.value->size()) : 0);
+  }
+  const char* key = record.key ? record.key->data() : nullptr;
+  const std::size_t key_len = record.key ? record.key->size() : 0;
+  // librdkafka copies a zero-length non-NULL value as an empty value; a NULL
+  // pointer is a null value (tombstone).
+  void* value = record.value ? const_cast<char*>(record.value->data()) : nullptr;
+  const std::size_t value_len = record.value ? record.value->size() : 0;
+  const rd_kafka_resp_err_t err = rd_kafka_producev(
+      rk_, RD_KAFKA_V_TOPIC(record.topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+      RD_KAFKA_V_KEY(const_cast<char*>(key), key_len), RD_KAFKA_V_VALUE(value, value_len),
+      RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(record.timestamp_ms.value_or(0)),
+      RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))), RD_KAFKA_V_END);
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::Ok();
+  rd_kafka_headers_destroy(headers);  // not taken over on failure
+  const std::string what = std::string(rd_kafka_err2name(err)) + ": " + rd_kafka_err2str(err);
+  if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return Status::Retriable(what);
+  switch (ClassifyKafkaError(err)) {
+    case DeliveryOutcome::kPermanent: return Status::Permanent(what);
+    case DeliveryOutcome::kFatal: fatal_raised_ = true; return Status::Fatal(what);
+    case DeliveryOutcome::kRetriable:
+    case DeliveryOutcome::kPersisted: break;
+  }
+  return Status::Retriable(what);
+}
+
+void Publisher::Poll(std::chrono::milliseconds timeout) {
+  if (rk_ != nullptr) rd_kafka_poll(rk_, static_cast<int>(timeout.count()));
+}
+
+int Publisher::Flush(std::chrono::milliseconds timeout) {
+  if (rk_ == nullptr) return 0;
+  rd_kafka_flush(rk_, static_cast<int>(timeout.count()));
+  return rd_kafka_outq_len(rk_);
+}
+
+int Publisher::OutstandingCount() const { return rk_ ? rd_kafka_outq_len(rk_) : 0; }
+
+void Publisher::DrainWakeup() {
+  char buf[256];
+  while (::read(wake_read_.get(), buf, sizeof buf) > 0) {
+  }
+}
+
+void Publisher::OnDelivery(rd_kafka_t* rk, const rd_kafka_message_t* msg, void* opaque) {
+  auto* self = static_cast<Publisher*>(opaque);
+  if (!self->on_delivery_) return;
+  DeliveryReport r;
+  r.token = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(msg->_private));
+  r.error = msg->err;
+  r.outcome = ClassifyKafkaError(msg->err);
+  if (msg->err == RD_KAFKA_RESP_ERR__FATAL) {
+    char buf[512];
+    const rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof buf);
+    r.error_name = std::string("_FATAL(") + rd_kafka_err2name(orig) + ")";
+    r.error_message = buf;
+    self->fatal_raised_ = true;
+  } else if (msg->err) {
+    r.error_name = rd_kafka_err2name(msg->err);
+    r.error_message = rd_kafka_err2str(msg->err);
+  }
+  if (r.outcome == DeliveryOutcome::kFatal) self->fatal_raised_ = true;
+  r.possibly_persisted = rd_kafka_message_status(msg) != RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
+  r.partition = msg->partition;
+  r.offset = msg->offset;
+  self->on_delivery_(r);
+}
+
+void Publisher::OnError(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+  auto* self = static_cast<Publisher*>(opaque);
+  const auto code = static_cast<rd_kafka_resp_err_t>(err);
+  if (code == RD_KAFKA_RESP_ERR__FATAL) {
+    char buf[512];
+    const rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof buf);
+    Logger("kafka")->error("fatal producer error {}: {}", rd_kafka_err2name(orig), buf);
+    self->fatal_raised_ = true;
+    return;
+  }
+  Logger("kafka")->warn("{}: {}", rd_kafka_err2name(code), reason);
+}
+
+void Publisher::OnLog(const rd_kafka_t*, int level, const char* fac, const char* buf) {
+  // syslog levels: 0-3 error, 4 warning, 5-6 info, 7 debug.
+  auto log = Logger("kafka");
+  if (level <= 3) {
+    log->error("{}: {}", fac, buf);
+  } else if (level == 4) {
+    log->warn("{}: {}", fac, buf);
+  } else if (level <= 6) {
+    log->info("{}: {}", fac, buf);
+  } else {
+    log->debug("{}: {}", fac, buf);
+  }
+}
+
+}  // namespace outboxd

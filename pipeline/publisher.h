@@ -1,0 +1,102 @@
+#pragma once
+// Publisher: owns the one idempotent librdkafka producer (acks=all) and turns
+// its delivery reports into DeliveryReports for the caller.
+//
+// Each produced record carries a caller-chosen 64-bit token in the message
+// opaque; the report for it comes back with the same token from Poll(), on
+// the caller's thread. A report says persisted, retriable (not persisted or
+// possibly persisted: produce it again), permanent (this record can never be
+// delivered: too large, topic not authorised) or fatal (the idempotent
+// producer is dead: call Recreate(); every record not yet reported is lost
+// to it and must be produced again).
+//
+// Not thread-safe: one thread produces, polls and recreates. librdkafka's own
+// threads only write to WakeupFd().
+
+#include <librdkafka/rdkafka.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "common/unique_fd.h"
+#include "config/config.h"
+#include "pipeline/record.h"
+
+namespace outboxd {
+
+enum class DeliveryOutcome { kPersisted, kRetriable, kPermanent, kFatal };
+
+// The one place that decides what a Kafka error means for a record.
+DeliveryOutcome ClassifyKafkaError(rd_kafka_resp_err_t err);
+
+struct DeliveryReport {
+  uint64_t token = 0;
+  DeliveryOutcome outcome = DeliveryOutcome::kPersisted;
+  rd_kafka_resp_err_t error = RD_KAFKA_RESP_ERR_NO_ERROR;
+  std::string error_name;     // e.g. "MSG_SIZE_TOO_LARGE"
+  std::string error_message;  // librdkafka's description
+  bool possibly_persisted = false;
+  int32_t partition = -1;
+  int64_t offset = -1;
+};
+
+class Publisher {
+ public:
+  using DeliveryHandler = std::function<void(const DeliveryReport&)>;
+
+  // Builds the producer from [kafka]; an unknown or invalid librdkafka
+  // property is an InvalidConfig error naming it. `on_delivery` is called from
+  // Poll() and Flush() for every produced record.
+  [[nodiscard]] static Result<std::unique_ptr<Publisher>> Create(const KafkaConfig& config,
+                                                                 DeliveryHandler on_delivery);
+  ~Publisher();
+  Publisher(const Publisher&) = delete;
+  Publisher& operator=(const Publisher&) = delete;
+
+  // Hands a record to librdkafka. Retriable: the local queue is full (poll and
+  // try again). Permanent: librdkafka refused this record (e.g. larger than
+  // message.max.bytes). Fatal: the producer must be recreated.
+  [[nodiscard]] Status Produce(const Record& record, uint64_t token);
+
+  // Serves delivery reports and errors; waits up to `timeout` for one.
+  void Poll(std::chrono::milliseconds timeout);
+
+  // Waits up to `timeout` for every record to be reported; returns how many
+  // were still outstanding.
+  int Flush(std::chrono::milliseconds timeout);
+
+  // Replaces a producer that raised a fatal error with a new one. Records not
+  // reported yet are dropped without reports.
+  [[nodiscard]] Status Recreate();
+
+  // Readable whenever reports are waiting for Poll(); drain with
+  // DrainWakeup().
+  int WakeupFd() const { return wake_read_.get(); }
+  void DrainWakeup();
+
+  bool fatal_error_raised() const { return fatal_raised_; }
+  // Messages handed to librdkafka and not yet reported.
+  int OutstandingCount() const;
+
+ private:
+  Publisher(KafkaConfig config, DeliveryHandler on_delivery);
+  [[nodiscard]] Status Build();
+  void Destroy();
+  static void OnDelivery(rd_kafka_t*, const rd_kafka_message_t* msg, void* opaque);
+  static void OnError(rd_kafka_t*, int err, const char* reason, void* opaque);
+  static void OnLog(const rd_kafka_t*, int level, const char* fac, const char* buf);
+
+  KafkaConfig config_;
+  DeliveryHandler on_delivery_;
+  rd_kafka_t* rk_ = nullptr;          // owned; destroyed in Destroy()
+  rd_kafka_queue_t* main_queue_ = nullptr;  // owned reference to rk_'s main queue
+  UniqueFd wake_read_;
+  UniqueFd wake_write_;
+  bool fatal_raised_ = false;
+};
+
+}  // namespace outboxd

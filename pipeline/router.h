@@ -1,0 +1,65 @@
+#pragma once
+// Router: turns an outbox Row into a Kafka Record — topic, key, value, headers,
+// timestamp — by the column mapping of one [[outbox]] block. Pure: it knows
+// nothing of Kafka or PostgreSQL connections. Defaults reproduce Debezium's
+// outbox event router byte for byte (topic "outbox.event.${aggregatetype}", key
+// from aggregateid, value from payload as stored, header "id").
+//
+// Immutable after construction; safe to share between threads.
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "config/config.h"
+#include "pipeline/record.h"
+
+namespace outboxd {
+
+class TopicTemplate {
+ public:
+  // Parses literals and ${column} references. Fails on an unclosed or empty
+  // reference.
+  [[nodiscard]] static Result<TopicTemplate> Parse(const std::string& text);
+
+  // Columns the template refers to, in order of first use.
+  const std::vector<std::string>& columns() const { return columns_; }
+
+  // Fills in the template from `row`. A referenced column that is NULL or
+  // missing, or a result that is not a legal Kafka topic name, is a permanent
+  // error naming the column or the topic.
+  [[nodiscard]] Result<std::string> Render(const Row& row) const;
+
+ private:
+  struct Part {
+    bool is_column;
+    std::string text;  // literal text or column name
+  };
+  std::vector<Part> parts_;
+  std::vector<std::string> columns_;
+};
+
+// Checks that `topic` is a legal Kafka topic name: 1..249 characters of
+// [A-Za-z0-9._-], and not "." or "..".
+[[nodiscard]] Status ValidateTopicName(const std::string& topic);
+
+class Router {
+ public:
+  [[nodiscard]] static Result<Router> Create(const OutboxTableConfig& config);
+
+  // Every column the router reads, without duplicates: what the source must
+  // select.
+  const std::vector<std::string>& RequiredColumns() const { return required_; }
+
+  // A permanent error means this row can never be published as it is (NULL id
+  // or routing column, illegal topic); the message names the column.
+  [[nodiscard]] Result<Record> Route(const Row& row) const;
+
+ private:
+  Router(const OutboxTableConfig& config, TopicTemplate topic);
+  OutboxTableConfig config_;
+  TopicTemplate topic_;
+  std::vector<std::string> required_;
+};
+
+}  // namespace outboxd

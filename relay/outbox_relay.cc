@@ -1,0 +1,529 @@
+#include "relay/outbox_relay.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <set>
+
+#include "common/logging.h"
+
+namespace outboxd {
+
+namespace {
+
+using std::chrono::milliseconds;
+
+// Delivery tokens: stream index (12 bits) | dead-letter flag (1 bit) | ticket.
+constexpr int kTicketBits = 51;
+constexpr uint64_t kTicketMask = (uint64_t{1} << kTicketBits) - 1;
+constexpr uint64_t kDeadLetterBit = uint64_t{1} << kTicketBits;
+
+uint64_t Token(std::size_t stream, bool dead_letter, uint64_t ticket) {
+  return (static_cast<uint64_t>(stream) << (kTicketBits + 1)) | (dead_letter ? kDeadLetterBit : 0) |
+         (ticket & kTicketMask);
+}
+
+// Advisory lock class for "this outboxd instance relays this table".
+constexpr const char* kLockSql =
+    "SELECT pg_try_advisory_lock(1868724324, ($1::bigint % 2147483647)::int)";
+
+bool IsSizeError(const std::string& name) {
+  return name == "MSG_SIZE_TOO_LARGE" || name == "RECORD_LIST_TOO_LARGE" ||
+         name == "INVALID_MSG_SIZE";
+}
+
+}  // namespace
+
+struct OutboxRelay::Stream {
+  Stream(std::size_t i, const OutboxTableConfig& c, Router r)
+      : index(i), config(&c), router(std::move(r)) {}
+
+  std::size_t index;
+  const OutboxTableConfig* config;
+  Router router;
+  std::optional<OutboxTable> table;  // resolved on every connect
+  std::string name() const { return table ? table->name() : config->table; }
+
+  Checkpoint<OutboxPosition> checkpoint;
+  // Positions produced in this epoch and not yet deleted/marked: the sweep
+  // must not produce them again.
+  std::unordered_set<long long> claimed;
+  // Acknowledged positions waiting for the DELETE/UPDATE to succeed.
+  std::vector<long long> unreleased;
+  std::optional<long long> cursor;  // highest position the fast path claimed
+
+  bool halted = false;
+  bool lock_held = false;
+  bool standby_logged = false;
+  bool more = true;  // the last claim was full: claim again at once
+  bool notified = false;
+  Clock::time_point next_poll{};
+  Clock::time_point next_sweep{};
+  uint64_t published = 0;
+  uint64_t dead_lettered = 0;
+};
+
+OutboxRelay::OutboxRelay(const Config& config) : config_(config) {}
+OutboxRelay::~OutboxRelay() = default;
+
+Result<std::unique_ptr<OutboxRelay>> OutboxRelay::Create(const Config& config) {
+  std::unique_ptr<OutboxRelay> relay(new OutboxRelay(config));
+  for (std::size_t i = 0; i < config.outboxes.size(); ++i) {
+    const OutboxTableConfig& t = config.outboxes[i];
+    auto router = Router::Create(t);
+    if (!router.ok()) return router.status().Prefixed(t.config_location);
+    relay->streams_.push_back(std::make_unique<Stream>(i, t, std::move(router).value()));
+  }
+  auto* raw = relay.get();
+  auto publisher =
+      Publisher::Create(config.kafka, [raw](const DeliveryReport& r) { raw->OnDelivery(r); });
+  if (!publisher.ok()) return publisher.status();
+  relay->publisher_ = std::move(publisher).value();
+  return relay;
+}
+
+Status OutboxRelay::Connect(bool first) {
+  auto log = Logger("relay");
+  auto conn = PgConn::Connect(config_.postgres.conninfo, config_.postgres.password, "outboxd");
+  if (!conn.ok()) return conn.status();
+  conn_ = std::move(conn).value();
+
+  std::set<std::string> channels;
+  for (auto& s : streams_) {
+    auto table = OutboxTable::Resolve(conn_, *s->config, s->router);
+    if (!table.ok()) return table.status();
+    s->table = std::move(table).value();
+    if (s->config->notify_channel) channels.insert(*s->config->notify_channel);
+  }
+  for (const std::string& ch : channels) {
+    auto r = conn_.Exec("LISTEN " + conn_.QuoteIdentifier(ch));
+    if (!r.ok()) return r.status().Prefixed("could not LISTEN on channel \"" + ch + "\"");
+  }
+  for (auto& s : streams_) {
+    const bool had_lock = s->lock_held;
+    auto r = conn_.Exec(kLockSql, {std::to_string(s->table->oid())});
+    if (!r.ok()) return r.status().Prefixed("could not lock \"" + s->name() + "\"");
+    s->lock_held = std::string_view(PQgetvalue(r->get(), 0, 0)) == "t";
+    if (!s->lock_held && !s->checkpoint.empty()) {
+      // Another instance took the table while we were away; what we had in
+      // flight is its business now.
+      Rewind(*s, "another outboxd instance holds the table");
+    }
+    if (s->lock_held) {
+      s->standby_logged = false;
+      if (!had_lock) {
+        log->info("relaying \"{}\" (order by {}, {} after delivery, topic {})", s->name(),
+                  s->config->order_by,
+                  s->config->after_delivery == AfterDelivery::kDelete ? "delete" : "mark",
+                  s->config->topic);
+      }
+    } else if (!s->standby_logged) {
+      log->info("\"{}\" is relayed by another outboxd instance; standing by", s->name());
+      s->standby_logged = true;
+    }
+    s->next_poll = Clock::now();
+  }
+  resolved_once_ = true;
+  reconnect_backoff_.Reset();
+  log->info("connected to PostgreSQL{}", first ? "" : " again");
+  return Status::Ok();
+}
+
+void OutboxRelay::Disconnect(const Status& why) {
+  const milliseconds delay = reconnect_backoff_.Next();
+  Logger("relay")->warn("{}; reconnecting in {} ms", why.message(), delay.count());
+  conn_.reset();
+  for (auto& s : streams_) s->lock_held = false;
+  reconnect_at_ = Clock::now() + delay;
+}
+
+void OutboxRelay::OnDelivery(const DeliveryReport& r) {
+  const std::size_t index = static_cast<std::size_t>(r.token >> (kTicketBits + 1));
+  const bool dead_letter = (r.token & kDeadLetterBit) != 0;
+  const uint64_t ticket = r.token & kTicketMask;
+  if (index >= streams_.size()) return;
+  Stream& s = *streams_[index];
+  if (!s.checkpoint.IsTracked(ticket)) return;  // from before a rewind
+  if (r.outcome == DeliveryOutcome::kPersisted) {
+    if (s.checkpoint.MarkAcked(ticket)) {
+      ++s.published;
+      if (dead_letter) ++s.dead_lettered;
+    }
+    return;
+  }
+  failures_.push_back({index, ticket, dead_letter, r});
+}
+
+void OutboxRelay::HandleFailures() {
+  auto log = Logger("relay");
+  std::vector<Failure> failures;
+  failures.swap(failures_);
+  for (const Failure& f : failures) {
+    Stream& s = *streams_[f.stream];
+    const OutboxPosition* pos = s.checkpoint.PositionOf(f.ticket);
+    if (pos == nullptr) continue;  // made stale by an earlier rewind
+    const std::string what = "row " + s.config->order_by + "=" + std::to_string(pos->value) +
+                             " of \"" + s.name() + "\"";
+    const std::string err = f.report.error_name + ": " + f.report.error_message;
+    switch (f.report.outcome) {
+      case DeliveryOutcome::kPersisted:
+        break;
+      case DeliveryOutcome::kFatal:
+        break;  // HandleFatalProducer() rewinds every stream
+      case DeliveryOutcome::kRetriable:
+        Rewind(s, what + " was not delivered (" + err + ")");
+        break;
+      case DeliveryOutcome::kPermanent: {
+        if (f.dead_letter) {
+          s.checkpoint.MarkFailed(f.ticket);
+          Halt(s, what + " could not be written to the dead-letter topic \"" +
+                      *s.config->dead_letter_topic + "\" either: " + err);
+          break;
+        }
+        if (!s.config->dead_letter_topic) {
+          s.checkpoint.MarkFailed(f.ticket);
+          Halt(s, what + " can never be delivered: " + err);
+          break;
+        }
+        if (!conn_.healthy()) {
+          Rewind(s, what + " must go to the dead-letter topic but PostgreSQL is unreachable");
+          break;
+        }
+        auto res = conn_.Exec(s.table->fetch_sql(), {PgInt64Array({pos->value})});
+        if (!res.ok()) {
+          Rewind(s, what + " must go to the dead-letter topic: " + res.status().message());
+          break;
+        }
+        if (PQntuples(res->get()) == 0) {
+          // The row is gone or was marked sent by someone else: nothing left
+          // to publish for it.
+          log->warn("{} failed with {} and no longer exists unsent; skipping it", what, err);
+          s.checkpoint.MarkAcked(f.ticket);
+          break;
+        }
+        std::optional<std::string> original_topic;
+        auto routed = s.router.Route(s.table->RowAt(res->get(), 0));
+        if (routed.ok()) original_topic = routed->topic;
+        ToDeadLetter(s, f.ticket, s.table->RowAt(res->get(), 0), f.report.error_name,
+                     f.report.error_message, original_topic)
+            .IgnoreError();  // on failure it already rewound or halted the stream
+        break;
+      }
+    }
+  }
+}
+
+Status OutboxRelay::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
+                                 const std::string& reason_name, const std::string& reason,
+                                 const std::optional<std::string>& original_topic) {
+  const OutboxPosition pos = *s.checkpoint.PositionOf(ticket);
+  Record dl;
+  dl.topic = *s.config->dead_letter_topic;
+  if (s.config->key) {
+    if (const auto* k = row.Find(*s.config->key)) dl.key = *k;
+  }
+  if (const auto* id = row.Find(s.config->id); id && id->has_value()) {
+    dl.headers.push_back({"id", *id});
+  }
+  dl.headers.push_back({"outboxd.error", reason_name});
+  dl.headers.push_back({"outboxd.error.message", reason});
+  dl.headers.push_back({"outboxd.table", s.name()});
+  dl.headers.push_back({"outboxd.position", std::to_string(pos.value)});
+  if (original_topic) dl.headers.push_back({"outboxd.original.topic", *original_topic});
+  const auto* payload = row.Find(s.config->payload);
+  if (IsSizeError(reason_name)) {
+    // The payload is what made it fail; the headers say where to find it.
+    dl.headers.push_back({"outboxd.value.omitted", "true"});
+    if (payload && payload->has_value()) {
+      dl.headers.push_back({"outboxd.value.size", std::to_string((*payload)->size())});
+    }
+  } else if (payload) {
+    dl.value = *payload;
+  }
+  Logger("relay")->warn("row {}={} of \"{}\" goes to dead-letter topic \"{}\": {}: {}",
+                        s.config->order_by, pos.value, s.name(), dl.topic, reason_name, reason);
+  Status st = publisher_->Produce(dl, Token(s.index, true, ticket));
+  if (st.ok()) return st;
+  if (st.code() == StatusCode::kRetriable) {
+    Rewind(s, "could not queue a dead-letter record: " + st.message());
+  } else {
+    s.checkpoint.MarkFailed(ticket);
+    Halt(s, "row " + std::to_string(pos.value) + " could not be written to the dead-letter topic: " +
+                st.message());
+  }
+  return st;
+}
+
+void OutboxRelay::Rewind(Stream& s, const std::string& why) {
+  Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again", s.name(), why);
+  s.checkpoint.Reset();
+  s.claimed.clear();
+  for (long long p : s.unreleased) s.claimed.insert(p);  // still to be deleted/marked
+  s.cursor.reset();
+  s.more = true;
+}
+
+void OutboxRelay::Halt(Stream& s, const std::string& why) {
+  if (!s.halted) {
+    Logger("relay")->error(
+        "\"{}\" halted: {}. The row stays unsent; fix it or configure dead_letter_topic, then "
+        "restart outboxd",
+        s.name(), why);
+  }
+  s.halted = true;
+}
+
+void OutboxRelay::HandleFatalProducer() {
+  for (auto& s : streams_) {
+    if (!s->halted) Rewind(*s, "the Kafka producer failed fatally");
+  }
+  failures_.clear();
+}
+
+Status OutboxRelay::ReleaseAcknowledged(Stream& s) {
+  for (const OutboxPosition& p : s.checkpoint.TakeReleasable()) s.unreleased.push_back(p.value);
+  if (s.unreleased.empty() || !s.table) return Status::Ok();
+  auto r = conn_.Exec(s.table->checkpoint_sql(), {PgInt64Array(s.unreleased)});
+  if (!r.ok()) {
+    return r.status().Prefixed(std::string("could not ") +
+                               (s.config->after_delivery == AfterDelivery::kDelete
+                                    ? "delete delivered rows from \""
+                                    : "mark delivered rows sent in \"") +
+                               s.name() + "\"");
+  }
+  for (long long p : s.unreleased) s.claimed.erase(p);
+  s.unreleased.clear();
+  return Status::Ok();
+}
+
+Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_path) {
+  const int n = PQntuples(res);
+  for (int i = 0; i < n && !s.halted; ++i) {
+    const OutboxPosition pos = s.table->PositionAt(res, i);
+    Row row = s.table->RowAt(res, i);
+    auto routed = s.router.Route(row);
+    Status st;
+    if (routed.ok()) {
+      st = publisher_->Produce(*routed, Token(s.index, false, s.checkpoint.next_ticket()));
+      if (st.ok() || st.code() != StatusCode::kRetriable) {
+        // Tracked from here on: acknowledged, failed, or handed to dead letter.
+        s.checkpoint.Add(pos);
+      }
+    } else {
+      st = routed.status();
+      s.checkpoint.Add(pos);
+    }
+    if (st.code() == StatusCode::kRetriable) {
+      s.more = false;  // librdkafka's queue is full; wait for deliveries
+      return Status::Ok();
+    }
+    s.claimed.insert(pos.value);
+    if (from_fast_path) s.cursor = pos.value;
+    if (st.ok()) continue;
+    const uint64_t ticket = s.checkpoint.next_ticket() - 1;
+    if (st.code() == StatusCode::kFatal) return Status::Ok();  // the loop recreates the producer
+    // Permanent: the row cannot be published as it is.
+    const std::string name = routed.ok() ? st.message().substr(0, st.message().find(':'))
+                                         : std::string("ROUTING");
+    if (s.config->dead_letter_topic) {
+      if (!ToDeadLetter(s, ticket, row, name, st.message(),
+                        routed.ok() ? std::optional<std::string>(routed->topic) : std::nullopt)
+               .ok()) {
+        return Status::Ok();  // rewound or halted
+      }
+    } else {
+      s.checkpoint.MarkFailed(ticket);
+      Halt(s, "row " + s.config->order_by + "=" + std::to_string(pos.value) +
+                  " can never be delivered: " + st.message());
+    }
+  }
+  return Status::Ok();
+}
+
+Status OutboxRelay::Sweep(Stream& s) {
+  const std::size_t limit = s.claimed.size() + s.config->batch_size;
+  auto r = conn_.Exec(s.table->sweep_sql(), {std::to_string(*s.cursor), std::to_string(limit)});
+  if (!r.ok()) return r.status().Prefixed("could not sweep \"" + s.name() + "\" for late rows");
+  std::vector<long long> gaps;
+  for (int i = 0; i < PQntuples(r->get()) && gaps.size() < s.config->batch_size; ++i) {
+    const long long p = s.table->PositionAt(r->get(), i).value;
+    if (!s.claimed.count(p)) gaps.push_back(p);
+  }
+  if (gaps.empty()) return Status::Ok();
+  Logger("relay")->debug("\"{}\": {} rows committed late below position {}", s.name(), gaps.size(),
+                         *s.cursor);
+  auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(gaps)});
+  if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
+  return ProduceRows(s, rows->get(), /*from_fast_path=*/false);
+}
+
+Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
+  if (s.halted) return Status::Ok();
+  if (!s.lock_held) {
+    if (now < s.next_poll) return Status::Ok();
+    s.next_poll = now + s.config->poll_interval;
+    auto r = conn_.Exec(kLockSql, {std::to_string(s.table->oid())});
+    if (!r.ok()) return r.status().Prefixed("could not lock \"" + s.name() + "\"");
+    s.lock_held = std::string_view(PQgetvalue(r->get(), 0, 0)) == "t";
+    if (!s.lock_held) return Status::Ok();
+    Logger("relay")->info("took over \"{}\" from another outboxd instance", s.name());
+    s.more = true;
+  }
+  const std::size_t pending = TotalPending();
+  if (pending >= config_.kafka.max_in_flight) return Status::Ok();
+  if (!(s.more || s.notified || now >= s.next_poll)) return Status::Ok();
+
+  const std::size_t limit = std::min(s.config->batch_size, config_.kafka.max_in_flight - pending);
+  Result<PgResult> r = s.cursor
+      ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*s.cursor), std::to_string(limit)})
+      : conn_.Exec(s.table->claim_first_sql(), {std::to_string(limit)});
+  if (!r.ok()) return r.status().Prefixed("could not claim rows from \"" + s.name() + "\"");
+  const std::size_t n = static_cast<std::size_t>(PQntuples(r->get()));
+  s.more = n == limit;
+  s.notified = false;
+  s.next_poll = now + s.config->poll_interval;
+  OUTBOXD_RETURN_IF_ERROR(ProduceRows(s, r->get(), /*from_fast_path=*/true));
+
+  if (n == 0 && s.claimed.empty()) {
+    // Nothing in flight: the next claim starts from the lowest unsent row,
+    // which also picks up any row that committed late.
+    s.cursor.reset();
+  } else if (s.cursor && now >= s.next_sweep && !s.halted) {
+    s.next_sweep = now + s.config->poll_interval;
+    OUTBOXD_RETURN_IF_ERROR(Sweep(s));
+  }
+  return Status::Ok();
+}
+
+void OutboxRelay::ReadNotifications() {
+  if (!conn_.healthy()) return;
+  if (PQconsumeInput(conn_.get()) == 0) {
+    Disconnect(ClassifyPgError(conn_.get(), nullptr, "lost the PostgreSQL connection"));
+    return;
+  }
+  while (PGnotify* n = PQnotifies(conn_.get())) {
+    for (auto& s : streams_) {
+      if (s->config->notify_channel && *s->config->notify_channel == n->relname) s->notified = true;
+    }
+    PQfreemem(n);
+  }
+}
+
+std::size_t OutboxRelay::TotalPending() const {
+  std::size_t n = 0;
+  for (const auto& s : streams_) n += s->checkpoint.pending();
+  return n;
+}
+
+milliseconds OutboxRelay::NextWait(Clock::time_point now) const {
+  if (!failures_.empty()) return milliseconds(0);
+  milliseconds wait(1000);
+  auto until = [&](Clock::time_point t) {
+    wait = std::min(wait, std::max(milliseconds(0),
+                                   std::chrono::duration_cast<milliseconds>(t - now)));
+  };
+  if (conn_.healthy()) {
+    const bool room = TotalPending() < config_.kafka.max_in_flight;
+    for (const auto& s : streams_) {
+      if (s->halted || stopping_) continue;
+      if (s->lock_held && room && (s->more || s->notified)) return milliseconds(0);
+      if (room || !s->lock_held) until(s->next_poll);
+    }
+  } else {
+    until(reconnect_at_);
+  }
+  if (stopping_) wait = std::min(wait, milliseconds(100));
+  return wait;
+}
+
+Status OutboxRelay::Run(int stop_fd) {
+  auto log = Logger("relay");
+  Clock::time_point stop_deadline{};
+  while (true) {
+    Clock::time_point now = Clock::now();
+    if (!conn_.healthy() && now >= reconnect_at_) {
+      Status st = Connect(!resolved_once_);
+      if (!st.ok()) {
+        if (st.code() == StatusCode::kInvalidConfig && !resolved_once_) return st;
+        Disconnect(st);
+      }
+    }
+
+    publisher_->DrainWakeup();
+    publisher_->Poll(milliseconds(0));
+    if (publisher_->fatal_error_raised()) {
+      HandleFatalProducer();
+      OUTBOXD_RETURN_IF_ERROR(publisher_->Recreate());
+    }
+    for (auto& s : streams_) {
+      if (!conn_.healthy()) break;
+      Status st = ReleaseAcknowledged(*s);
+      if (!st.ok()) Disconnect(st);
+    }
+    HandleFailures();
+
+    now = Clock::now();
+    if (!stopping_) {
+      for (auto& s : streams_) {
+        if (!conn_.healthy()) break;
+        Status st = ClaimAndProduce(*s, now);
+        if (!st.ok()) Disconnect(st);
+      }
+    }
+    ReadNotifications();
+
+    if (stopping_) {
+      bool settled = true;
+      for (const auto& s : streams_) {
+        if (!s->halted && s->checkpoint.pending() > 0) settled = false;
+        if (!s->unreleased.empty() || s->checkpoint.size() > s->checkpoint.pending()) {
+          // Acknowledged rows still to delete/mark: settled only once released
+          // (or when PostgreSQL is gone and the deadline passes).
+          if (!s->halted) settled = false;
+        }
+      }
+      if (settled || now >= stop_deadline) break;
+    }
+
+    pollfd fds[3];
+    int nfds = 0;
+    fds[nfds++] = {stop_fd, POLLIN, 0};
+    fds[nfds++] = {publisher_->WakeupFd(), POLLIN, 0};
+    if (conn_.healthy()) fds[nfds++] = {conn_.socket(), POLLIN, 0};
+    const int rc = ::poll(fds, nfds, static_cast<int>(NextWait(Clock::now()).count()));
+    if (rc < 0 && errno != EINTR) {
+      return Status::Internal(std::string("poll failed: ") + std::strerror(errno));
+    }
+    if (rc > 0 && (fds[0].revents & POLLIN) && !stopping_) {
+      char buf[128];
+      while (::read(stop_fd, buf, sizeof buf) < 0 && errno == EINTR) {
+      }
+      stopping_ = true;
+      stop_deadline = Clock::now() + config_.kafka.shutdown_timeout;
+      log->info("stopping: no new claims; waiting up to {} ms for {} deliveries in flight",
+                config_.kafka.shutdown_timeout.count(), TotalPending());
+    }
+  }
+
+  std::size_t left = 0;
+  for (auto& s : streams_) {
+    if (conn_.healthy()) {
+      Status st = ReleaseAcknowledged(*s);
+      if (!st.ok()) log->warn("{}", st.message());
+    }
+    left += s->checkpoint.pending() + s->unreleased.size();
+    log->info("\"{}\": {} events published, {} dead-lettered{}", s->name(), s->published,
+              s->dead_lettered, s->halted ? " (halted)" : "");
+  }
+  if (left > 0) {
+    log->warn("{} events were not confirmed before shutdown; they stay unsent and are published "
+              "again on the next start",
+              left);
+  }
+  log->info("stopped");
+  return Status::Ok();
+}
+
+}  // namespace outboxd

@@ -1,0 +1,90 @@
+#pragma once
+// OutboxRelay: the poll source and its pipeline. It claims unsent rows from
+// each [[outbox]] table in ordering-column order, routes them, hands them to
+// the Publisher, and only after Kafka acknowledged a row — and every row of
+// that table produced before it — deletes it or marks it sent.
+//
+// Claims are by state (unsent), not by a cursor alone: a fast path reads rows
+// past the highest position claimed so far, and a sweep every poll interval
+// finds rows whose transactions committed late with lower positions (the
+// outbox gap). Each table is held by one outboxd instance at a time through a
+// session advisory lock, so per-key order holds with standbys running.
+//
+// Run() owns the loop and returns when asked to stop (the stop fd becomes
+// readable) or on an error it cannot recover from. One thread; not
+// thread-safe.
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "common/backoff.h"
+#include "common/pg.h"
+#include "common/status.h"
+#include "config/config.h"
+#include "pipeline/checkpoint.h"
+#include "pipeline/publisher.h"
+#include "pipeline/router.h"
+#include "relay/outbox_table.h"
+
+namespace outboxd {
+
+class OutboxRelay {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // Validates what can be validated without a database (topic templates,
+  // librdkafka properties); `config` must outlive the relay.
+  [[nodiscard]] static Result<std::unique_ptr<OutboxRelay>> Create(const Config& config);
+  ~OutboxRelay();
+
+  // Runs until `stop_fd` becomes readable (the caller drains it), then stops
+  // claiming, waits up to kafka.shutdown_timeout for deliveries in flight,
+  // checkpoints them and returns OK. Returns InvalidConfig when the database
+  // does not match the configuration at start-up.
+  [[nodiscard]] Status Run(int stop_fd);
+
+ private:
+  struct Stream;
+  explicit OutboxRelay(const Config& config);
+
+  [[nodiscard]] Status Connect(bool first);
+  void Disconnect(const Status& why);
+  void OnDelivery(const DeliveryReport& report);
+  void HandleFailures();
+  void HandleFatalProducer();
+  [[nodiscard]] Status ReleaseAcknowledged(Stream& s);
+  [[nodiscard]] Status ClaimAndProduce(Stream& s, Clock::time_point now);
+  [[nodiscard]] Status Sweep(Stream& s);
+  [[nodiscard]] Status ProduceRows(Stream& s, const PGresult* res, bool from_fast_path);
+  [[nodiscard]] Status ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
+                                    const std::string& reason_name, const std::string& reason,
+                                    const std::optional<std::string>& original_topic);
+  void Rewind(Stream& s, const std::string& why);
+  void Halt(Stream& s, const std::string& why);
+  void ReadNotifications();
+  std::size_t TotalPending() const;
+  std::chrono::milliseconds NextWait(Clock::time_point now) const;
+
+  const Config& config_;
+  std::unique_ptr<Publisher> publisher_;
+  std::vector<std::unique_ptr<Stream>> streams_;
+  PgConn conn_;
+  Backoff reconnect_backoff_{std::chrono::milliseconds(100), std::chrono::seconds(30)};
+  Clock::time_point reconnect_at_{};
+  bool resolved_once_ = false;
+  bool stopping_ = false;
+
+  struct Failure {
+    std::size_t stream;
+    uint64_t ticket;
+    bool dead_letter;
+    DeliveryReport report;
+  };
+  std::vector<Failure> failures_;  // filled by OnDelivery, handled after Poll
+};
+
+}  // namespace outboxd

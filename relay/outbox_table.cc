@@ -1,0 +1,152 @@
+#include "relay/outbox_table.h"
+
+#include <cstdlib>
+#include <map>
+
+namespace outboxd {
+
+namespace {
+
+bool IsIntegerType(const std::string& t) {
+  return t == "bigint" || t == "integer" || t == "smallint";
+}
+bool IsTimestampType(const std::string& t) {
+  return t.rfind("timestamp", 0) == 0;
+}
+
+}  // namespace
+
+Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableConfig& config,
+                                         const Router& router) {
+  const std::string where = " (configured at " + config.config_location + ")";
+  auto rel = conn.Exec(
+      "SELECT n.nspname, c.relname, c.oid::bigint, c.relkind::text FROM pg_class c "
+      "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+      {config.table});
+  if (!rel.ok()) return rel.status().Prefixed("could not look up table \"" + config.table + "\"");
+  if (PQntuples(rel->get()) != 1) {
+    return Status::InvalidConfig("table \"" + config.table + "\" does not exist" + where);
+  }
+  OutboxTable t;
+  const std::string schema = PQgetvalue(rel->get(), 0, 0);
+  const std::string table = PQgetvalue(rel->get(), 0, 1);
+  t.oid_ = static_cast<unsigned>(std::strtoul(PQgetvalue(rel->get(), 0, 2), nullptr, 10));
+  t.name_ = schema + "." + table;
+  const std::string relkind = PQgetvalue(rel->get(), 0, 3);
+  if (relkind != "r" && relkind != "p") {
+    return Status::InvalidConfig("\"" + t.name_ + "\" is not a table" + where);
+  }
+
+  auto cols = conn.Exec(
+      "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+      "WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
+      {std::to_string(t.oid_)});
+  if (!cols.ok()) return cols.status().Prefixed("could not read the columns of \"" + t.name_ + "\"");
+  std::map<std::string, std::string> types;
+  for (int i = 0; i < PQntuples(cols->get()); ++i) {
+    types[PQgetvalue(cols->get(), i, 0)] = PQgetvalue(cols->get(), i, 1);
+  }
+  auto require = [&](const std::string& column, const std::string& role) -> Result<std::string> {
+    auto it = types.find(column);
+    if (it == types.end()) {
+      return Status::InvalidConfig("table \"" + t.name_ + "\" has no column \"" + column +
+                                   "\" (the " + role + " column)" + where);
+    }
+    return it->second;
+  };
+
+  auto order_type = require(config.order_by, "order_by");
+  if (!order_type.ok()) return order_type.status();
+  if (!IsIntegerType(*order_type)) {
+    return Status::InvalidConfig("column \"" + t.name_ + "." + config.order_by + "\" is " +
+                                 *order_type +
+                                 "; order_by needs an integer column (bigint identity)" + where);
+  }
+
+  const std::string qtable = conn.QuoteIdentifier(schema) + "." + conn.QuoteIdentifier(table);
+  const std::string qorder = conn.QuoteIdentifier(config.order_by);
+  std::string unsent;  // extra WHERE condition for mark mode
+  if (config.after_delivery == AfterDelivery::kMark) {
+    auto sent_type = require(*config.sent_column, "sent_column");
+    if (!sent_type.ok()) return sent_type.status();
+    if (!IsTimestampType(*sent_type)) {
+      return Status::InvalidConfig("column \"" + t.name_ + "." + *config.sent_column + "\" is " +
+                                   *sent_type + "; sent_column needs timestamptz or timestamp" +
+                                   where);
+    }
+    unsent = " AND " + conn.QuoteIdentifier(*config.sent_column) + " IS NULL";
+  }
+
+  std::string select = qorder;
+  for (const std::string& column : router.RequiredColumns()) {
+    std::string role = "routing";
+    if (column == config.id) role = "id";
+    else if (config.key && column == *config.key) role = "key";
+    else if (column == config.payload) role = "payload";
+    else if (config.timestamp && column == *config.timestamp) role = "timestamp";
+    auto type = require(column, role);
+    if (!type.ok()) return type.status();
+    const std::string q = conn.QuoteIdentifier(column);
+    select += ", ";
+    if (config.timestamp && column == *config.timestamp) {
+      if (IsTimestampType(*type)) {
+        select += "(extract(epoch from " + q + ") * 1000)::bigint";
+      } else if (IsIntegerType(*type)) {
+        select += q;
+      } else {
+        return Status::InvalidConfig("column \"" + t.name_ + "." + column + "\" is " + *type +
+                                     "; the timestamp column must be a timestamp or epoch "
+                                     "milliseconds" + where);
+      }
+    } else {
+      select += q;
+    }
+    t.columns_.push_back(column);
+    t.is_bytea_.push_back(*type == "bytea");
+  }
+
+  const std::string from = " FROM " + qtable + " WHERE true" + unsent;
+  t.claim_after_sql_ = "SELECT " + select + from + " AND " + qorder + " > $1::bigint ORDER BY " +
+                       qorder + " LIMIT $2::int";
+  t.claim_first_sql_ = "SELECT " + select + from + " ORDER BY " + qorder + " LIMIT $1::int";
+  t.sweep_sql_ = "SELECT " + qorder + from + " AND " + qorder + " <= $1::bigint ORDER BY " + qorder +
+                 " LIMIT $2::int";
+  t.fetch_sql_ = "SELECT " + select + from + " AND " + qorder + " = ANY($1::bigint[]) ORDER BY " +
+                 qorder;
+  if (config.after_delivery == AfterDelivery::kDelete) {
+    t.checkpoint_sql_ = "DELETE FROM " + qtable + " WHERE " + qorder + " = ANY($1::bigint[])";
+  } else {
+    t.checkpoint_sql_ = "UPDATE " + qtable + " SET " + conn.QuoteIdentifier(*config.sent_column) +
+                        " = now() WHERE " + qorder + " = ANY($1::bigint[])" + unsent;
+  }
+  return t;
+}
+
+OutboxPosition OutboxTable::PositionAt(const PGresult* res, int row) const {
+  return OutboxPosition{std::strtoll(PQgetvalue(res, row, 0), nullptr, 10)};
+}
+
+Row OutboxTable::RowAt(const PGresult* res, int row) const {
+  Row r;
+  r.columns = columns_;
+  r.values.reserve(columns_.size());
+  for (std::size_t i = 0; i < columns_.size(); ++i) {
+    const int field = static_cast<int>(i) + 1;
+    if (PQgetisnull(res, row, field)) {
+      r.values.emplace_back(std::nullopt);
+      continue;
+    }
+    const char* text = PQgetvalue(res, row, field);
+    if (is_bytea_[i]) {
+      std::size_t len = 0;
+      unsigned char* raw = PQunescapeBytea(reinterpret_cast<const unsigned char*>(text), &len);
+      r.values.emplace_back(std::string(reinterpret_cast<const char*>(raw), len));
+      PQfreemem(raw);
+    } else {
+      r.values.emplace_back(std::string(text, PQgetlength(res, row, field)));
+    }
+  }
+  return r;
+}
+
+}  // namespace outboxd

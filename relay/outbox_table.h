@@ -1,0 +1,56 @@
+#pragma once
+// OutboxTable: one [[outbox]] block resolved against the live database — the
+// table's qualified name and oid, the types of the columns the router needs,
+// and the SQL the relay runs on it (claim, sweep, fetch, delete or mark).
+//
+// Resolve() checks at start-up that the table and every configured column
+// exist with usable types; a mismatch is an InvalidConfig error naming the
+// table, the column and the config block, so outboxd exits 78 before doing any
+// work. Immutable after Resolve(); not tied to a connection.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/pg.h"
+#include "common/status.h"
+#include "config/config.h"
+#include "pipeline/record.h"
+#include "pipeline/router.h"
+
+namespace outboxd {
+
+class OutboxTable {
+ public:
+  [[nodiscard]] static Result<OutboxTable> Resolve(const PgConn& conn,
+                                                   const OutboxTableConfig& config,
+                                                   const Router& router);
+
+  const std::string& name() const { return name_; }  // "schema.table", for logs
+  unsigned oid() const { return oid_; }
+
+  // SELECT of up to $2 unsent rows with position > $1, in position order.
+  const std::string& claim_after_sql() const { return claim_after_sql_; }
+  // SELECT of up to $1 unsent rows in position order, from the start.
+  const std::string& claim_first_sql() const { return claim_first_sql_; }
+  // SELECT of the positions of up to $2 unsent rows with position <= $1.
+  const std::string& sweep_sql() const { return sweep_sql_; }
+  // SELECT of the unsent rows whose positions are in the array $1.
+  const std::string& fetch_sql() const { return fetch_sql_; }
+  // DELETE or UPDATE (mark sent) of the rows whose positions are in $1.
+  const std::string& checkpoint_sql() const { return checkpoint_sql_; }
+
+  // Converts one result row of the claim or fetch queries: column 0 is the
+  // position, the rest are the router's columns (bytea decoded to raw bytes).
+  OutboxPosition PositionAt(const PGresult* res, int row) const;
+  Row RowAt(const PGresult* res, int row) const;
+
+ private:
+  std::string name_;
+  unsigned oid_ = 0;
+  std::vector<std::string> columns_;   // router columns, in select order
+  std::vector<bool> is_bytea_;         // per router column
+  std::string claim_after_sql_, claim_first_sql_, sweep_sql_, fetch_sql_, checkpoint_sql_;
+};
+
+}  // namespace outboxd
