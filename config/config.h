@@ -9,10 +9,12 @@
 // at start-up. Plain value types; not synchronised.
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -22,7 +24,9 @@ namespace outboxd {
 
 struct PostgresConfig {
   std::string conninfo;                 // libpq conninfo string or URI (required)
-  std::optional<std::string> password;  // read from password_file, if given
+  // Contents of password_file (relative to the config file's directory),
+  // without trailing newlines; nullopt when the key is absent.
+  std::optional<std::string> password;
 };
 
 struct KafkaConfig {
@@ -56,7 +60,7 @@ struct OutboxTableConfig {
   std::optional<std::string> key = std::string("aggregateid");  // nullopt: no key
   std::string payload = "payload";
   std::string topic = "outbox.event.${aggregatetype}";  // template of ${column}
-  std::vector<std::pair<std::string, std::string>> headers;  // header -> column
+  std::vector<std::pair<std::string, std::string>> headers;  // header -> column, file order
   std::optional<std::string> timestamp;  // column giving the record timestamp
   std::size_t batch_size = 1000;
   std::chrono::milliseconds poll_interval{250};
@@ -76,11 +80,15 @@ struct Config {
 
 // Loads and validates the TOML file at `path`. `${NAME}` in strings of the
 // [postgres], [kafka], [http] and [log] sections is replaced by the
-// environment variable NAME (an unset variable is an error); routing keys of
-// [[outbox]] blocks keep `${column}` for the router.
+// environment variable NAME (an unset variable is an error; `$${` is a
+// literal `${`); routing keys of [[outbox]] blocks keep `${column}` for the
+// router. Every error found is reported, one "FILE:LINE:COLUMN: message" per
+// line in file order, with code kInvalidConfig. Never throws.
 [[nodiscard]] Result<Config> LoadConfig(const std::string& path);
 
-// Parses "250ms", "10s", "2m", "1h" into milliseconds.
+// Parses "250ms", "10s", "2m", "1h" (optionally with a fraction, "1.5s") into
+// milliseconds. A missing or unknown unit, a sign, or a value that is not a
+// whole number of milliseconds is a kInvalidConfig error.
 [[nodiscard]] Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
 
 }  // namespace outboxd

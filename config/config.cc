@@ -1,0 +1,957 @@
+#include "config/config.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <memory>
+#include <map>
+#include <span>
+#include <string>
+#include <system_error>
+#include <tuple>
+#include <vector>
+
+namespace outboxd {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr std::array<std::string_view, 5> kSections = {"postgres", "kafka", "http", "log", "outbox"};
+constexpr std::array<std::string_view, 2> kPostgresKeys = {"conninfo", "password_file"};
+constexpr std::array<std::string_view, 4> kKafkaKeys = {"bootstrap_servers", "properties", "max_in_flight",
+                                                        "shutdown_timeout"};
+constexpr std::array<std::string_view, 1> kHttpKeys = {"listen"};
+constexpr std::array<std::string_view, 2> kLogKeys = {"level", "format"};
+constexpr std::array<std::string_view, 15> kOutboxKeys = {
+    "table", "source", "order_by", "after_delivery", "sent_column", "id", "key", "payload", "topic", "headers",
+    "timestamp", "batch_size", "poll_interval", "notify_channel", "dead_letter_topic"};
+
+constexpr std::int64_t kMaxBatchSize = 100000;
+constexpr std::size_t kMaxIdentifierBytes = 63;  // PostgreSQL's NAMEDATALEN - 1
+constexpr std::size_t kMaxTopicBytes = 249;      // Kafka's limit on topic names
+
+std::string Quoted(std::string_view s) {
+  std::string out = "\"";
+  out += s;
+  out += '"';
+  return out;
+}
+
+std::string_view TypeName(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::none: return "nothing";
+    case toml::node_type::table: return "table";
+    case toml::node_type::array: return node.is_array_of_tables() ? "array of tables" : "array";
+    case toml::node_type::string: return "string";
+    case toml::node_type::integer: return "integer";
+    case toml::node_type::floating_point: return "float";
+    case toml::node_type::boolean: return "boolean";
+    case toml::node_type::date: return "date";
+    case toml::node_type::time: return "time";
+    case toml::node_type::date_time: return "date-time";
+  }
+  return "unknown";
+}
+
+// ---------------------------------------------------------------------------
+// Files.
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+using UniqueFile = std::unique_ptr<std::FILE, FileCloser>;
+
+// Reads a whole file. The error message is the system's reason alone
+// ("No such file or directory"); callers name the file.
+Result<std::string> ReadWholeFile(const std::string& path) {
+  auto reason = [] { return Status::InvalidConfig(std::error_code(errno, std::generic_category()).message()); };
+  UniqueFile file(std::fopen(path.c_str(), "rb"));
+  if (!file) return reason();
+  std::string data;
+  std::array<char, 8192> buf;
+  std::size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), file.get())) > 0) data.append(buf.data(), n);
+  // A directory opens fine and fails here with EISDIR.
+  if (std::ferror(file.get())) return reason();
+  return data;
+}
+
+// ---------------------------------------------------------------------------
+// Small parsers, each returning an empty string when the text is fine and
+// otherwise the reason it is not.
+
+bool IsAsciiAlpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+bool IsAsciiDigit(char c) { return c >= '0' && c <= '9'; }
+bool IsHighByte(char c) { return static_cast<unsigned char>(c) >= 0x80; }
+
+bool IsEnvName(std::string_view name) {
+  if (name.empty() || IsAsciiDigit(name[0])) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) { return IsAsciiAlpha(c) || IsAsciiDigit(c) || c == '_'; });
+}
+
+// Replaces ${NAME} with the environment variable NAME; "$${" is a literal "${".
+Result<std::string> SubstituteEnv(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  std::size_t i = 0;
+  while (i < text.size()) {
+    std::string_view rest = text.substr(i);
+    if (rest.starts_with("$${")) {
+      out += "${";
+      i += 3;
+    } else if (rest.starts_with("${")) {
+      std::size_t close = rest.find('}');
+      if (close == std::string_view::npos) {
+        return Status::InvalidConfig("unterminated \"${\" (write \"$${\" for a literal \"${\")");
+      }
+      std::string name(rest.substr(2, close - 2));
+      if (!IsEnvName(name)) {
+        return Status::InvalidConfig("\"${" + name +
+                                     "}\" does not name an environment variable (letters, digits and _; "
+                                     "write \"$${\" for a literal \"${\")");
+      }
+      const char* value = std::getenv(name.c_str());
+      if (value == nullptr) return Status::InvalidConfig("environment variable " + name + " is not set");
+      out += value;
+      i += close + 1;
+    } else {
+      out += text[i++];
+    }
+  }
+  return out;
+}
+
+// Checks "schema.table" or "table", either part optionally a double-quoted
+// identifier. On success `normalized` gets the name as PostgreSQL resolves it
+// (unquoted parts folded to lower case), for duplicate detection.
+std::string CheckTableName(std::string_view text, std::string& normalized) {
+  std::vector<std::string> parts;
+  std::size_t i = 0;
+  for (;;) {
+    std::string part;
+    if (i < text.size() && text[i] == '"') {
+      std::size_t j = i + 1;
+      bool closed = false;
+      while (j < text.size()) {
+        if (text[j] == '"') {
+          if (j + 1 < text.size() && text[j + 1] == '"') {
+            part += '"';
+            j += 2;
+            continue;
+          }
+          closed = true;
+          ++j;
+          break;
+        }
+        part += text[j++];
+      }
+      if (!closed) return "unterminated quoted identifier starting at character " + std::to_string(i + 1);
+      if (part.empty()) return "empty quoted identifier at character " + std::to_string(i + 1);
+      i = j;
+    } else {
+      std::size_t start = i;
+      if (i < text.size() && (IsAsciiAlpha(text[i]) || text[i] == '_' || IsHighByte(text[i]))) {
+        while (i < text.size() &&
+               (IsAsciiAlpha(text[i]) || IsAsciiDigit(text[i]) || text[i] == '_' || text[i] == '$' ||
+                IsHighByte(text[i]))) {
+          part += static_cast<char>(IsAsciiAlpha(text[i]) ? (text[i] | 0x20) : text[i]);
+          ++i;
+        }
+      }
+      if (i == start) {
+        if (i == text.size()) return text.empty() ? "it is empty" : "expected an identifier after the last '.'";
+        return "unexpected '" + std::string(1, text[i]) + "' at character " + std::to_string(i + 1) +
+               " (double-quote unusual names)";
+      }
+    }
+    if (part.size() > kMaxIdentifierBytes) {
+      return "identifier \"" + part + "\" is longer than PostgreSQL's 63-byte limit";
+    }
+    parts.push_back(std::move(part));
+    if (i == text.size()) break;
+    if (text[i] != '.') {
+      return "unexpected '" + std::string(1, text[i]) + "' at character " + std::to_string(i + 1) +
+             " (double-quote unusual names)";
+    }
+    ++i;
+  }
+  if (parts.size() > 2) return "it has " + std::to_string(parts.size()) + " parts";
+  normalized = parts.size() == 2 ? parts[0] + '.' + parts[1] : parts[0];
+  return {};
+}
+
+bool IsTopicChar(char c) { return IsAsciiAlpha(c) || IsAsciiDigit(c) || c == '.' || c == '_' || c == '-'; }
+
+std::string CheckTopicName(std::string_view topic) {
+  if (topic.empty()) return "it is empty";
+  if (topic == "." || topic == "..") return "\".\" and \"..\" are not allowed as topic names";
+  if (topic.size() > kMaxTopicBytes) return "it is longer than Kafka's 249-character limit";
+  for (std::size_t i = 0; i < topic.size(); ++i) {
+    if (!IsTopicChar(topic[i])) {
+      return "'" + std::string(1, topic[i]) + "' at character " + std::to_string(i + 1) +
+             " is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')";
+    }
+  }
+  return {};
+}
+
+// A topic template: literal topic characters and ${column} placeholders.
+std::string CheckTopicTemplate(std::string_view text) {
+  if (text.empty()) return "it is empty";
+  bool has_placeholder = false;
+  std::size_t i = 0;
+  while (i < text.size()) {
+    std::string at = " at character " + std::to_string(i + 1);
+    char c = text[i];
+    if (c == '$') {
+      if (i + 1 >= text.size() || text[i + 1] != '{') return "'$'" + at + " must start a ${column} placeholder";
+      std::size_t close = text.find('}', i + 2);
+      std::size_t nested = text.find_first_of("${", i + 2);
+      if (close == std::string_view::npos) return "unterminated \"${\"" + at;
+      if (nested < close) return "'" + std::string(1, text[nested]) + "' inside the placeholder" + at;
+      if (close == i + 2) return "empty placeholder \"${}\"" + at;
+      if (close - i - 2 > kMaxIdentifierBytes) return "column name in the placeholder" + at + " is too long";
+      has_placeholder = true;
+      i = close + 1;
+    } else if (c == '}') {
+      return "'}'" + at + " has no matching \"${\"";
+    } else if (c == '{') {
+      return "'{'" + at + " must follow '$' in a ${column} placeholder";
+    } else if (!IsTopicChar(c)) {
+      return "'" + std::string(1, c) + "'" + at +
+             " is not allowed in a Kafka topic name (letters, digits, '.', '_', '-' and ${column})";
+    } else {
+      ++i;
+    }
+  }
+  if (!has_placeholder) return CheckTopicName(text);
+  return {};
+}
+
+// "host:port" or "[v6-address]:port".
+std::string CheckListenAddress(std::string_view text) {
+  std::string_view host;
+  std::string_view port;
+  if (text.starts_with('[')) {
+    std::size_t close = text.find(']');
+    if (close == std::string_view::npos) return "unterminated '[' in the IPv6 address";
+    host = text.substr(1, close - 1);
+    std::string_view rest = text.substr(close + 1);
+    if (!rest.starts_with(':')) return "missing \":port\"";
+    port = rest.substr(1);
+  } else {
+    std::size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return "missing \":port\"";
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return "write an IPv6 address in brackets, such as \"[::1]:9464\"";
+  }
+  if (host.empty()) return "missing host (use 0.0.0.0 to listen on all interfaces)";
+  if (port.empty()) return "missing port";
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || end != port.data() + port.size() || value < 1 || value > 65535) {
+    return "port \"" + std::string(port) + "\" is not a number from 1 to 65535";
+  }
+  return {};
+}
+
+// Optimal string alignment distance (Levenshtein plus adjacent swaps).
+std::size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// The known key closest to `key`, if one is near enough to be a typo.
+std::optional<std::string_view> Closest(std::string_view key, std::span<const std::string_view> known) {
+  std::optional<std::string_view> best;
+  std::size_t best_distance = 3;
+  for (std::string_view candidate : known) {
+    std::size_t d = EditDistance(key, candidate);
+    if (d < best_distance && d < key.size()) {
+      best = candidate;
+      best_distance = d;
+    }
+  }
+  return best;
+}
+
+// ---------------------------------------------------------------------------
+// Diagnostics: every error found in one file, reported together in file order.
+
+class Diagnostics {
+ public:
+  explicit Diagnostics(std::string path) : path_(std::move(path)) {}
+
+  std::string Location(const toml::source_position& pos) const {
+    return path_ + ":" + std::to_string(pos.line) + ":" + std::to_string(pos.column);
+  }
+
+  void Error(const toml::source_position& pos, std::string_view message) {
+    errors_.push_back({pos.line, pos.column, Location(pos) + ": " + std::string(message)});
+  }
+  void Error(const toml::node& at, std::string_view message) { Error(at.source().begin, message); }
+  void Error(const toml::key& at, std::string_view message) { Error(at.source().begin, message); }
+  // For what is missing from the file as a whole.
+  void ErrorInFile(std::string_view message) { Error(toml::source_position{1, 1}, message); }
+
+  bool HasErrors() const { return !errors_.empty(); }
+
+  Status ToStatus() {
+    std::stable_sort(errors_.begin(), errors_.end(), [](const Entry& a, const Entry& b) {
+      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
+    });
+    std::string text;
+    for (const Entry& e : errors_) {
+      if (!text.empty()) text += '\n';
+      text += e.text;
+    }
+    return Status::InvalidConfig(std::move(text));
+  }
+
+ private:
+  struct Entry {
+    toml::source_index line;
+    toml::source_index column;
+    std::string text;
+  };
+  std::string path_;
+  std::vector<Entry> errors_;
+};
+
+// ---------------------------------------------------------------------------
+// SectionReader: typed access to the keys of one table ("[kafka]",
+// "[[outbox]] #2"). Construction reports every key not in `known_keys`.
+// Getters return nullopt both when the key is absent and when its value is
+// wrong; in the second case the error is already recorded, so each key is to
+// be read once. Holds references to the table and Diagnostics, which outlive it.
+
+class SectionReader {
+ public:
+  SectionReader(const toml::table& table, std::string scope, std::span<const std::string_view> known_keys,
+                bool substitute_env, Diagnostics& diag)
+      : table_(table), scope_(std::move(scope)), known_(known_keys), substitute_env_(substitute_env), diag_(diag) {
+    RejectUnknownKeys();
+  }
+
+  const std::string& scope() const { return scope_; }
+  Diagnostics& diag() const { return diag_; }
+  const toml::node* Get(std::string_view key) const { return table_.get(key); }
+
+  // "'key' in SCOPE must be <what>" at the key's value.
+  void MustBe(std::string_view key, std::string_view what) const {
+    diag_.Error(*Get(key), Name(key) + " must be " + std::string(what));
+  }
+  // "'key' in SCOPE: <detail>" at the key's value.
+  void Invalid(std::string_view key, std::string_view detail) const {
+    diag_.Error(*Get(key), Name(key) + ": " + std::string(detail));
+  }
+  void Missing(std::string_view key) const {
+    diag_.Error(table_, scope_ + " is missing required key '" + std::string(key) + "'");
+  }
+
+  std::optional<std::string> String(std::string_view key) const {
+    const toml::node* node = Get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_string()) {
+      WrongType(key, *node, "a string");
+      return std::nullopt;
+    }
+    return Substituted(key, *node->as_string());
+  }
+
+  std::optional<std::string> RequiredString(std::string_view key) const {
+    if (Get(key) == nullptr) {
+      Missing(key);
+      return std::nullopt;
+    }
+    return String(key);
+  }
+
+  std::optional<std::int64_t> Integer(std::string_view key) const {
+    const toml::node* node = Get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_integer()) {
+      WrongType(key, *node, "an integer");
+      return std::nullopt;
+    }
+    return node->as_integer()->get();
+  }
+
+  std::optional<milliseconds> Duration(std::string_view key) const {
+    const toml::node* node = Get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_string()) {
+      WrongType(key, *node, "a duration string with a unit, such as \"250ms\" or \"10s\"");
+      return std::nullopt;
+    }
+    std::optional<std::string> text = Substituted(key, *node->as_string());
+    if (!text) return std::nullopt;
+    Result<milliseconds> d = ParseDuration(*text);
+    if (!d.ok()) {
+      Invalid(key, d.status().message());
+      return std::nullopt;
+    }
+    return *d;
+  }
+
+  // The value of a key that must be one of `choices`.
+  std::optional<std::string> OneOf(std::string_view key, std::span<const std::string_view> choices) const {
+    std::optional<std::string> value = String(key);
+    if (!value) return std::nullopt;
+    if (std::find(choices.begin(), choices.end(), *value) != choices.end()) return value;
+    std::string list;
+    for (std::size_t i = 0; i < choices.size(); ++i) {
+      if (i > 0) list += i + 1 == choices.size() ? " or " : ", ";
+      list += choices[i];
+    }
+    MustBe(key, list + ", got " + Quoted(*value));
+    return std::nullopt;
+  }
+
+  // A column name: non-empty and within PostgreSQL's identifier length.
+  std::optional<std::string> Column(std::string_view key) const {
+    std::optional<std::string> value = String(key);
+    if (!value) return std::nullopt;
+    if (value->empty()) {
+      MustBe(key, "a column name, got \"\"");
+      return std::nullopt;
+    }
+    if (value->size() > kMaxIdentifierBytes) {
+      Invalid(key, "column name is longer than PostgreSQL's 63-byte limit");
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  void WrongType(std::string_view key, const toml::node& value, std::string_view expected) const {
+    diag_.Error(value, Name(key) + " must be " + std::string(expected) + ", got " + std::string(TypeName(value)));
+  }
+
+ private:
+  std::string Name(std::string_view key) const { return "'" + std::string(key) + "' in " + scope_; }
+
+  std::optional<std::string> Substituted(std::string_view key, const toml::value<std::string>& node) const {
+    if (!substitute_env_) return node.get();
+    Result<std::string> r = SubstituteEnv(node.get());
+    if (!r.ok()) {
+      diag_.Error(node, Name(key) + ": " + r.status().message());
+      return std::nullopt;
+    }
+    return std::move(r).value();
+  }
+
+  void RejectUnknownKeys() const {
+    for (auto&& [key, value] : table_) {
+      if (std::find(known_.begin(), known_.end(), key.str()) != known_.end()) continue;
+      std::string message = "unknown key '" + std::string(key.str()) + "' in " + scope_;
+      if (auto guess = Closest(key.str(), known_)) message += " (did you mean '" + std::string(*guess) + "'?)";
+      diag_.Error(key, message);
+    }
+  }
+
+  const toml::table& table_;
+  std::string scope_;
+  std::span<const std::string_view> known_;
+  bool substitute_env_;
+  Diagnostics& diag_;
+};
+
+// ---------------------------------------------------------------------------
+// Sections.
+
+void ReadPostgres(const toml::table& table, const std::string& config_path, Diagnostics& diag,
+                  PostgresConfig& out) {
+  SectionReader r(table, "[postgres]", kPostgresKeys, /*substitute_env=*/true, diag);
+  if (auto conninfo = r.RequiredString("conninfo")) {
+    if (conninfo->empty()) {
+      r.MustBe("conninfo", "a libpq conninfo string or URI, got \"\"");
+    } else {
+      out.conninfo = std::move(*conninfo);
+    }
+  }
+  if (auto file = r.String("password_file")) {
+    if (file->empty()) {
+      r.MustBe("password_file", "a file path, got \"\"");
+      return;
+    }
+    // Relative to the config file, not to whatever directory the daemon was started in.
+    std::filesystem::path path(*file);
+    if (path.is_relative()) path = std::filesystem::path(config_path).parent_path() / path;
+    Result<std::string> content = ReadWholeFile(path.string());
+    if (!content.ok()) {
+      r.Invalid("password_file", "cannot read " + Quoted(path.string()) + ": " + content.status().message());
+      return;
+    }
+    std::string password = std::move(content).value();
+    while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) password.pop_back();
+    if (password.empty()) {
+      r.Invalid("password_file", Quoted(path.string()) + " is empty");
+      return;
+    }
+    out.password = std::move(password);
+  }
+}
+
+// One entry of [kafka.properties] after flattening.
+struct KafkaProperty {
+  std::string name;
+  toml::source_position where;  // start of the (possibly dotted) key
+  const toml::node* value;
+};
+
+// Flattens [kafka.properties]; a nested table comes from an unquoted dotted
+// key (compression.type = "lz4") and is joined back with '.'.
+void FlattenKafkaProperties(const toml::table& table, const std::string& prefix,
+                            const toml::source_position* outer_key, std::vector<KafkaProperty>& out) {
+  for (auto&& [key, node] : table) {
+    std::string name = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+    const toml::source_position& where = outer_key != nullptr ? *outer_key : key.source().begin;
+    if (const toml::table* nested = node.as_table()) {
+      FlattenKafkaProperties(*nested, name, &where, out);
+    } else {
+      out.push_back({std::move(name), where, &node});
+    }
+  }
+}
+
+void ReadKafkaProperties(const toml::table& table, Diagnostics& diag, std::map<std::string, std::string>& out) {
+  std::vector<KafkaProperty> properties;
+  FlattenKafkaProperties(table, "", nullptr, properties);
+  // In file order, so that "set twice" points at the second one.
+  std::stable_sort(properties.begin(), properties.end(), [](const KafkaProperty& a, const KafkaProperty& b) {
+    return std::tie(a.where.line, a.where.column) < std::tie(b.where.line, b.where.column);
+  });
+  std::map<std::string, toml::source_position> seen;
+  for (const KafkaProperty& p : properties) {
+    const toml::node& node = *p.value;
+    std::string what = "'" + p.name + "' in [kafka.properties]";
+    std::string value;
+    if (const auto* s = node.as_string()) {
+      Result<std::string> r = SubstituteEnv(s->get());
+      if (!r.ok()) {
+        diag.Error(node, what + ": " + r.status().message());
+        continue;
+      }
+      value = std::move(r).value();
+    } else if (const auto* i = node.as_integer()) {
+      value = std::to_string(i->get());
+    } else if (const auto* b = node.as_boolean()) {
+      value = b->get() ? "true" : "false";
+    } else {
+      diag.Error(node, what + " must be a string, integer or boolean, got " + std::string(TypeName(node)));
+      continue;
+    }
+    if (p.name.empty()) {
+      diag.Error(p.where, "empty property name in [kafka.properties]");
+      continue;
+    }
+    if (p.name == "bootstrap.servers" || p.name == "metadata.broker.list") {
+      diag.Error(p.where, what + ": set the brokers with 'bootstrap_servers' in [kafka]");
+      continue;
+    }
+    if (auto [it, inserted] = seen.emplace(p.name, p.where); !inserted) {
+      diag.Error(p.where, what + " is set twice (first at " + diag.Location(it->second) + ")");
+      continue;
+    }
+    out[p.name] = std::move(value);
+  }
+}
+
+void ReadKafka(const toml::table& table, Diagnostics& diag, KafkaConfig& out) {
+  SectionReader r(table, "[kafka]", kKafkaKeys, /*substitute_env=*/true, diag);
+  if (auto servers = r.RequiredString("bootstrap_servers")) {
+    if (servers->empty()) {
+      r.MustBe("bootstrap_servers", "a comma-separated list of host:port, got \"\"");
+    } else {
+      out.bootstrap_servers = std::move(*servers);
+    }
+  }
+  if (const toml::node* node = r.Get("properties")) {
+    if (const toml::table* properties = node->as_table()) {
+      ReadKafkaProperties(*properties, diag, out.properties);
+    } else {
+      r.WrongType("properties", *node, "a table of librdkafka properties");
+    }
+  }
+  if (auto n = r.Integer("max_in_flight")) {
+    if (*n < 1) {
+      r.MustBe("max_in_flight", "a positive integer, got " + std::to_string(*n));
+    } else {
+      out.max_in_flight = static_cast<std::size_t>(*n);
+    }
+  }
+  if (auto d = r.Duration("shutdown_timeout")) out.shutdown_timeout = *d;
+}
+
+void ReadHttp(const toml::table& table, Diagnostics& diag, HttpConfig& out) {
+  SectionReader r(table, "[http]", kHttpKeys, /*substitute_env=*/true, diag);
+  if (auto listen = r.String("listen")) {
+    std::string problem = CheckListenAddress(*listen);
+    if (!problem.empty()) {
+      r.MustBe("listen", "\"host:port\", such as \"127.0.0.1:9464\": " + problem);
+    } else {
+      out.listen = std::move(*listen);
+    }
+  }
+}
+
+void ReadLog(const toml::table& table, Diagnostics& diag, LogConfig& out) {
+  static constexpr std::array<std::string_view, 5> kLevels = {"trace", "debug", "info", "warn", "error"};
+  static constexpr std::array<std::string_view, 2> kFormats = {"text", "json"};
+  SectionReader r(table, "[log]", kLogKeys, /*substitute_env=*/true, diag);
+  if (auto level = r.OneOf("level", kLevels)) out.level = std::move(*level);
+  if (auto format = r.OneOf("format", kFormats)) out.format = *format == "json" ? LogFormat::kJson : LogFormat::kText;
+}
+
+// What the duplicate check needs to know about one [[outbox]] block.
+struct OutboxIdentity {
+  std::string normalized_table;  // empty when the table name was invalid
+  const toml::node* table_node = nullptr;
+};
+
+void ReadHeaders(const SectionReader& r, OutboxTableConfig& out) {
+  const toml::node* node = r.Get("headers");
+  if (node == nullptr) return;
+  const toml::table* headers = node->as_table();
+  if (headers == nullptr) {
+    r.WrongType("headers", *node, "a table of header name = \"column\"");
+    return;
+  }
+  struct Entry {
+    toml::source_position pos;
+    std::string name;
+    std::string column;
+  };
+  std::vector<Entry> entries;
+  for (auto&& [key, value] : *headers) {
+    std::string where = "header '" + std::string(key.str()) + "' in " + r.scope();
+    if (key.str().empty()) {
+      r.diag().Error(key, "empty header name in " + r.scope());
+      continue;
+    }
+    if (key.str() == "id") {
+      r.diag().Error(key, where + ": the 'id' header always carries the event id; choose its column with 'id'");
+      continue;
+    }
+    const auto* column = value.as_string();
+    if (column == nullptr) {
+      r.diag().Error(value, where + " must be a column name string, got " + std::string(TypeName(value)));
+      continue;
+    }
+    if (column->get().empty() || column->get().size() > kMaxIdentifierBytes) {
+      r.diag().Error(value, where + " must be a column name of 1 to 63 bytes");
+      continue;
+    }
+    entries.push_back({key.source().begin, std::string(key.str()), column->get()});
+  }
+  // toml++ keeps keys sorted; users expect headers in the order they wrote them.
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return std::tie(a.pos.line, a.pos.column) < std::tie(b.pos.line, b.pos.column);
+  });
+  for (Entry& e : entries) out.headers.emplace_back(std::move(e.name), std::move(e.column));
+}
+
+OutboxIdentity ReadOutbox(const toml::table& table, std::size_t number, Diagnostics& diag, OutboxTableConfig& out) {
+  static constexpr std::array<std::string_view, 2> kAfterDelivery = {"delete", "mark"};
+  SectionReader r(table, "[[outbox]] #" + std::to_string(number), kOutboxKeys, /*substitute_env=*/false, diag);
+  OutboxIdentity identity;
+  out.config_location = diag.Location(table.source().begin);
+
+  if (auto name = r.RequiredString("table")) {
+    std::string normalized;
+    std::string problem = CheckTableName(*name, normalized);
+    if (!problem.empty()) {
+      r.MustBe("table", "\"schema.table\" or \"table\": " + problem);
+    } else {
+      out.table = std::move(*name);
+      identity.normalized_table = std::move(normalized);
+      identity.table_node = r.Get("table");
+    }
+  }
+  if (auto source = r.String("source")) {
+    if (*source == "cdc") {
+      r.Invalid("source", "cdc mode is not available in this build; only \"poll\" is");
+    } else if (*source != "poll") {
+      r.MustBe("source", "\"poll\", got " + Quoted(*source));
+    }
+  }
+  if (auto v = r.Column("order_by")) out.order_by = std::move(*v);
+
+  std::optional<std::string> after = r.OneOf("after_delivery", kAfterDelivery);
+  if (after) out.after_delivery = *after == "mark" ? AfterDelivery::kMark : AfterDelivery::kDelete;
+  std::optional<std::string> sent_column = r.Column("sent_column");
+  if (sent_column) out.sent_column = std::move(sent_column);
+  // Judge the pair only when after_delivery itself was valid (or defaulted).
+  if (after || r.Get("after_delivery") == nullptr) {
+    bool mark = out.after_delivery == AfterDelivery::kMark;
+    if (mark && r.Get("sent_column") == nullptr) {
+      r.Invalid("after_delivery", "\"mark\" needs 'sent_column', the column to set when a row is delivered");
+    } else if (!mark && r.Get("sent_column") != nullptr) {
+      r.Invalid("sent_column",
+                "only used with after_delivery = \"mark\" (with \"delete\", delivered rows are deleted)");
+    }
+  }
+
+  if (auto v = r.Column("id")) out.id = std::move(*v);
+  if (const toml::node* key = r.Get("key"); key != nullptr) {
+    if (key->is_string() && key->as_string()->get().empty()) {
+      out.key.reset();  // "" means: records have no key
+    } else if (auto column = r.Column("key")) {
+      out.key = std::move(*column);
+    }
+  }
+  if (auto v = r.Column("payload")) out.payload = std::move(*v);
+  if (auto topic = r.String("topic")) {
+    std::string problem = CheckTopicTemplate(*topic);
+    if (!problem.empty()) {
+      r.Invalid("topic", "not a valid topic template: " + problem);
+    } else {
+      out.topic = std::move(*topic);
+    }
+  }
+  ReadHeaders(r, out);
+  if (auto v = r.Column("timestamp")) out.timestamp = std::move(*v);
+  if (auto n = r.Integer("batch_size")) {
+    if (*n < 1 || *n > kMaxBatchSize) {
+      r.MustBe("batch_size", "between 1 and " + std::to_string(kMaxBatchSize) + ", got " + std::to_string(*n));
+    } else {
+      out.batch_size = static_cast<std::size_t>(*n);
+    }
+  }
+  if (auto d = r.Duration("poll_interval")) {
+    if (d->count() <= 0) {
+      r.MustBe("poll_interval", "greater than zero");
+    } else {
+      out.poll_interval = *d;
+    }
+  }
+  if (auto channel = r.String("notify_channel")) {
+    if (channel->empty() || channel->size() > kMaxIdentifierBytes) {
+      r.MustBe("notify_channel", "a channel name of 1 to 63 bytes");
+    } else {
+      out.notify_channel = std::move(*channel);
+    }
+  }
+  if (auto topic = r.String("dead_letter_topic")) {
+    std::string problem = CheckTopicName(*topic);
+    if (!problem.empty()) {
+      r.Invalid("dead_letter_topic", "not a valid Kafka topic name: " + problem);
+    } else {
+      out.dead_letter_topic = std::move(*topic);
+    }
+  }
+  return identity;
+}
+
+void ReadOutboxes(const toml::table& root, Diagnostics& diag, std::vector<OutboxTableConfig>& out) {
+  const toml::node* node = root.get("outbox");
+  if (node == nullptr) {
+    diag.ErrorInFile("missing required section [[outbox]]: configure at least one outbox table");
+    return;
+  }
+  const toml::array* blocks = node->as_array();
+  if (blocks == nullptr) {
+    diag.Error(*node, "'outbox' must be an array of tables ([[outbox]]), got " + std::string(TypeName(*node)));
+    return;
+  }
+  if (blocks->empty()) {
+    diag.Error(*node, "'outbox' must list at least one outbox table");
+    return;
+  }
+  struct Seen {
+    std::size_t number;
+    std::string location;
+  };
+  std::map<std::string, Seen> seen;
+  for (std::size_t i = 0; i < blocks->size(); ++i) {
+    std::size_t number = i + 1;
+    const toml::node& element = *blocks->get(i);
+    const toml::table* block = element.as_table();
+    if (block == nullptr) {
+      diag.Error(element, "[[outbox]] #" + std::to_string(number) + " must be a table, got " +
+                              std::string(TypeName(element)));
+      continue;
+    }
+    OutboxTableConfig config;
+    OutboxIdentity identity = ReadOutbox(*block, number, diag, config);
+    if (identity.table_node != nullptr) {
+      auto [it, inserted] = seen.emplace(identity.normalized_table, Seen{number, config.config_location});
+      if (!inserted) {
+        diag.Error(*identity.table_node, "'table' in [[outbox]] #" + std::to_string(number) + ": " +
+                                             Quoted(config.table) + " is already configured by [[outbox]] #" +
+                                             std::to_string(it->second.number) + " at " + it->second.location);
+      }
+    }
+    out.push_back(std::move(config));
+  }
+}
+
+// Looks up a section that must be a table; reports a wrong type, and a
+// missing section when it is required.
+const toml::table* Section(const toml::table& root, std::string_view name, bool required, Diagnostics& diag) {
+  const toml::node* node = root.get(name);
+  if (node == nullptr) {
+    if (required) diag.ErrorInFile("missing required section [" + std::string(name) + "]");
+    return nullptr;
+  }
+  const toml::table* table = node->as_table();
+  if (table == nullptr) {
+    diag.Error(*node, "'" + std::string(name) + "' must be a table ([" + std::string(name) + "]), got " +
+                          std::string(TypeName(*node)));
+  }
+  return table;
+}
+
+void RejectUnknownSections(const toml::table& root, Diagnostics& diag) {
+  struct Home {
+    std::string_view section;
+    std::span<const std::string_view> keys;
+  };
+  const std::array<Home, 5> homes = {Home{"postgres", kPostgresKeys}, Home{"kafka", kKafkaKeys},
+                                     Home{"http", kHttpKeys}, Home{"log", kLogKeys}, Home{"outbox", kOutboxKeys}};
+  auto header = [](std::string_view name) {
+    return name == "outbox" ? "[[outbox]]" : "[" + std::string(name) + "]";
+  };
+  for (auto&& [key, node] : root) {
+    std::string_view name = key.str();
+    if (std::find(kSections.begin(), kSections.end(), name) != kSections.end()) continue;
+    if (name == "cdc") {
+      diag.Error(key, "[cdc] is not supported: cdc mode is not available in this build");
+      continue;
+    }
+    std::optional<std::string_view> guess = Closest(name, kSections);
+    if (node.is_table() || node.is_array_of_tables()) {
+      std::string message = "unknown section " + (node.is_table() ? "[" + std::string(name) + "]"
+                                                                      : "[[" + std::string(name) + "]]");
+      if (guess) message += " (did you mean " + header(*guess) + "?)";
+      diag.Error(key, message);
+      continue;
+    }
+    std::string message = "unknown top-level key '" + std::string(name) + "'";
+    const Home* home = nullptr;
+    for (const Home& h : homes) {
+      if (std::find(h.keys.begin(), h.keys.end(), name) != h.keys.end()) home = &h;
+    }
+    if (home != nullptr) {
+      message += " (it belongs in " + header(home->section) + ", after the section header)";
+    } else if (guess) {
+      message += " (did you mean " + header(*guess) + "?)";
+    }
+    diag.Error(key, message);
+  }
+}
+
+Result<Config> Load(const std::string& path) {
+  Result<std::string> text = ReadWholeFile(path);
+  if (!text.ok()) return Status::InvalidConfig("cannot read config file " + path + ": " + text.status().message());
+
+  toml::table root;
+  try {
+    root = toml::parse(std::string_view(*text), std::string_view(path));
+  } catch (const toml::parse_error& e) {
+    const toml::source_position& pos = e.source().begin;
+    return Status::InvalidConfig(path + ":" + std::to_string(pos.line) + ":" + std::to_string(pos.column) + ": " +
+                                 std::string(e.description()));
+  }
+
+  Diagnostics diag(path);
+  Config config;
+  config.path = path;
+  RejectUnknownSections(root, diag);
+  if (const toml::table* t = Section(root, "postgres", /*required=*/true, diag)) {
+    ReadPostgres(*t, path, diag, config.postgres);
+  }
+  if (const toml::table* t = Section(root, "kafka", /*required=*/true, diag)) ReadKafka(*t, diag, config.kafka);
+  if (const toml::table* t = Section(root, "http", /*required=*/false, diag)) ReadHttp(*t, diag, config.http);
+  if (const toml::table* t = Section(root, "log", /*required=*/false, diag)) ReadLog(*t, diag, config.log);
+  ReadOutboxes(root, diag, config.outboxes);
+  if (diag.HasErrors()) return diag.ToStatus();
+  return config;
+}
+
+}  // namespace
+
+Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
+  auto invalid = [&](std::string_view why) {
+    return Status::InvalidConfig("invalid duration " + Quoted(text) + ": " + std::string(why));
+  };
+  constexpr std::string_view kExpected =
+      "expected a number followed by a unit (ms, s, m or h), such as \"250ms\" or \"10s\"";
+
+  std::size_t i = 0;
+  std::int64_t whole = 0;
+  while (i < text.size() && IsAsciiDigit(text[i])) {
+    if (__builtin_mul_overflow(whole, 10, &whole) || __builtin_add_overflow(whole, text[i] - '0', &whole)) {
+      return invalid("too large");
+    }
+    ++i;
+  }
+  if (i == 0) return invalid(kExpected);
+
+  std::int64_t fraction = 0;
+  std::int64_t scale = 1;
+  if (i < text.size() && text[i] == '.') {
+    std::size_t start = ++i;
+    while (i < text.size() && IsAsciiDigit(text[i])) {
+      if (i - start == 9) return invalid("too many decimal places");
+      fraction = fraction * 10 + (text[i] - '0');
+      scale *= 10;
+      ++i;
+    }
+    if (i == start) return invalid(kExpected);
+  }
+
+  std::string_view unit = text.substr(i);
+  std::int64_t factor = 0;
+  if (unit == "ms") {
+    factor = 1;
+  } else if (unit == "s") {
+    factor = 1000;
+  } else if (unit == "m") {
+    factor = 60 * 1000;
+  } else if (unit == "h") {
+    factor = 60 * 60 * 1000;
+  } else {
+    return invalid(kExpected);
+  }
+
+  // fraction < 1e9 and factor <= 3.6e6, so the product fits.
+  std::int64_t fraction_ms = fraction * factor;
+  if (fraction_ms % scale != 0) return invalid("not a whole number of milliseconds");
+  std::int64_t ms = 0;
+  if (__builtin_mul_overflow(whole, factor, &ms) || __builtin_add_overflow(ms, fraction_ms / scale, &ms)) {
+    return invalid("too large");
+  }
+  return milliseconds(ms);
+}
+
+Result<Config> LoadConfig(const std::string& path) {
+  // toml++ and the standard library may throw (std::bad_alloc, filesystem
+  // errors); nothing may escape to the caller.
+  try {
+    return Load(path);
+  } catch (const std::exception& e) {
+    return Status::Internal("could not load config file " + path + ": " + e.what());
+  }
+}
+
+}  // namespace outboxd

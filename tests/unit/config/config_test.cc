@@ -1,0 +1,797 @@
+#include "config/config.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace outboxd {
+namespace {
+
+using std::chrono::milliseconds;
+
+// The smallest valid sections, two lines each. Tests that look at line numbers
+// put the section under test first, so its lines are numbered from 1.
+const std::string kOutbox =
+    "[[outbox]]\n"
+    "table = \"public.outbox\"\n";
+const std::string kPostgres =
+    "[postgres]\n"
+    "conninfo = \"host=db dbname=app\"\n";
+const std::string kKafka =
+    "[kafka]\n"
+    "bootstrap_servers = \"kafka:9092\"\n";
+
+// Writes TOML text to a file in a fresh directory and loads it.
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = ::testing::TempDir() + "outboxd-config-XXXXXX";
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string PathOf(const std::string& name) const { return dir_ + "/" + name; }
+  std::string ConfigPath() const { return PathOf("outboxd.toml"); }
+
+  void WriteFile(const std::string& name, const std::string& text) const {
+    std::ofstream(PathOf(name), std::ios::binary) << text;
+  }
+
+  Result<Config> Load(const std::string& text) const {
+    WriteFile("outboxd.toml", text);
+    return LoadConfig(ConfigPath());
+  }
+
+  // Loads text that must be valid.
+  Config Valid(const std::string& text) const {
+    Result<Config> config = Load(text);
+    EXPECT_TRUE(config.ok()) << config.status().message();
+    return config.ok() ? *config : Config{};
+  }
+
+  // Loads text that must be rejected; returns the error message.
+  std::string Error(const std::string& text) const {
+    Result<Config> config = Load(text);
+    EXPECT_FALSE(config.ok()) << "loaded without error";
+    EXPECT_EQ(config.status().code(), StatusCode::kInvalidConfig);
+    return config.status().message();
+  }
+
+  // "FILE:LINE:COLUMN" in the config file, as error messages start.
+  std::string At(int line, int column) const {
+    return ConfigPath() + ":" + std::to_string(line) + ":" + std::to_string(column);
+  }
+
+  std::string dir_;
+};
+
+// Sets an environment variable for the length of one test.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
+// --- Valid files ------------------------------------------------------------
+
+TEST_F(ConfigTest, MinimalFileGetsDebeziumDefaults) {
+  Config c = Valid(kPostgres + kKafka + kOutbox);  // [[outbox]] is on line 5
+
+  EXPECT_EQ(c.path, ConfigPath());
+  EXPECT_EQ(c.postgres.conninfo, "host=db dbname=app");
+  EXPECT_EQ(c.postgres.password, std::nullopt);
+  EXPECT_EQ(c.kafka.bootstrap_servers, "kafka:9092");
+  EXPECT_TRUE(c.kafka.properties.empty());
+  EXPECT_EQ(c.kafka.max_in_flight, 50000u);
+  EXPECT_EQ(c.kafka.shutdown_timeout, milliseconds(10000));
+  EXPECT_EQ(c.http.listen, std::nullopt);
+  EXPECT_EQ(c.log.level, "info");
+  EXPECT_EQ(c.log.format, LogFormat::kText);
+
+  ASSERT_EQ(c.outboxes.size(), 1u);
+  const OutboxTableConfig& o = c.outboxes[0];
+  EXPECT_EQ(o.table, "public.outbox");
+  EXPECT_EQ(o.order_by, "seq");
+  EXPECT_EQ(o.after_delivery, AfterDelivery::kDelete);
+  EXPECT_EQ(o.sent_column, std::nullopt);
+  EXPECT_EQ(o.id, "id");
+  EXPECT_EQ(o.key, "aggregateid");
+  EXPECT_EQ(o.payload, "payload");
+  EXPECT_EQ(o.topic, "outbox.event.${aggregatetype}");
+  EXPECT_TRUE(o.headers.empty());
+  EXPECT_EQ(o.timestamp, std::nullopt);
+  EXPECT_EQ(o.batch_size, 1000u);
+  EXPECT_EQ(o.poll_interval, milliseconds(250));
+  EXPECT_EQ(o.notify_channel, std::nullopt);
+  EXPECT_EQ(o.dead_letter_topic, std::nullopt);
+  EXPECT_EQ(o.config_location, At(5, 1));
+}
+
+TEST_F(ConfigTest, EveryKeySet) {
+  WriteFile("pg-password", "s3cret\n");
+  Config c = Valid(
+      "[postgres]\n"
+      "conninfo = \"postgresql://outboxd@db/app\"\n"
+      "password_file = \"pg-password\"\n"  // relative to the config file
+      "[kafka]\n"
+      "bootstrap_servers = \"k1:9092,k2:9092\"\n"
+      "max_in_flight = 200\n"
+      "shutdown_timeout = \"30s\"\n"
+      "[kafka.properties]\n"
+      "\"compression.type\" = \"lz4\"\n"
+      "[http]\n"
+      "listen = \"0.0.0.0:9464\"\n"
+      "[log]\n"
+      "level = \"debug\"\n"
+      "format = \"json\"\n"
+      "[[outbox]]\n"  // line 15
+      "table = \"app.outbox\"\n"
+      "source = \"poll\"\n"
+      "order_by = \"position\"\n"
+      "after_delivery = \"mark\"\n"
+      "sent_column = \"sent_at\"\n"
+      "id = \"event_id\"\n"
+      "key = \"partition_key\"\n"
+      "payload = \"body\"\n"
+      "topic = \"${aggregate}.events\"\n"
+      "headers = { type = \"event_type\", traceparent = \"traceparent\", ce_source = \"source\" }\n"
+      "timestamp = \"created_at\"\n"
+      "batch_size = 500\n"
+      "poll_interval = \"1.5s\"\n"
+      "notify_channel = \"outbox_ready\"\n"
+      "dead_letter_topic = \"outbox.dlq\"\n"
+      "[[outbox]]\n"  // line 31
+      "table = \"billing.outbox\"\n"
+      "key = \"\"\n");
+
+  EXPECT_EQ(c.postgres.conninfo, "postgresql://outboxd@db/app");
+  EXPECT_EQ(c.postgres.password, "s3cret");
+  EXPECT_EQ(c.kafka.bootstrap_servers, "k1:9092,k2:9092");
+  EXPECT_EQ(c.kafka.max_in_flight, 200u);
+  EXPECT_EQ(c.kafka.shutdown_timeout, milliseconds(30000));
+  EXPECT_EQ(c.kafka.properties, (std::map<std::string, std::string>{{"compression.type", "lz4"}}));
+  EXPECT_EQ(c.http.listen, "0.0.0.0:9464");
+  EXPECT_EQ(c.log.level, "debug");
+  EXPECT_EQ(c.log.format, LogFormat::kJson);
+
+  ASSERT_EQ(c.outboxes.size(), 2u);
+  const OutboxTableConfig& o = c.outboxes[0];
+  EXPECT_EQ(o.table, "app.outbox");
+  EXPECT_EQ(o.order_by, "position");
+  EXPECT_EQ(o.after_delivery, AfterDelivery::kMark);
+  EXPECT_EQ(o.sent_column, "sent_at");
+  EXPECT_EQ(o.id, "event_id");
+  EXPECT_EQ(o.key, "partition_key");
+  EXPECT_EQ(o.payload, "body");
+  EXPECT_EQ(o.topic, "${aggregate}.events");
+  // In the order written, not sorted.
+  using Headers = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(o.headers, (Headers{{"type", "event_type"}, {"traceparent", "traceparent"}, {"ce_source", "source"}}));
+  EXPECT_EQ(o.timestamp, "created_at");
+  EXPECT_EQ(o.batch_size, 500u);
+  EXPECT_EQ(o.poll_interval, milliseconds(1500));
+  EXPECT_EQ(o.notify_channel, "outbox_ready");
+  EXPECT_EQ(o.dead_letter_topic, "outbox.dlq");
+  EXPECT_EQ(o.config_location, At(15, 1));
+
+  const OutboxTableConfig& billing = c.outboxes[1];
+  EXPECT_EQ(billing.table, "billing.outbox");
+  EXPECT_EQ(billing.key, std::nullopt);  // key = "" means records have no key
+  EXPECT_EQ(billing.config_location, At(31, 1));
+}
+
+TEST_F(ConfigTest, SectionsMayComeInAnyOrder) {
+  Config c = Valid(kOutbox + kKafka + kPostgres);
+  EXPECT_EQ(c.outboxes.at(0).config_location, At(1, 1));
+  EXPECT_EQ(c.postgres.conninfo, "host=db dbname=app");
+}
+
+TEST_F(ConfigTest, TableNamesFollowSqlIdentifierSyntax) {
+  for (const char* table : {"outbox", "public.outbox", "\\\"My Schema\\\".\\\"Outbox\\\"", "app_1.outbox$2",
+                            "\\\"with \\\"\\\"quote\\\"\\\"\\\"", "Ünïcode.outbox"}) {
+    SCOPED_TRACE(table);
+    Valid("[[outbox]]\ntable = \"" + std::string(table) + "\"\n" + kPostgres + kKafka);
+  }
+}
+
+TEST_F(ConfigTest, ShippedExamplesLoad) {
+  for (const char* name : {"outbox.toml", "minimal.toml"}) {
+    SCOPED_TRACE(name);
+    Result<Config> c = LoadConfig(std::string(OUTBOXD_CONFIG_EXAMPLES_DIR) + "/" + name);
+    EXPECT_TRUE(c.ok()) << c.status().message();
+  }
+}
+
+// --- Unknown keys -----------------------------------------------------------
+
+TEST_F(ConfigTest, UnknownTopLevelKey) {
+  EXPECT_EQ(Error("colour = \"blue\"\n" + kPostgres + kKafka + kOutbox),
+            At(1, 1) + ": unknown top-level key 'colour'");
+}
+
+TEST_F(ConfigTest, TopLevelKeyThatBelongsInASectionSaysWhere) {
+  EXPECT_EQ(Error("listen = \"127.0.0.1:9464\"\n" + kPostgres + kKafka + kOutbox),
+            At(1, 1) + ": unknown top-level key 'listen' (it belongs in [http], after the section header)");
+}
+
+TEST_F(ConfigTest, UnknownSectionSuggestsTheClosest) {
+  EXPECT_EQ(Error(kPostgres + kKafka + kOutbox +
+                  "[kafak]\n"  // line 7; the name starts in column 2
+                  "linger = 5\n"),
+            At(7, 2) + ": unknown section [kafak] (did you mean [kafka]?)");
+  EXPECT_EQ(Error(kPostgres + kKafka + kOutbox + "[[outbx]]\n"),
+            At(7, 3) + ": unknown section [[outbx]] (did you mean [[outbox]]?)");
+}
+
+TEST_F(ConfigTest, UnknownKeyInSection) {
+  EXPECT_EQ(Error("[kafka]\n"
+                  "bootstrap_servers = \"kafka:9092\"\n"
+                  "  colour = \"blue\"\n" +  // line 3, indented by two
+                  kPostgres + kOutbox),
+            At(3, 3) + ": unknown key 'colour' in [kafka]");
+}
+
+TEST_F(ConfigTest, UnknownKeyInSectionSuggestsTheClosest) {
+  EXPECT_EQ(Error("[kafka]\n"
+                  "bootstrap_servers = \"kafka:9092\"\n"
+                  "max_inflight = 10\n" +
+                  kPostgres + kOutbox),
+            At(3, 1) + ": unknown key 'max_inflight' in [kafka] (did you mean 'max_in_flight'?)");
+}
+
+TEST_F(ConfigTest, UnknownKeyInOutboxBlockNamesTheBlock) {
+  EXPECT_EQ(Error(kOutbox +
+                  "[[outbox]]\n"  // line 3: block #2
+                  "table = \"billing.outbox\"\n"
+                  "bacth_size = 10\n" +
+                  kPostgres + kKafka),
+            At(5, 1) + ": unknown key 'bacth_size' in [[outbox]] #2 (did you mean 'batch_size'?)");
+}
+
+TEST_F(ConfigTest, UnknownSubTableOfAnOutboxBlock) {
+  EXPECT_EQ(Error(kOutbox +
+                  "[outbox.extra]\n"  // belongs to block #1
+                  "a = 1\n" +
+                  kPostgres + kKafka),
+            At(3, 9) + ": unknown key 'extra' in [[outbox]] #1");
+}
+
+// --- Types and required values ---------------------------------------------
+
+TEST_F(ConfigTest, WrongTypeInOutboxBlock) {
+  EXPECT_EQ(Error(kOutbox +
+                  "batch_size = \"100\"\n" +  // line 3, value in column 14
+                  kPostgres + kKafka),
+            At(3, 14) + ": 'batch_size' in [[outbox]] #1 must be an integer, got string");
+}
+
+TEST_F(ConfigTest, WrongTypeInSection) {
+  EXPECT_EQ(Error("[postgres]\n"
+                  "conninfo = 5432\n" +
+                  kKafka + kOutbox),
+            At(2, 12) + ": 'conninfo' in [postgres] must be a string, got integer");
+  EXPECT_EQ(Error("[log]\n"
+                  "level = true\n" +
+                  kPostgres + kKafka + kOutbox),
+            At(2, 9) + ": 'level' in [log] must be a string, got boolean");
+  EXPECT_EQ(Error("[kafka]\n"
+                  "bootstrap_servers = \"kafka:9092\"\n"
+                  "properties = \"acks=all\"\n" +
+                  kPostgres + kOutbox),
+            At(3, 14) + ": 'properties' in [kafka] must be a table of librdkafka properties, got string");
+  EXPECT_EQ(Error(kOutbox +
+                  "headers = \"type\"\n" +
+                  kPostgres + kKafka),
+            At(3, 11) + ": 'headers' in [[outbox]] #1 must be a table of header name = \"column\", got string");
+}
+
+TEST_F(ConfigTest, SectionThatIsNotATable) {
+  EXPECT_EQ(Error("postgres = \"host=db\"\n" + kKafka + kOutbox),
+            At(1, 12) + ": 'postgres' must be a table ([postgres]), got string");
+}
+
+TEST_F(ConfigTest, EmptyOutboxArray) {
+  EXPECT_EQ(Error("outbox = []\n" + kPostgres + kKafka),
+            At(1, 10) + ": 'outbox' must list at least one outbox table");
+}
+
+TEST_F(ConfigTest, OutboxWithSingleBracketsIsNotAnArrayOfTables) {
+  EXPECT_EQ(Error("[outbox]\n"
+                  "table = \"public.outbox\"\n" +
+                  kPostgres + kKafka),
+            At(1, 1) + ": 'outbox' must be an array of tables ([[outbox]]), got table");
+}
+
+TEST_F(ConfigTest, MissingRequiredKeyPointsAtTheSectionHeader) {
+  EXPECT_EQ(Error(kKafka + kOutbox +
+                  "[postgres]\n"),  // line 5
+            At(5, 1) + ": [postgres] is missing required key 'conninfo'");
+  EXPECT_EQ(Error("[kafka]\n"
+                  "max_in_flight = 10\n" +
+                  kPostgres + kOutbox),
+            At(1, 1) + ": [kafka] is missing required key 'bootstrap_servers'");
+  EXPECT_EQ(Error(kOutbox +
+                  "[[outbox]]\n"  // line 3: block #2
+                  "batch_size = 10\n" +
+                  kPostgres + kKafka),
+            At(3, 1) + ": [[outbox]] #2 is missing required key 'table'");
+}
+
+TEST_F(ConfigTest, MissingSectionsPointAtTheFile) {
+  EXPECT_EQ(Error(kKafka + kOutbox), At(1, 1) + ": missing required section [postgres]");
+  EXPECT_EQ(Error(kPostgres + kOutbox), At(1, 1) + ": missing required section [kafka]");
+  EXPECT_EQ(Error(kPostgres + kKafka),
+            At(1, 1) + ": missing required section [[outbox]]: configure at least one outbox table");
+}
+
+TEST_F(ConfigTest, EveryErrorIsReportedInFileOrder) {
+  EXPECT_EQ(Error(""), At(1, 1) + ": missing required section [postgres]\n" +  //
+                           At(1, 1) + ": missing required section [kafka]\n" +
+                           At(1, 1) + ": missing required section [[outbox]]: configure at least one outbox table");
+  EXPECT_EQ(Error(kOutbox +
+                  "batch_size = 0\n"   // line 3
+                  "colour = 1\n" +     // line 4
+                  kPostgres +
+                  "[kafka]\n"          // line 7
+                  "bootstrap_servers = 9092\n"),
+            At(3, 14) + ": 'batch_size' in [[outbox]] #1 must be between 1 and 100000, got 0\n" +  //
+                At(4, 1) + ": unknown key 'colour' in [[outbox]] #1\n" +
+                At(8, 21) + ": 'bootstrap_servers' in [kafka] must be a string, got integer");
+}
+
+// --- Values -----------------------------------------------------------------
+
+TEST_F(ConfigTest, DurationWithoutUnit) {
+  EXPECT_EQ(Error(kOutbox +
+                  "poll_interval = 250\n" +
+                  kPostgres + kKafka),
+            At(3, 17) + ": 'poll_interval' in [[outbox]] #1 must be a duration string with a unit, "
+                        "such as \"250ms\" or \"10s\", got integer");
+  EXPECT_EQ(Error(kOutbox +
+                  "poll_interval = \"250\"\n" +
+                  kPostgres + kKafka),
+            At(3, 17) + ": 'poll_interval' in [[outbox]] #1: invalid duration \"250\": expected a number "
+                        "followed by a unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
+}
+
+TEST_F(ConfigTest, BadDurationInKafka) {
+  EXPECT_EQ(Error("[kafka]\n"
+                  "bootstrap_servers = \"kafka:9092\"\n"
+                  "shutdown_timeout = \"10 s\"\n" +
+                  kPostgres + kOutbox),
+            At(3, 20) + ": 'shutdown_timeout' in [kafka]: invalid duration \"10 s\": expected a number "
+                        "followed by a unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
+}
+
+TEST_F(ConfigTest, PollIntervalMustBePositive) {
+  EXPECT_EQ(Error(kOutbox +
+                  "poll_interval = \"0ms\"\n" +
+                  kPostgres + kKafka),
+            At(3, 17) + ": 'poll_interval' in [[outbox]] #1 must be greater than zero");
+}
+
+TEST_F(ConfigTest, ShutdownTimeoutMayBeZero) {
+  Config c = Valid(kPostgres + kOutbox + kKafka + "shutdown_timeout = \"0s\"\n");
+  EXPECT_EQ(c.kafka.shutdown_timeout, milliseconds(0));
+}
+
+TEST_F(ConfigTest, BadEnumValues) {
+  EXPECT_EQ(Error("[log]\n"
+                  "level = \"verbose\"\n" +
+                  kPostgres + kKafka + kOutbox),
+            At(2, 9) + ": 'level' in [log] must be trace, debug, info, warn or error, got \"verbose\"");
+  EXPECT_EQ(Error("[log]\n"
+                  "format = \"yaml\"\n" +
+                  kPostgres + kKafka + kOutbox),
+            At(2, 10) + ": 'format' in [log] must be text or json, got \"yaml\"");
+  EXPECT_EQ(Error(kOutbox +
+                  "after_delivery = \"remove\"\n" +
+                  kPostgres + kKafka),
+            At(3, 18) + ": 'after_delivery' in [[outbox]] #1 must be delete or mark, got \"remove\"");
+}
+
+TEST_F(ConfigTest, MarkNeedsSentColumn) {
+  EXPECT_EQ(Error(kOutbox +
+                  "after_delivery = \"mark\"\n" +
+                  kPostgres + kKafka),
+            At(3, 18) + ": 'after_delivery' in [[outbox]] #1: \"mark\" needs 'sent_column', "
+                        "the column to set when a row is delivered");
+}
+
+TEST_F(ConfigTest, SentColumnWithDeleteIsAnError) {
+  const std::string expected = ": 'sent_column' in [[outbox]] #1: only used with after_delivery = \"mark\" "
+                               "(with \"delete\", delivered rows are deleted)";
+  EXPECT_EQ(Error(kOutbox +
+                  "after_delivery = \"delete\"\n"
+                  "sent_column = \"sent_at\"\n" +  // line 4
+                  kPostgres + kKafka),
+            At(4, 15) + expected);
+  // delete is the default
+  EXPECT_EQ(Error(kOutbox +
+                  "sent_column = \"sent_at\"\n" +
+                  kPostgres + kKafka),
+            At(3, 15) + expected);
+}
+
+TEST_F(ConfigTest, BatchSizeRange) {
+  auto with_batch_size = [&](const std::string& value) {
+    return kOutbox + "batch_size = " + value + "\n" + kPostgres + kKafka;
+  };
+  EXPECT_EQ(Error(with_batch_size("0")),
+            At(3, 14) + ": 'batch_size' in [[outbox]] #1 must be between 1 and 100000, got 0");
+  EXPECT_EQ(Error(with_batch_size("100001")),
+            At(3, 14) + ": 'batch_size' in [[outbox]] #1 must be between 1 and 100000, got 100001");
+  EXPECT_EQ(Error(with_batch_size("-5")),
+            At(3, 14) + ": 'batch_size' in [[outbox]] #1 must be between 1 and 100000, got -5");
+  EXPECT_EQ(Valid(with_batch_size("1")).outboxes.at(0).batch_size, 1u);
+  EXPECT_EQ(Valid(with_batch_size("100000")).outboxes.at(0).batch_size, 100000u);
+}
+
+TEST_F(ConfigTest, MaxInFlightMustBePositive) {
+  EXPECT_EQ(Error("[kafka]\n"
+                  "bootstrap_servers = \"kafka:9092\"\n"
+                  "max_in_flight = 0\n" +
+                  kPostgres + kOutbox),
+            At(3, 17) + ": 'max_in_flight' in [kafka] must be a positive integer, got 0");
+}
+
+TEST_F(ConfigTest, BadTopicTemplates) {
+  auto topic_error = [&](const std::string& topic) {
+    return Error(kOutbox + "topic = \"" + topic + "\"\n" + kPostgres + kKafka);
+  };
+  const std::string prefix = At(3, 9) + ": 'topic' in [[outbox]] #1: not a valid topic template: ";
+  EXPECT_EQ(topic_error("outbox.${aggregatetype"), prefix + "unterminated \"${\" at character 8");
+  EXPECT_EQ(topic_error("orders}"), prefix + "'}' at character 7 has no matching \"${\"");
+  EXPECT_EQ(topic_error("orders.${}"), prefix + "empty placeholder \"${}\" at character 8");
+  EXPECT_EQ(topic_error("a.${x${y}}"), prefix + "'$' inside the placeholder at character 3");
+  EXPECT_EQ(topic_error("$type"), prefix + "'$' at character 1 must start a ${column} placeholder");
+  EXPECT_EQ(topic_error("{type}"), prefix + "'{' at character 1 must follow '$' in a ${column} placeholder");
+  EXPECT_EQ(topic_error("events for ${type}"),
+            prefix + "' ' at character 7 is not allowed in a Kafka topic name "
+                     "(letters, digits, '.', '_', '-' and ${column})");
+  EXPECT_EQ(topic_error(""), prefix + "it is empty");
+}
+
+TEST_F(ConfigTest, GoodTopicTemplates) {
+  for (const char* topic : {"orders", "${aggregatetype}", "app.${aggregatetype}.${type}-v1", "x_${a}${b}"}) {
+    SCOPED_TRACE(topic);
+    EXPECT_EQ(Valid(kOutbox + "topic = \"" + topic + "\"\n" + kPostgres + kKafka).outboxes.at(0).topic, topic);
+  }
+}
+
+TEST_F(ConfigTest, BadDeadLetterTopic) {
+  EXPECT_EQ(Error(kOutbox +
+                  "dead_letter_topic = \"dead letters\"\n" +
+                  kPostgres + kKafka),
+            At(3, 21) + ": 'dead_letter_topic' in [[outbox]] #1: not a valid Kafka topic name: ' ' at character 5 "
+                        "is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')");
+}
+
+TEST_F(ConfigTest, BadTableNames) {
+  auto table_error = [&](const std::string& table) {
+    return Error("[[outbox]]\ntable = \"" + table + "\"\n" + kPostgres + kKafka);
+  };
+  const std::string prefix = At(2, 9) + ": 'table' in [[outbox]] #1 must be \"schema.table\" or \"table\": ";
+  EXPECT_EQ(table_error("app.public.outbox"), prefix + "it has 3 parts");
+  EXPECT_EQ(table_error("public outbox"), prefix + "unexpected ' ' at character 7 (double-quote unusual names)");
+  EXPECT_EQ(table_error("1outbox"), prefix + "unexpected '1' at character 1 (double-quote unusual names)");
+  EXPECT_EQ(table_error("public."), prefix + "expected an identifier after the last '.'");
+  EXPECT_EQ(table_error(""), prefix + "it is empty");
+  EXPECT_EQ(table_error("\\\"Outbox"), prefix + "unterminated quoted identifier starting at character 1");
+  EXPECT_EQ(table_error(std::string(64, 'x')),
+            prefix + "identifier \"" + std::string(64, 'x') + "\" is longer than PostgreSQL's 63-byte limit");
+}
+
+TEST_F(ConfigTest, EmptyColumnName) {
+  EXPECT_EQ(Error(kOutbox +
+                  "payload = \"\"\n" +
+                  kPostgres + kKafka),
+            At(3, 11) + ": 'payload' in [[outbox]] #1 must be a column name, got \"\"");
+}
+
+TEST_F(ConfigTest, DuplicateTables) {
+  EXPECT_EQ(Error(kOutbox +
+                  "[[outbox]]\n"
+                  "table = \"PUBLIC.Outbox\"\n" +  // line 4; unquoted names fold to lower case
+                  kPostgres + kKafka),
+            At(4, 9) + ": 'table' in [[outbox]] #2: \"PUBLIC.Outbox\" is already configured by [[outbox]] #1 at " +
+                At(1, 1));
+}
+
+TEST_F(ConfigTest, QuotedTableNamesKeepTheirCase) {
+  Config c = Valid(kOutbox +
+                   "[[outbox]]\n"
+                   "table = 'public.\"Outbox\"'\n" +
+                   kPostgres + kKafka);
+  EXPECT_EQ(c.outboxes.size(), 2u);
+}
+
+TEST_F(ConfigTest, CdcSourceIsRejected) {
+  EXPECT_EQ(Error(kOutbox +
+                  "source = \"cdc\"\n" +
+                  kPostgres + kKafka),
+            At(3, 10) + ": 'source' in [[outbox]] #1: cdc mode is not available in this build; only \"poll\" is");
+  EXPECT_EQ(Error(kOutbox +
+                  "source = \"push\"\n" +
+                  kPostgres + kKafka),
+            At(3, 10) + ": 'source' in [[outbox]] #1 must be \"poll\", got \"push\"");
+}
+
+TEST_F(ConfigTest, CdcSectionIsRejected) {
+  EXPECT_EQ(Error(kPostgres + kKafka + kOutbox +
+                  "[cdc]\n"  // line 7
+                  "slot = \"outboxd\"\n"),
+            At(7, 2) + ": [cdc] is not supported: cdc mode is not available in this build");
+}
+
+TEST_F(ConfigTest, HeaderIdIsReserved) {
+  EXPECT_EQ(Error(kOutbox +
+                  "headers = { id = \"event_id\" }\n" +
+                  kPostgres + kKafka),
+            At(3, 13) + ": header 'id' in [[outbox]] #1: the 'id' header always carries the event id; "
+                        "choose its column with 'id'");
+  EXPECT_EQ(Error(kOutbox +
+                  "headers = { type = 1 }\n" +
+                  kPostgres + kKafka),
+            At(3, 20) + ": header 'type' in [[outbox]] #1 must be a column name string, got integer");
+}
+
+TEST_F(ConfigTest, HeadersMayBeASubTable) {
+  Config c = Valid(kOutbox +
+                   "[outbox.headers]\n"
+                   "type = \"type\"\n"
+                   "traceparent = \"trace\"\n" +
+                   kPostgres + kKafka);
+  using Headers = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(c.outboxes.at(0).headers, (Headers{{"type", "type"}, {"traceparent", "trace"}}));
+}
+
+TEST_F(ConfigTest, HttpListenAddress) {
+  auto listen_error = [&](const std::string& listen) {
+    return Error("[http]\nlisten = \"" + listen + "\"\n" + kPostgres + kKafka + kOutbox);
+  };
+  const std::string prefix = At(2, 10) + ": 'listen' in [http] must be \"host:port\", such as \"127.0.0.1:9464\": ";
+  EXPECT_EQ(listen_error("9464"), prefix + "missing \":port\"");
+  EXPECT_EQ(listen_error("localhost:"), prefix + "missing port");
+  EXPECT_EQ(listen_error(":9464"), prefix + "missing host (use 0.0.0.0 to listen on all interfaces)");
+  EXPECT_EQ(listen_error("localhost:http"), prefix + "port \"http\" is not a number from 1 to 65535");
+  EXPECT_EQ(listen_error("localhost:65536"), prefix + "port \"65536\" is not a number from 1 to 65535");
+  EXPECT_EQ(listen_error("::1:9464"), prefix + "write an IPv6 address in brackets, such as \"[::1]:9464\"");
+  for (const char* ok : {"127.0.0.1:9464", "localhost:1", "[::1]:9464", "[::]:65535"}) {
+    SCOPED_TRACE(ok);
+    EXPECT_EQ(Valid("[http]\nlisten = \"" + std::string(ok) + "\"\n" + kPostgres + kKafka + kOutbox).http.listen, ok);
+  }
+}
+
+// --- Environment substitution ----------------------------------------------
+
+TEST_F(ConfigTest, EnvironmentVariablesAreSubstituted) {
+  ScopedEnv host("OUTBOXD_TEST_HOST", "db.internal");
+  ScopedEnv secret("OUTBOXD_TEST_SECRET", "hunter2");
+  ScopedEnv level("OUTBOXD_TEST_LEVEL", "warn");
+  Config c = Valid(
+      "[postgres]\n"
+      "conninfo = \"host=${OUTBOXD_TEST_HOST} dbname=app\"\n"
+      "[kafka]\n"
+      "bootstrap_servers = \"${OUTBOXD_TEST_HOST}:9092\"\n"
+      "[kafka.properties]\n"
+      "\"sasl.password\" = \"${OUTBOXD_TEST_SECRET}\"\n"
+      "[http]\n"
+      "listen = \"${OUTBOXD_TEST_HOST}:9464\"\n"
+      "[log]\n"
+      "level = \"${OUTBOXD_TEST_LEVEL}\"\n" +
+      kOutbox);
+  EXPECT_EQ(c.postgres.conninfo, "host=db.internal dbname=app");
+  EXPECT_EQ(c.kafka.bootstrap_servers, "db.internal:9092");
+  EXPECT_EQ(c.kafka.properties.at("sasl.password"), "hunter2");
+  EXPECT_EQ(c.http.listen, "db.internal:9464");
+  EXPECT_EQ(c.log.level, "warn");
+}
+
+TEST_F(ConfigTest, UnsetEnvironmentVariableIsAnError) {
+  unsetenv("OUTBOXD_TEST_UNSET");
+  EXPECT_EQ(Error("[postgres]\n"
+                  "conninfo = \"host=${OUTBOXD_TEST_UNSET}\"\n" +
+                  kKafka + kOutbox),
+            At(2, 12) + ": 'conninfo' in [postgres]: environment variable OUTBOXD_TEST_UNSET is not set");
+  EXPECT_EQ(Error(kPostgres + kKafka + kOutbox +
+                  "[kafka.properties]\n"  // line 7
+                  "\"sasl.password\" = \"${OUTBOXD_TEST_UNSET}\"\n"),
+            At(8, 19) + ": 'sasl.password' in [kafka.properties]: environment variable OUTBOXD_TEST_UNSET "
+                        "is not set");
+}
+
+TEST_F(ConfigTest, MalformedEnvironmentReference) {
+  EXPECT_EQ(Error("[postgres]\n"
+                  "conninfo = \"host=${OUTBOXD_TEST_HOST\"\n" +
+                  kKafka + kOutbox),
+            At(2, 12) + ": 'conninfo' in [postgres]: unterminated \"${\" (write \"$${\" for a literal \"${\")");
+  EXPECT_EQ(Error("[postgres]\n"
+                  "conninfo = \"host=${}\"\n" +
+                  kKafka + kOutbox),
+            At(2, 12) + ": 'conninfo' in [postgres]: \"${}\" does not name an environment variable "
+                        "(letters, digits and _; write \"$${\" for a literal \"${\")");
+}
+
+TEST_F(ConfigTest, DoubleDollarEscapesALiteralReference) {
+  Config c = Valid(
+      "[postgres]\n"
+      "conninfo = \"password=pa$${ss} $$ $x\"\n" +
+      kKafka + kOutbox);
+  EXPECT_EQ(c.postgres.conninfo, "password=pa${ss} $$ $x");
+}
+
+TEST_F(ConfigTest, OutboxRoutingKeysAreNotSubstituted) {
+  ScopedEnv type("aggregatetype", "from-the-environment");
+  Config c = Valid(kOutbox +
+                   "topic = \"outbox.event.${aggregatetype}\"\n" +
+                   kPostgres + kKafka);
+  EXPECT_EQ(c.outboxes.at(0).topic, "outbox.event.${aggregatetype}");
+}
+
+// --- password_file ------------------------------------------------------------
+
+TEST_F(ConfigTest, PasswordFileIsReadWithoutTrailingNewline) {
+  WriteFile("secret", "correct horse\r\n");
+  Config c = Valid("[postgres]\n"
+                   "conninfo = \"host=db\"\n"
+                   "password_file = \"" + PathOf("secret") + "\"\n" +
+                   kKafka + kOutbox);
+  EXPECT_EQ(c.postgres.password, "correct horse");
+}
+
+TEST_F(ConfigTest, PasswordFilePathMayComeFromTheEnvironment) {
+  WriteFile("secret", "pw");
+  ScopedEnv dir("OUTBOXD_TEST_CREDENTIALS", dir_.c_str());
+  Config c = Valid("[postgres]\n"
+                   "conninfo = \"host=db\"\n"
+                   "password_file = \"${OUTBOXD_TEST_CREDENTIALS}/secret\"\n" +
+                   kKafka + kOutbox);
+  EXPECT_EQ(c.postgres.password, "pw");
+}
+
+TEST_F(ConfigTest, MissingPasswordFile) {
+  EXPECT_EQ(Error("[postgres]\n"
+                  "conninfo = \"host=db\"\n"
+                  "password_file = \"" + PathOf("absent") + "\"\n" +
+                  kKafka + kOutbox),
+            At(3, 17) + ": 'password_file' in [postgres]: cannot read \"" + PathOf("absent") +
+                "\": No such file or directory");
+}
+
+TEST_F(ConfigTest, EmptyPasswordFile) {
+  WriteFile("secret", "\n");
+  EXPECT_EQ(Error("[postgres]\n"
+                  "conninfo = \"host=db\"\n"
+                  "password_file = \"secret\"\n" +
+                  kKafka + kOutbox),
+            At(3, 17) + ": 'password_file' in [postgres]: \"" + PathOf("secret") + "\" is empty");
+}
+
+// --- [kafka.properties] -------------------------------------------------------
+
+TEST_F(ConfigTest, PropertiesAcceptIntegersAndBooleans) {
+  Config c = Valid(kPostgres + kOutbox + kKafka +
+                   "[kafka.properties]\n"
+                   "\"linger.ms\" = 5\n"
+                   "\"enable.idempotence\" = true\n"
+                   "\"socket.nagle.disable\" = false\n"
+                   "acks = \"all\"\n");
+  EXPECT_EQ(c.kafka.properties, (std::map<std::string, std::string>{{"acks", "all"},
+                                                                     {"enable.idempotence", "true"},
+                                                                     {"linger.ms", "5"},
+                                                                     {"socket.nagle.disable", "false"}}));
+}
+
+TEST_F(ConfigTest, UnquotedDottedPropertyNamesAreJoined) {
+  // TOML reads compression.type as a nested table; librdkafka wants the name back.
+  Config c = Valid(kPostgres + kOutbox + kKafka +
+                   "[kafka.properties]\n"
+                   "compression.type = \"lz4\"\n"
+                   "queue.buffering.max.ms = 10\n");
+  EXPECT_EQ(c.kafka.properties,
+            (std::map<std::string, std::string>{{"compression.type", "lz4"}, {"queue.buffering.max.ms", "10"}}));
+}
+
+TEST_F(ConfigTest, PropertySetTwice) {
+  EXPECT_EQ(Error(kPostgres + kOutbox + kKafka +
+                  "[kafka.properties]\n"  // line 7
+                  "\"compression.type\" = \"lz4\"\n"
+                  "compression.type = \"zstd\"\n"),
+            At(9, 1) + ": 'compression.type' in [kafka.properties] is set twice (first at " + At(8, 1) + ")");
+}
+
+TEST_F(ConfigTest, PropertyOfAnotherType) {
+  EXPECT_EQ(Error(kPostgres + kOutbox + kKafka +
+                  "[kafka.properties]\n"  // line 7
+                  "\"linger.ms\" = 1.5\n"),
+            At(8, 15) + ": 'linger.ms' in [kafka.properties] must be a string, integer or boolean, got float");
+}
+
+TEST_F(ConfigTest, BrokersAreNotAProperty) {
+  EXPECT_EQ(Error(kPostgres + kOutbox + kKafka +
+                  "[kafka.properties]\n"  // line 7
+                  "\"bootstrap.servers\" = \"other:9092\"\n"),
+            At(8, 1) + ": 'bootstrap.servers' in [kafka.properties]: set the brokers with 'bootstrap_servers' in "
+                       "[kafka]");
+}
+
+// --- The file itself ----------------------------------------------------------
+
+TEST_F(ConfigTest, SyntaxErrorHasFileLineAndColumn) {
+  std::string message = Error("[postgres]\n"
+                              "conninfo = \n" +  // line 2: the value is missing where the newline is, column 12
+                              kKafka + kOutbox);
+  EXPECT_EQ(message.substr(0, At(2, 12).size() + 2), At(2, 12) + ": ") << message;
+}
+
+TEST_F(ConfigTest, MissingFile) {
+  Result<Config> c = LoadConfig(PathOf("absent.toml"));
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kInvalidConfig);
+  EXPECT_EQ(c.status().message(), "cannot read config file " + PathOf("absent.toml") + ": No such file or directory");
+}
+
+TEST_F(ConfigTest, DirectoryInsteadOfFile) {
+  Result<Config> c = LoadConfig(dir_);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(), "cannot read config file " + dir_ + ": Is a directory");
+}
+
+// --- ParseDuration ------------------------------------------------------------
+
+TEST(ParseDurationTest, UnitsAndFractions) {
+  struct Case {
+    const char* text;
+    std::int64_t ms;
+  };
+  for (const Case& c : {Case{"250ms", 250}, Case{"0ms", 0}, Case{"10s", 10000}, Case{"1.5s", 1500},
+                        Case{"0.25s", 250}, Case{"2m", 120000}, Case{"1.5m", 90000}, Case{"1h", 3600000},
+                        Case{"007s", 7000}, Case{"1.000000000h", 3600000}}) {
+    SCOPED_TRACE(c.text);
+    Result<milliseconds> d = ParseDuration(c.text);
+    ASSERT_TRUE(d.ok()) << d.status().message();
+    EXPECT_EQ(d->count(), c.ms);
+  }
+}
+
+TEST(ParseDurationTest, MissingOrUnknownUnit) {
+  for (const char* text : {"", "10", "1.5", "s", "ms", "10 s", " 10s", "10s ", "-1s", "+1s", "10sec", "1d", "10S",
+                           ".5s", "1.s", "1e3ms", "1,5s"}) {
+    SCOPED_TRACE(text);
+    Result<milliseconds> d = ParseDuration(text);
+    ASSERT_FALSE(d.ok());
+    EXPECT_EQ(d.status().code(), StatusCode::kInvalidConfig);
+    EXPECT_EQ(d.status().message(), "invalid duration \"" + std::string(text) +
+                                        "\": expected a number followed by a unit (ms, s, m or h), "
+                                        "such as \"250ms\" or \"10s\"");
+  }
+}
+
+TEST(ParseDurationTest, FractionsOfAMillisecond) {
+  EXPECT_EQ(ParseDuration("1.5ms").status().message(),
+            "invalid duration \"1.5ms\": not a whole number of milliseconds");
+  EXPECT_EQ(ParseDuration("0.0001s").status().message(),
+            "invalid duration \"0.0001s\": not a whole number of milliseconds");
+  EXPECT_EQ(ParseDuration("1.0000000001h").status().message(),
+            "invalid duration \"1.0000000001h\": too many decimal places");
+}
+
+TEST(ParseDurationTest, Overflow) {
+  EXPECT_EQ(ParseDuration("99999999999999999999ms").status().message(),
+            "invalid duration \"99999999999999999999ms\": too large");
+  EXPECT_EQ(ParseDuration("9999999999999999h").status().message(),
+            "invalid duration \"9999999999999999h\": too large");
+}
+
+}  // namespace
+}  // namespace outboxd
