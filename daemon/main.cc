@@ -6,6 +6,7 @@
 
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
 #include <cerrno>
@@ -37,9 +38,20 @@ int ExitCodeFor(const Status& st) {
   return kExitSoftware;
 }
 
+// Prints each line of a (possibly multi-line) error with the program name.
+void PrintError(const std::string& message) {
+  std::size_t start = 0;
+  while (start <= message.size()) {
+    std::size_t end = message.find('\n', start);
+    if (end == std::string::npos) end = message.size();
+    if (end > start) std::cerr << "outboxd: " << message.substr(start, end - start) << "\n";
+    start = end + 1;
+  }
+}
+
 Result<Config> LoadAndReport(const std::string& path) {
   auto config = LoadConfig(path);
-  if (!config.ok()) std::cerr << "outboxd: " << config.status().message() << "\n";
+  if (!config.ok()) PrintError(config.status().message());
   return config;
 }
 
@@ -50,7 +62,7 @@ int CheckConfig(const std::string& path) {
   // relay, which does not connect to anything yet.
   auto relay = OutboxRelay::Create(*config);
   if (!relay.ok()) {
-    std::cerr << "outboxd: " << path << ": " << relay.status().message() << "\n";
+    PrintError(path + ": " + relay.status().message());
     return ExitCodeFor(relay.status());
   }
   std::cout << path << ": OK (" << config->outboxes.size() << " outbox table"
@@ -88,9 +100,17 @@ int Run(const std::string& path) {
   log->info("outboxd {} starting with {}", OUTBOXD_VERSION, path);
   auto relay = OutboxRelay::Create(*config);
   if (!relay.ok()) {
-    log->error("{}", relay.status().message());
+    log->error("{}: {}", path, relay.status().message());
     return ExitCodeFor(relay.status());
   }
+  // Type=notify: READY=1 once PostgreSQL is reached and every table checked.
+  (*relay)->OnLifecycle([](OutboxRelay::Lifecycle l) {
+    if (l == OutboxRelay::Lifecycle::kReady) {
+      sd_notify(0, "READY=1\nSTATUS=relaying");
+    } else {
+      sd_notify(0, "STOPPING=1\nSTATUS=waiting for deliveries in flight");
+    }
+  });
   st = (*relay)->Run(stop_fd.get());
   if (!st.ok()) {
     log->error("{}", st.message());

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <map>
 #include <set>
 
 #include "common/logging.h"
@@ -28,6 +29,15 @@ uint64_t Token(std::size_t stream, bool dead_letter, uint64_t ticket) {
 // Advisory lock class for "this outboxd instance relays this table".
 constexpr const char* kLockSql =
     "SELECT pg_try_advisory_lock(1868724324, ($1::bigint % 2147483647)::int)";
+
+// A hole left open this long is taken to be a rolled-back insert or a
+// sequence gap; the periodic sweep still finds a row that commits later.
+constexpr std::chrono::seconds kHoleRetention(60);
+// Jumps in the ordering column larger than this (sequence CACHE, bulk
+// deletes) are left to the sweep instead of being tracked position by
+// position.
+constexpr long long kMaxTrackedJump = 10000;
+constexpr std::size_t kMaxHoles = 100000;
 
 bool IsSizeError(const std::string& name) {
   return name == "MSG_SIZE_TOO_LARGE" || name == "RECORD_LIST_TOO_LARGE" ||
@@ -53,6 +63,11 @@ struct OutboxRelay::Stream {
   // Acknowledged positions waiting for the DELETE/UPDATE to succeed.
   std::vector<long long> unreleased;
   std::optional<long long> cursor;  // highest position the fast path claimed
+  // Positions below the cursor that the fast path skipped: rows of
+  // transactions still in progress (or rolled back). Checked before every
+  // fast-path claim so that a row committing late is produced before any row
+  // with a higher position that becomes visible after it.
+  std::map<long long, Clock::time_point> holes;
 
   bool halted = false;
   bool lock_held = false;
@@ -125,6 +140,7 @@ Status OutboxRelay::Connect(bool first) {
     }
     s->next_poll = Clock::now();
   }
+  if (!resolved_once_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
   resolved_once_ = true;
   reconnect_backoff_.Reset();
   log->info("connected to PostgreSQL{}", first ? "" : " again");
@@ -262,6 +278,7 @@ void OutboxRelay::Rewind(Stream& s, const std::string& why) {
   s.claimed.clear();
   for (long long p : s.unreleased) s.claimed.insert(p);  // still to be deleted/marked
   s.cursor.reset();
+  s.holes.clear();
   s.more = true;
 }
 
@@ -298,10 +315,15 @@ Status OutboxRelay::ReleaseAcknowledged(Stream& s) {
   return Status::Ok();
 }
 
-Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_path) {
+Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_path,
+                                bool* completed) {
+  *completed = false;
   const int n = PQntuples(res);
-  for (int i = 0; i < n && !s.halted; ++i) {
+  const Clock::time_point now = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    if (s.halted) return Status::Ok();
     const OutboxPosition pos = s.table->PositionAt(res, i);
+    if (s.claimed.count(pos.value)) continue;  // already in flight
     Row row = s.table->RowAt(res, i);
     auto routed = s.router.Route(row);
     Status st;
@@ -320,7 +342,14 @@ Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_p
       return Status::Ok();
     }
     s.claimed.insert(pos.value);
-    if (from_fast_path) s.cursor = pos.value;
+    s.holes.erase(pos.value);
+    if (from_fast_path) {
+      if (s.cursor && pos.value > *s.cursor + 1 && pos.value - *s.cursor <= kMaxTrackedJump &&
+          s.holes.size() < kMaxHoles) {
+        for (long long h = *s.cursor + 1; h < pos.value; ++h) s.holes.emplace(h, now);
+      }
+      s.cursor = pos.value;
+    }
     if (st.ok()) continue;
     const uint64_t ticket = s.checkpoint.next_ticket() - 1;
     if (st.code() == StatusCode::kFatal) return Status::Ok();  // the loop recreates the producer
@@ -339,7 +368,28 @@ Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_p
                   " can never be delivered: " + st.message());
     }
   }
+  *completed = true;
   return Status::Ok();
+}
+
+Status OutboxRelay::ClaimHoles(Stream& s, Clock::time_point now, bool* completed) {
+  *completed = true;
+  std::vector<long long> positions;
+  for (auto it = s.holes.begin(); it != s.holes.end();) {
+    if (now - it->second > kHoleRetention) {
+      it = s.holes.erase(it);
+    } else {
+      positions.push_back(it->first);
+      ++it;
+    }
+  }
+  if (positions.empty()) return Status::Ok();
+  auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(positions)});
+  if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
+  if (PQntuples(rows->get()) == 0) return Status::Ok();
+  Logger("relay")->debug("\"{}\": {} rows committed late below position {}", s.name(),
+                         PQntuples(rows->get()), *s.cursor);
+  return ProduceRows(s, rows->get(), /*from_fast_path=*/false, completed);
 }
 
 Status OutboxRelay::Sweep(Stream& s) {
@@ -356,7 +406,8 @@ Status OutboxRelay::Sweep(Stream& s) {
                          *s.cursor);
   auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(gaps)});
   if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
-  return ProduceRows(s, rows->get(), /*from_fast_path=*/false);
+  bool completed = false;
+  return ProduceRows(s, rows->get(), /*from_fast_path=*/false, &completed);
 }
 
 Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
@@ -375,6 +426,12 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
   if (pending >= config_.kafka.max_in_flight) return Status::Ok();
   if (!(s.more || s.notified || now >= s.next_poll)) return Status::Ok();
 
+  // Rows that committed late below the cursor go first, so that rows of the
+  // same key keep their ordering-column order.
+  bool completed = true;
+  OUTBOXD_RETURN_IF_ERROR(ClaimHoles(s, now, &completed));
+  if (!completed || s.halted) return Status::Ok();
+
   const std::size_t limit = std::min(s.config->batch_size, config_.kafka.max_in_flight - pending);
   Result<PgResult> r = s.cursor
       ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*s.cursor), std::to_string(limit)})
@@ -384,14 +441,13 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
   s.more = n == limit;
   s.notified = false;
   s.next_poll = now + s.config->poll_interval;
-  OUTBOXD_RETURN_IF_ERROR(ProduceRows(s, r->get(), /*from_fast_path=*/true));
+  OUTBOXD_RETURN_IF_ERROR(ProduceRows(s, r->get(), /*from_fast_path=*/true, &completed));
 
-  if (n == 0 && s.claimed.empty()) {
-    // Nothing in flight: the next claim starts from the lowest unsent row,
-    // which also picks up any row that committed late.
-    s.cursor.reset();
-  } else if (s.cursor && now >= s.next_sweep && !s.halted) {
-    s.next_sweep = now + s.config->poll_interval;
+  // The safety net for late rows the hole list does not cover (large jumps,
+  // transactions open longer than the hole retention).
+  if (completed && s.cursor && now >= s.next_sweep && !s.halted) {
+    s.next_sweep = now + std::max<std::chrono::milliseconds>(10 * s.config->poll_interval,
+                                                             std::chrono::seconds(1));
     OUTBOXD_RETURN_IF_ERROR(Sweep(s));
   }
   return Status::Ok();
@@ -501,6 +557,7 @@ Status OutboxRelay::Run(int stop_fd) {
       while (::read(stop_fd, buf, sizeof buf) < 0 && errno == EINTR) {
       }
       stopping_ = true;
+      if (on_lifecycle_) on_lifecycle_(Lifecycle::kStopping);
       stop_deadline = Clock::now() + config_.kafka.shutdown_timeout;
       log->info("stopping: no new claims; waiting up to {} ms for {} deliveries in flight",
                 config_.kafka.shutdown_timeout.count(), TotalPending());

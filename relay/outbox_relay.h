@@ -5,9 +5,11 @@
 // that table produced before it — deletes it or marks it sent.
 //
 // Claims are by state (unsent), not by a cursor alone: a fast path reads rows
-// past the highest position claimed so far, and a sweep every poll interval
-// finds rows whose transactions committed late with lower positions (the
-// outbox gap). Each table is held by one outboxd instance at a time through a
+// past the highest position claimed so far; positions it skipped (rows of
+// transactions still open) are remembered as holes and read again before each
+// fast-path claim, so a row that commits late is still published, ahead of
+// rows with higher positions that commit after it (the outbox gap); and a
+// periodic sweep catches whatever the holes do not cover. Each table is held by one outboxd instance at a time through a
 // session advisory lock, so per-key order holds with standbys running.
 //
 // Run() owns the loop and returns when asked to stop (the stop fd becomes
@@ -15,6 +17,7 @@
 // thread-safe.
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -47,6 +50,12 @@ class OutboxRelay {
   // does not match the configuration at start-up.
   [[nodiscard]] Status Run(int stop_fd);
 
+  // Lifecycle notifications for the service manager, called on the Run()
+  // thread: kReady once after the first successful start-up, kStopping when a
+  // stop was requested.
+  enum class Lifecycle { kReady, kStopping };
+  void OnLifecycle(std::function<void(Lifecycle)> handler) { on_lifecycle_ = std::move(handler); }
+
  private:
   struct Stream;
   explicit OutboxRelay(const Config& config);
@@ -59,7 +68,11 @@ class OutboxRelay {
   [[nodiscard]] Status ReleaseAcknowledged(Stream& s);
   [[nodiscard]] Status ClaimAndProduce(Stream& s, Clock::time_point now);
   [[nodiscard]] Status Sweep(Stream& s);
-  [[nodiscard]] Status ProduceRows(Stream& s, const PGresult* res, bool from_fast_path);
+  // Produces the rows of a claim result in order; `completed` is false when
+  // it stopped early (queue full, stream halted or rewound).
+  [[nodiscard]] Status ProduceRows(Stream& s, const PGresult* res, bool from_fast_path,
+                                   bool* completed);
+  [[nodiscard]] Status ClaimHoles(Stream& s, Clock::time_point now, bool* completed);
   [[nodiscard]] Status ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
                                     const std::string& reason_name, const std::string& reason,
                                     const std::optional<std::string>& original_topic);
@@ -77,6 +90,7 @@ class OutboxRelay {
   Clock::time_point reconnect_at_{};
   bool resolved_once_ = false;
   bool stopping_ = false;
+  std::function<void(Lifecycle)> on_lifecycle_;
 
   struct Failure {
     std::size_t stream;

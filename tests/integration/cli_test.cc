@@ -1,0 +1,119 @@
+// The command line as operators use it: bad configuration gives a clear error
+// naming the place and exit code 78; a schema mismatch likewise.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "tests/integration/relay_test_support.h"
+
+namespace outboxd::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string WriteFile(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(Cli, VersionPrintsAndExitsZero) {
+  auto r = OutboxdProcess::RunCommand({"--version"}, 10s);
+  EXPECT_EQ(0, r.exit_code);
+  EXPECT_NE(std::string::npos, r.output.find("outboxd ")) << r.output;
+}
+
+TEST(Cli, UnknownCommandIsAUsageError) {
+  EXPECT_EQ(64, OutboxdProcess::RunCommand({"frobnicate"}, 10s).exit_code);
+}
+
+TEST(Cli, CheckConfigAcceptsTheShippedExamples) {
+  for (const char* f : {"outbox.toml", "minimal.toml"}) {
+    auto r = OutboxdProcess::RunCommand(
+        {"check-config", "-c", std::string(OUTBOXD_SOURCE_DIR) + "/config/examples/" + f}, 10s);
+    EXPECT_EQ(0, r.exit_code) << f << ": " << r.output;
+  }
+}
+
+struct BadConfig {
+  const char* name;
+  const char* toml;
+  const char* expected;  // substring of the error
+};
+
+void PrintTo(const BadConfig& c, std::ostream* os) { *os << c.name; }
+
+class CheckConfigRejects : public ::testing::TestWithParam<BadConfig> {};
+
+TEST_P(CheckConfigRejects, WithPlaceAndExit78) {
+  const std::string path = WriteFile(std::string(GetParam().name) + ".toml", GetParam().toml);
+  for (const char* cmd : {"check-config", "run"}) {
+    auto r = OutboxdProcess::RunCommand({cmd, "-c", path}, 20s);
+    EXPECT_EQ(78, r.exit_code) << cmd << ": " << r.output;
+    EXPECT_NE(std::string::npos, r.output.find(path + ":" + GetParam().expected))
+        << cmd << ": " << r.output;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cli, CheckConfigRejects,
+    ::testing::Values(
+        BadConfig{"unknown_key",
+                  "[postgres]\nconninfo = \"host=127.0.0.1\"\nconnifo = \"x\"\n[kafka]\n"
+                  "bootstrap_servers = \"b:9092\"\n[[outbox]]\ntable = \"outbox\"\n",
+                  "3:1"},
+        BadConfig{"wrong_type",
+                  "[postgres]\nconninfo = \"host=127.0.0.1\"\n[kafka]\nbootstrap_servers = "
+                  "\"b:9092\"\n[[outbox]]\ntable = \"outbox\"\nbatch_size = \"many\"\n",
+                  "7:"},
+        BadConfig{"syntax", "[postgres\nconninfo = 1\n", "1:"},
+        BadConfig{"bad_duration",
+                  "[postgres]\nconninfo = \"x\"\n[kafka]\nbootstrap_servers = \"b:9092\"\n"
+                  "[[outbox]]\ntable = \"outbox\"\npoll_interval = \"250\"\n",
+                  "7:"},
+        BadConfig{"bad_kafka_property",
+                  "[postgres]\nconninfo = \"x\"\n[kafka]\nbootstrap_servers = \"b:9092\"\n"
+                  "[kafka.properties]\n\"compression.type\" = \"zip\"\n[[outbox]]\ntable = \"outbox\"\n",
+                  ""}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Cli, MissingTableAtStartupExits78NamingIt) {
+  TestDatabase db;
+  const std::string path = WriteFile(
+      "missing_table.toml", "[postgres]\nconninfo = \"" + db.conninfo() + "\"\n[kafka]\n" +
+                                "bootstrap_servers = \"" + SharedServices().kafka_bootstrap +
+                                "\"\n[[outbox]]\ntable = \"public.no_such_outbox\"\n");
+  auto r = OutboxdProcess::RunCommand({"run", "-c", path}, 30s);
+  EXPECT_EQ(78, r.exit_code) << r.output;
+  EXPECT_NE(std::string::npos, r.output.find("\"public.no_such_outbox\" does not exist")) << r.output;
+  EXPECT_NE(std::string::npos, r.output.find(path + ":5:1")) << r.output;
+}
+
+TEST(Cli, MissingColumnAtStartupExits78NamingTableAndColumn) {
+  TestDatabase db;
+  db.Exec(OutboxDdl("outbox"));
+  db.Exec("ALTER TABLE outbox DROP COLUMN aggregateid");
+  const std::string path = WriteFile(
+      "missing_column.toml", "[postgres]\nconninfo = \"" + db.conninfo() + "\"\n[kafka]\n" +
+                                 "bootstrap_servers = \"" + SharedServices().kafka_bootstrap +
+                                 "\"\n[[outbox]]\ntable = \"outbox\"\n");
+  auto r = OutboxdProcess::RunCommand({"run", "-c", path}, 30s);
+  EXPECT_EQ(78, r.exit_code) << r.output;
+  EXPECT_NE(std::string::npos, r.output.find("\"public.outbox\" has no column \"aggregateid\""))
+      << r.output;
+}
+
+TEST(Cli, OrderByMustBeAnInteger) {
+  TestDatabase db;
+  db.Exec(OutboxDdl("outbox"));
+  const std::string path = WriteFile(
+      "order_by_text.toml", "[postgres]\nconninfo = \"" + db.conninfo() + "\"\n[kafka]\n" +
+                                "bootstrap_servers = \"" + SharedServices().kafka_bootstrap +
+                                "\"\n[[outbox]]\ntable = \"outbox\"\norder_by = \"type\"\n");
+  auto r = OutboxdProcess::RunCommand({"run", "-c", path}, 30s);
+  EXPECT_EQ(78, r.exit_code) << r.output;
+  EXPECT_NE(std::string::npos, r.output.find("public.outbox.type")) << r.output;
+}
+
+}  // namespace
+}  // namespace outboxd::testing
