@@ -201,8 +201,8 @@ Insert more rows into public.outbox and watch them arrive. To stop:
   kill -TERM $outboxd_pid
   $repo/tests/harness/kafka.sh stop $DEMO_DIR/kafka
   $repo/tests/harness/pg.sh stop $DEMO_DIR/pg
-  rm -rf $DEMO_DIR
 EOF
+  ((own_dir == 0)) || echo "  rm -rf $DEMO_DIR"
   exit 0
 fi
 
