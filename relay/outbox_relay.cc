@@ -142,12 +142,19 @@ Status OutboxRelay::Connect(bool first) {
   }
   if (!resolved_once_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
   resolved_once_ = true;
-  reconnect_backoff_.Reset();
+  connected_at_ = Clock::now();
   log->info("connected to PostgreSQL{}", first ? "" : " again");
   return Status::Ok();
 }
 
 void OutboxRelay::Disconnect(const Status& why) {
+  // A connection that worked for a while starts the backoff afresh; one that
+  // fails again right after connecting (a revoked privilege, a dropped
+  // column) keeps backing off.
+  if (connected_at_ && Clock::now() - *connected_at_ > std::chrono::seconds(30)) {
+    reconnect_backoff_.Reset();
+  }
+  connected_at_.reset();
   const milliseconds delay = reconnect_backoff_.Next();
   Logger("relay")->warn("{}; reconnecting in {} ms", why.message(), delay.count());
   conn_.reset();

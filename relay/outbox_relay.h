@@ -88,6 +88,7 @@ class OutboxRelay {
   PgConn conn_;
   Backoff reconnect_backoff_{std::chrono::milliseconds(100), std::chrono::seconds(30)};
   Clock::time_point reconnect_at_{};
+  std::optional<Clock::time_point> connected_at_;  // of the current connection
   bool resolved_once_ = false;
   bool stopping_ = false;
   std::function<void(Lifecycle)> on_lifecycle_;

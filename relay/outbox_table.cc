@@ -77,6 +77,29 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
     unsent = " AND " + conn.QuoteIdentifier(*config.sent_column) + " IS NULL";
   }
 
+  // Missing privileges would otherwise surface as a retry loop on the first
+  // claim or checkpoint.
+  {
+    const bool mark = config.after_delivery == AfterDelivery::kMark;
+    auto priv = conn.Exec(
+        "SELECT has_table_privilege($1::oid, 'SELECT'), " +
+            std::string(mark ? "has_column_privilege($1::oid, $2, 'UPDATE')"
+                             : "has_table_privilege($1::oid, 'DELETE')"),
+        mark ? std::vector<std::optional<std::string>>{std::to_string(t.oid_), *config.sent_column}
+             : std::vector<std::optional<std::string>>{std::to_string(t.oid_)});
+    if (!priv.ok()) return priv.status().Prefixed("could not check privileges on \"" + t.name_ + "\"");
+    if (std::string_view(PQgetvalue(priv->get(), 0, 0)) != "t") {
+      return Status::InvalidConfig("the outboxd role may not SELECT from \"" + t.name_ + "\"" + where);
+    }
+    if (std::string_view(PQgetvalue(priv->get(), 0, 1)) != "t") {
+      return Status::InvalidConfig(
+          mark ? "the outboxd role may not UPDATE column \"" + t.name_ + "." + *config.sent_column +
+                     "\" (after_delivery = \"mark\")" + where
+               : "the outboxd role may not DELETE from \"" + t.name_ +
+                     "\" (after_delivery = \"delete\")" + where);
+    }
+  }
+
   std::string select = qorder;
   for (const std::string& column : router.RequiredColumns()) {
     std::string role = "routing";

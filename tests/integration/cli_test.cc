@@ -115,5 +115,20 @@ TEST(Cli, OrderByMustBeAnInteger) {
   EXPECT_NE(std::string::npos, r.output.find("public.outbox.type")) << r.output;
 }
 
+TEST(Cli, MissingDeletePrivilegeExits78NamingIt) {
+  TestDatabase db;
+  db.Exec(OutboxDdl("outbox"));
+  const std::string role = db.name() + "_reader";
+  db.Exec("CREATE ROLE " + role + " LOGIN; GRANT SELECT ON outbox TO " + role);
+  const std::string path = WriteFile(
+      "no_delete.toml", "[postgres]\nconninfo = \"" + db.conninfo() + " user=" + role +
+                            "\"\n[kafka]\nbootstrap_servers = \"" +
+                            SharedServices().kafka_bootstrap + "\"\n[[outbox]]\ntable = \"outbox\"\n");
+  auto r = OutboxdProcess::RunCommand({"run", "-c", path}, 30s);
+  db.Exec("REVOKE ALL ON outbox FROM " + role + "; DROP ROLE " + role);
+  EXPECT_EQ(78, r.exit_code) << r.output;
+  EXPECT_NE(std::string::npos, r.output.find("may not DELETE from \"public.outbox\"")) << r.output;
+}
+
 }  // namespace
 }  // namespace outboxd::testing
