@@ -86,6 +86,9 @@ Status Publisher::Build() {
   OUTBOXD_RETURN_IF_ERROR(set("linger.ms", "5", false));
   OUTBOXD_RETURN_IF_ERROR(
       set("queue.buffering.max.messages", std::to_string(config_.max_in_flight + 10000), false));
+  // Bounds the memory of records waiting for Kafka (librdkafka's default is
+  // 1 GiB); when it is full outboxd stops claiming until deliveries drain.
+  OUTBOXD_RETURN_IF_ERROR(set("queue.buffering.max.kbytes", "65536", false));
   for (const auto& [k, v] : config_.properties) {
     if (k == "bootstrap.servers") continue;  // [kafka] bootstrap_servers wins
     OUTBOXD_RETURN_IF_ERROR(set(k, v, true));
