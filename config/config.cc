@@ -1,5 +1,7 @@
 #include "config/config.h"
 
+#include <librdkafka/rdkafka.h>
+
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -534,6 +536,10 @@ void FlattenKafkaProperties(const toml::table& table, const std::string& prefix,
 }
 
 void ReadKafkaProperties(const toml::table& table, Diagnostics& diag, std::map<std::string, std::string>& out) {
+  // librdkafka itself judges names and values, so that a typo is reported
+  // here with its place in the file rather than later by the producer.
+  std::unique_ptr<rd_kafka_conf_t, decltype(&rd_kafka_conf_destroy)> scratch(rd_kafka_conf_new(),
+                                                                             &rd_kafka_conf_destroy);
   std::vector<KafkaProperty> properties;
   FlattenKafkaProperties(table, "", nullptr, properties);
   // In file order, so that "set twice" points at the second one.
@@ -570,6 +576,12 @@ void ReadKafkaProperties(const toml::table& table, Diagnostics& diag, std::map<s
     }
     if (auto [it, inserted] = seen.emplace(p.name, p.where); !inserted) {
       diag.Error(p.where, what + " is set twice (first at " + diag.Location(it->second) + ")");
+      continue;
+    }
+    char errstr[512];
+    if (rd_kafka_conf_set(scratch.get(), p.name.c_str(), value.c_str(), errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+      diag.Error(p.where, what + ": " + errstr);
       continue;
     }
     out[p.name] = std::move(value);

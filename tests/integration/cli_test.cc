@@ -74,7 +74,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"bad_kafka_property",
                   "[postgres]\nconninfo = \"x\"\n[kafka]\nbootstrap_servers = \"b:9092\"\n"
                   "[kafka.properties]\n\"compression.type\" = \"zip\"\n[[outbox]]\ntable = \"outbox\"\n",
-                  ""}),
+                  "6:1: 'compression.type' in [kafka.properties]: Invalid value \"zip\""}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Cli, MissingTableAtStartupExits78NamingIt) {

@@ -717,6 +717,22 @@ TEST_F(ConfigTest, PropertyOfAnotherType) {
             At(8, 15) + ": 'linger.ms' in [kafka.properties] must be a string, integer or boolean, got float");
 }
 
+TEST_F(ConfigTest, UnknownLibrdkafkaPropertyIsReportedWhereItIs) {
+  const std::string err = Error(kPostgres + kOutbox + kKafka +
+                                "[kafka.properties]\n"  // line 7
+                                "\"linger.ms\" = 5\n"
+                                "\"compresion.type\" = \"lz4\"\n");
+  EXPECT_EQ(0u, err.find(At(9, 1) + ": 'compresion.type' in [kafka.properties]: ")) << err;
+  EXPECT_NE(std::string::npos, err.find("No such configuration property")) << err;
+}
+
+TEST_F(ConfigTest, InvalidLibrdkafkaValueIsReportedWhereItIs) {
+  const std::string err = Error(kPostgres + kOutbox + kKafka +
+                                "[kafka.properties]\n"  // line 7
+                                "\"acks\" = \"some\"\n");
+  EXPECT_EQ(0u, err.find(At(8, 1) + ": 'acks' in [kafka.properties]: ")) << err;
+}
+
 TEST_F(ConfigTest, BrokersAreNotAProperty) {
   EXPECT_EQ(Error(kPostgres + kOutbox + kKafka +
                   "[kafka.properties]\n"  // line 7
