@@ -79,6 +79,9 @@ class Publisher {
   void DrainWakeup();
 
   bool fatal_error_raised() const { return fatal_raised_; }
+  // The librdkafka handle, for tests that inject errors; owned by the
+  // Publisher and replaced by Recreate().
+  rd_kafka_t* native_handle() const { return rk_; }
   // Messages handed to librdkafka and not yet reported.
   int OutstandingCount() const;
 

@@ -49,5 +49,59 @@ TEST(Publisher, InvalidPropertyValueIsAConfigError) {
   EXPECT_EQ(StatusCode::kInvalidConfig, p.status().code());
 }
 
+// A fatal idempotent-producer error cannot be provoked from a real broker on
+// demand, so this uses librdkafka's mock cluster and its fatal-error hook.
+class PublisherOnMockCluster : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    KafkaConfig c;
+    c.bootstrap_servers = "unused:9092";
+    c.properties["test.mock.num.brokers"] = "1";
+    auto p = Publisher::Create(c, [this](const DeliveryReport& r) { reports_.push_back(r); });
+    ASSERT_TRUE(p.ok()) << p.status().message();
+    publisher_ = std::move(p).value();
+  }
+  Record Event(const std::string& key) {
+    return Record{"events", key, std::string("{}"), {{"id", key}}, std::nullopt};
+  }
+  // Polls until `n` reports arrived or 30 s passed.
+  bool AwaitReports(std::size_t n) {
+    for (int i = 0; i < 300 && reports_.size() < n; ++i) {
+      publisher_->Poll(std::chrono::milliseconds(100));
+    }
+    return reports_.size() >= n;
+  }
+  std::unique_ptr<Publisher> publisher_;
+  std::vector<DeliveryReport> reports_;
+};
+
+TEST_F(PublisherOnMockCluster, ReportsCarryTheTokenAndPersisted) {
+  ASSERT_TRUE(publisher_->Produce(Event("a"), 41).ok());
+  ASSERT_TRUE(publisher_->Produce(Event("b"), 42).ok());
+  ASSERT_TRUE(AwaitReports(2));
+  EXPECT_EQ(41u, reports_[0].token);
+  EXPECT_EQ(42u, reports_[1].token);
+  EXPECT_EQ(DeliveryOutcome::kPersisted, reports_[0].outcome);
+  EXPECT_EQ(DeliveryOutcome::kPersisted, reports_[1].outcome);
+}
+
+TEST_F(PublisherOnMockCluster, FatalErrorIsRaisedAndRecreateProducesAgain) {
+  ASSERT_TRUE(publisher_->Produce(Event("a"), 1).ok());
+  ASSERT_TRUE(AwaitReports(1));
+  ASSERT_EQ(RD_KAFKA_RESP_ERR_NO_ERROR,
+            rd_kafka_test_fatal_error(publisher_->native_handle(),
+                                      RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "injected"));
+  publisher_->Poll(std::chrono::milliseconds(100));
+  EXPECT_TRUE(publisher_->fatal_error_raised());
+  EXPECT_EQ(StatusCode::kFatal, publisher_->Produce(Event("b"), 2).code());
+
+  ASSERT_TRUE(publisher_->Recreate().ok());
+  EXPECT_FALSE(publisher_->fatal_error_raised());
+  ASSERT_TRUE(publisher_->Produce(Event("b"), 3).ok());
+  ASSERT_TRUE(AwaitReports(2));
+  EXPECT_EQ(3u, reports_.back().token);
+  EXPECT_EQ(DeliveryOutcome::kPersisted, reports_.back().outcome);
+}
+
 }  // namespace
 }  // namespace outboxd
