@@ -77,42 +77,52 @@ INSTANTIATE_TEST_SUITE_P(
                   "6:1: 'compression.type' in [kafka.properties]: Invalid value \"zip\""}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// Starts `outboxd run` against `db` with one [[outbox]] block (line 5 of the
+// file) and returns how it ended; `conninfo_extra` is appended to the
+// database's conninfo.
+struct StartupResult {
+  std::string path;
+  CommandResult run;
+};
+StartupResult RunAgainst(const TestDatabase& db, const std::string& name,
+                         const std::string& outbox_block, const std::string& conninfo_extra = "") {
+  StartupResult r;
+  r.path = WriteFile(name + ".toml", "[postgres]\nconninfo = \"" + db.conninfo() + conninfo_extra +
+                                         "\"\n[kafka]\nbootstrap_servers = \"" +
+                                         SharedServices().kafka_bootstrap + "\"\n[[outbox]]\n" +
+                                         outbox_block);
+  r.run = OutboxdProcess::RunCommand({"run", "-c", r.path}, 30s);
+  return r;
+}
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
 TEST(Cli, MissingTableAtStartupExits78NamingIt) {
   TestDatabase db;
-  const std::string path = WriteFile(
-      "missing_table.toml", "[postgres]\nconninfo = \"" + db.conninfo() + "\"\n[kafka]\n" +
-                                "bootstrap_servers = \"" + SharedServices().kafka_bootstrap +
-                                "\"\n[[outbox]]\ntable = \"public.no_such_outbox\"\n");
-  auto r = OutboxdProcess::RunCommand({"run", "-c", path}, 30s);
-  EXPECT_EQ(78, r.exit_code) << r.output;
-  EXPECT_NE(std::string::npos, r.output.find("\"public.no_such_outbox\" does not exist")) << r.output;
-  EXPECT_NE(std::string::npos, r.output.find(path + ":5:1")) << r.output;
+  auto r = RunAgainst(db, "missing_table", "table = \"public.no_such_outbox\"\n");
+  EXPECT_EQ(78, r.run.exit_code) << r.run.output;
+  EXPECT_TRUE(Contains(r.run.output, "\"public.no_such_outbox\" does not exist")) << r.run.output;
+  EXPECT_TRUE(Contains(r.run.output, r.path + ":5:1")) << r.run.output;
 }
 
 TEST(Cli, MissingColumnAtStartupExits78NamingTableAndColumn) {
   TestDatabase db;
   db.Exec(OutboxDdl("outbox"));
   db.Exec("ALTER TABLE outbox DROP COLUMN aggregateid");
-  const std::string path = WriteFile(
-      "missing_column.toml", "[postgres]\nconninfo = \"" + db.conninfo() + "\"\n[kafka]\n" +
-                                 "bootstrap_servers = \"" + SharedServices().kafka_bootstrap +
-                                 "\"\n[[outbox]]\ntable = \"outbox\"\n");
-  auto r = OutboxdProcess::RunCommand({"run", "-c", path}, 30s);
-  EXPECT_EQ(78, r.exit_code) << r.output;
-  EXPECT_NE(std::string::npos, r.output.find("\"public.outbox\" has no column \"aggregateid\""))
-      << r.output;
+  auto r = RunAgainst(db, "missing_column", "table = \"outbox\"\n");
+  EXPECT_EQ(78, r.run.exit_code) << r.run.output;
+  EXPECT_TRUE(Contains(r.run.output, "\"public.outbox\" has no column \"aggregateid\""))
+      << r.run.output;
 }
 
 TEST(Cli, OrderByMustBeAnInteger) {
   TestDatabase db;
   db.Exec(OutboxDdl("outbox"));
-  const std::string path = WriteFile(
-      "order_by_text.toml", "[postgres]\nconninfo = \"" + db.conninfo() + "\"\n[kafka]\n" +
-                                "bootstrap_servers = \"" + SharedServices().kafka_bootstrap +
-                                "\"\n[[outbox]]\ntable = \"outbox\"\norder_by = \"type\"\n");
-  auto r = OutboxdProcess::RunCommand({"run", "-c", path}, 30s);
-  EXPECT_EQ(78, r.exit_code) << r.output;
-  EXPECT_NE(std::string::npos, r.output.find("public.outbox.type")) << r.output;
+  auto r = RunAgainst(db, "order_by_text", "table = \"outbox\"\norder_by = \"type\"\n");
+  EXPECT_EQ(78, r.run.exit_code) << r.run.output;
+  EXPECT_TRUE(Contains(r.run.output, "public.outbox.type")) << r.run.output;
 }
 
 TEST(Cli, MissingDeletePrivilegeExits78NamingIt) {
@@ -120,14 +130,10 @@ TEST(Cli, MissingDeletePrivilegeExits78NamingIt) {
   db.Exec(OutboxDdl("outbox"));
   const std::string role = db.name() + "_reader";
   db.Exec("CREATE ROLE " + role + " LOGIN; GRANT SELECT ON outbox TO " + role);
-  const std::string path = WriteFile(
-      "no_delete.toml", "[postgres]\nconninfo = \"" + db.conninfo() + " user=" + role +
-                            "\"\n[kafka]\nbootstrap_servers = \"" +
-                            SharedServices().kafka_bootstrap + "\"\n[[outbox]]\ntable = \"outbox\"\n");
-  auto r = OutboxdProcess::RunCommand({"run", "-c", path}, 30s);
+  auto r = RunAgainst(db, "no_delete", "table = \"outbox\"\n", " user=" + role);
   db.Exec("REVOKE ALL ON outbox FROM " + role + "; DROP ROLE " + role);
-  EXPECT_EQ(78, r.exit_code) << r.output;
-  EXPECT_NE(std::string::npos, r.output.find("may not DELETE from \"public.outbox\"")) << r.output;
+  EXPECT_EQ(78, r.run.exit_code) << r.run.output;
+  EXPECT_TRUE(Contains(r.run.output, "may not DELETE from \"public.outbox\"")) << r.run.output;
 }
 
 }  // namespace
