@@ -78,6 +78,15 @@ struct OutboxRelay::Stream {
   Clock::time_point next_sweep{};
   uint64_t published = 0;
   uint64_t dead_lettered = 0;
+  // After a delivery failure the stream pauses before producing again.
+  Backoff kafka_backoff{std::chrono::milliseconds(200), std::chrono::seconds(30)};
+  Clock::time_point paused_until{};
+  // Records handed to librdkafka and not yet reported, including those from
+  // before a rewind. After a rewind the stream produces again only once this
+  // is zero, so that a row is never queued twice at once: duplicates stay
+  // bounded by what was in flight when the fault happened.
+  uint64_t outstanding = 0;
+  bool await_drain = false;
 };
 
 OutboxRelay::OutboxRelay(const Config& config) : config_(config) {}
@@ -168,9 +177,11 @@ void OutboxRelay::OnDelivery(const DeliveryReport& r) {
   const uint64_t ticket = r.token & kTicketMask;
   if (index >= streams_.size()) return;
   Stream& s = *streams_[index];
+  if (s.outstanding > 0) --s.outstanding;
   if (!s.checkpoint.IsTracked(ticket)) return;  // from before a rewind
   if (r.outcome == DeliveryOutcome::kPersisted) {
     if (s.checkpoint.MarkAcked(ticket)) {
+      s.kafka_backoff.Reset();
       ++s.published;
       if (dead_letter) ++s.dead_lettered;
     }
@@ -196,7 +207,7 @@ void OutboxRelay::HandleFailures() {
       case DeliveryOutcome::kFatal:
         break;  // HandleFatalProducer() rewinds every stream
       case DeliveryOutcome::kRetriable:
-        Rewind(s, what + " was not delivered (" + err + ")");
+        Rewind(s, what + " was not delivered (" + err + ")", /*back_off=*/true);
         break;
       case DeliveryOutcome::kPermanent: {
         if (f.dead_letter) {
@@ -268,9 +279,12 @@ Status OutboxRelay::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
   Logger("relay")->warn("row {}={} of \"{}\" goes to dead-letter topic \"{}\": {}: {}",
                         s.config->order_by, pos.value, s.name(), dl.topic, reason_name, reason);
   Status st = publisher_->Produce(dl, Token(s.index, true, ticket));
-  if (st.ok()) return st;
+  if (st.ok()) {
+    ++s.outstanding;
+    return st;
+  }
   if (st.code() == StatusCode::kRetriable) {
-    Rewind(s, "could not queue a dead-letter record: " + st.message());
+    Rewind(s, "could not queue a dead-letter record: " + st.message(), /*back_off=*/true);
   } else {
     s.checkpoint.MarkFailed(ticket);
     Halt(s, "row " + std::to_string(pos.value) + " could not be written to the dead-letter topic: " +
@@ -279,14 +293,24 @@ Status OutboxRelay::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
   return st;
 }
 
-void OutboxRelay::Rewind(Stream& s, const std::string& why) {
-  Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again", s.name(), why);
+void OutboxRelay::Rewind(Stream& s, const std::string& why, bool back_off) {
+  if (back_off) {
+    // Kafka refused or lost records librdkafka had already retried: wait a
+    // little longer each time before producing them again.
+    const milliseconds delay = s.kafka_backoff.Next();
+    s.paused_until = Clock::now() + delay;
+    Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again in {} ms", s.name(),
+                          why, delay.count());
+  } else {
+    Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again", s.name(), why);
+  }
   s.checkpoint.Reset();
   s.claimed.clear();
   for (long long p : s.unreleased) s.claimed.insert(p);  // still to be deleted/marked
   s.cursor.reset();
   s.holes.clear();
   s.more = true;
+  s.await_drain = true;
 }
 
 void OutboxRelay::Halt(Stream& s, const std::string& why) {
@@ -301,7 +325,7 @@ void OutboxRelay::Halt(Stream& s, const std::string& why) {
 
 void OutboxRelay::HandleFatalProducer() {
   for (auto& s : streams_) {
-    if (!s->halted) Rewind(*s, "the Kafka producer failed fatally");
+    if (!s->halted) Rewind(*s, "the Kafka producer failed fatally", /*back_off=*/true);
   }
   failures_.clear();
 }
@@ -336,6 +360,7 @@ Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_p
     Status st;
     if (routed.ok()) {
       st = publisher_->Produce(*routed, Token(s.index, false, s.checkpoint.next_ticket()));
+      if (st.ok()) ++s.outstanding;
       if (st.ok() || st.code() != StatusCode::kRetriable) {
         // Tracked from here on: acknowledged, failed, or handed to dead letter.
         s.checkpoint.Add(pos);
@@ -429,6 +454,11 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
     Logger("relay")->info("took over \"{}\" from another outboxd instance", s.name());
     s.more = true;
   }
+  if (now < s.paused_until) return Status::Ok();
+  if (s.await_drain) {
+    if (s.outstanding > 0) return Status::Ok();
+    s.await_drain = false;
+  }
   const std::size_t pending = TotalPending();
   if (pending >= config_.kafka.max_in_flight) return Status::Ok();
   if (!(s.more || s.notified || now >= s.next_poll)) return Status::Ok();
@@ -491,6 +521,11 @@ milliseconds OutboxRelay::NextWait(Clock::time_point now) const {
     const bool room = TotalPending() < config_.kafka.max_in_flight;
     for (const auto& s : streams_) {
       if (s->halted || stopping_) continue;
+      if (now < s->paused_until) {
+        until(s->paused_until);
+        continue;
+      }
+      if (s->await_drain && s->outstanding > 0) continue;  // woken by the Kafka fd
       if (s->lock_held && room && (s->more || s->notified)) return milliseconds(0);
       if (room || !s->lock_held) until(s->next_poll);
     }
@@ -519,6 +554,7 @@ Status OutboxRelay::Run(int stop_fd) {
     if (publisher_->fatal_error_raised()) {
       HandleFatalProducer();
       OUTBOXD_RETURN_IF_ERROR(publisher_->Recreate());
+      for (auto& s : streams_) s->outstanding = 0;  // purged with the old producer
     }
     for (auto& s : streams_) {
       if (!conn_.healthy()) break;

@@ -76,7 +76,9 @@ class OutboxRelay {
   [[nodiscard]] Status ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
                                     const std::string& reason_name, const std::string& reason,
                                     const std::optional<std::string>& original_topic);
-  void Rewind(Stream& s, const std::string& why);
+  // Forgets what the stream has in flight and claims again from its lowest
+  // unsent row; with `back_off`, only after a growing pause.
+  void Rewind(Stream& s, const std::string& why, bool back_off = false);
   void Halt(Stream& s, const std::string& why);
   void ReadNotifications();
   std::size_t TotalPending() const;

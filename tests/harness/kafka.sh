@@ -197,7 +197,12 @@ EOF
 format_storage() {
   [[ -f "$dir/data/meta.properties" ]] && return 0
   local cluster_id
-  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # A random 16-byte id in URL-safe base64; one starting with '-' would be
+  # read by the storage tool as an option, so draw again.
+  cluster_id=-
+  while [[ $cluster_id == -* ]]; do
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  done
   rm -rf "$dir/data"
   if ! "$java" -Xshare:auto -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
       -Dlog4j2.configurationFile="file:$dir/log4j2.properties" -cp "$libs/*" \

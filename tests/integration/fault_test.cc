@@ -199,6 +199,40 @@ TEST(Fault, KafkaDown30SecondsLosesNothingAndMarksNothingEarly) {
                                              committed.size(), 120s));
 }
 
+// An outage longer than message.timeout.ms: librdkafka gives the records up,
+// outboxd produces them again once the broker is back.
+TEST(Fault, KafkaOutageLongerThanMessageTimeoutLosesNothing) {
+  ServiceControl services;
+  services.StartKafka();
+  TestDatabase db;
+  db.Exec(OutboxDdl("outbox"));
+  const std::string type = UniqueTopic("timeout");
+  const std::string topic = "outbox.event." + type;
+  OutboxdProcess outboxd(RelayConfig(db.conninfo(), services.info().kafka_bootstrap) +
+                         "[kafka.properties]\n\"message.timeout.ms\" = 2000\n");
+  outboxd.Start();
+  Writer writer(db.conninfo(), type);
+  writer.Start(1000000, 10, 10ms);  // until stopped
+  auto relayed = [&] {
+    const std::size_t written = writer.written();
+    return static_cast<int64_t>(written) - db.QueryInt64("SELECT count(*) FROM outbox");
+  };
+  ASSERT_TRUE(WaitUntil([&] { return relayed() > 200; }, 60s)) << outboxd.Log();
+  services.StopKafkaKeepData();
+  ASSERT_TRUE(outboxd.WaitForLog("_MSG_TIMED_OUT", 60s)) << outboxd.Log();
+  services.StartKafkaAgain();
+  const int64_t after = relayed();
+  ASSERT_TRUE(WaitUntil([&] { return relayed() > after + 200; }, 120s)) << outboxd.Log();
+  writer.Stop();
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s))
+      << outboxd.Log();
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s));
+  const auto committed = writer.committed();
+  ExpectAllDelivered(committed, ConsumeTopic(services.info().kafka_bootstrap, topic,
+                                             committed.size(), 60s));
+}
+
 TEST(Fault, PostgresRestartAndTerminatedBackendLoseNothing) {
   ServiceControl services;
   services.StartPostgres();
