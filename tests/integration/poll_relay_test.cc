@@ -202,6 +202,41 @@ TEST_F(PollRelayTest, RowCommittedLateWithLowerPositionIsPublished) {
   ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 30s)) << outboxd.Log();
 }
 
+// Two instances on one table: one relays, the other stands by and takes over
+// when the first dies, so per-key order holds with standbys running.
+TEST_F(PollRelayTest, StandbyInstanceTakesOverWhenTheHolderDies) {
+  db_->Exec(OutboxDdl("outbox"));
+  OutboxdProcess active(Config());
+  active.Start();
+  ASSERT_TRUE(active.WaitForLog("relaying \"public.outbox\"", 30s)) << active.Log();
+  OutboxdProcess standby(Config());
+  standby.Start();
+  ASSERT_TRUE(standby.WaitForLog("standing by", 30s)) << standby.Log();
+
+  for (int i = 0; i < 100; ++i) Insert("k-" + std::to_string(i % 5), "{\"n\": " + std::to_string(i) + "}");
+  ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 30s)) << active.Log();
+  EXPECT_EQ(std::string::npos, standby.Log().find("took over")) << standby.Log();
+
+  active.Kill();
+  ASSERT_EQ(128 + SIGKILL, active.WaitExit(10s));
+  for (int i = 100; i < 200; ++i) Insert("k-" + std::to_string(i % 5), "{\"n\": " + std::to_string(i) + "}");
+  ASSERT_TRUE(standby.WaitForLog("took over \"public.outbox\"", 30s)) << standby.Log();
+  ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 30s)) << standby.Log();
+
+  auto records = Consume(topic_, 200);
+  ASSERT_EQ(200u, Ids(records).size());
+  std::map<std::string, int> last_n;
+  for (const auto& r : records) {
+    const int n = std::stoi(r.value->substr(r.value->find(':') + 1));
+    if (last_n.count(*r.key)) {
+      EXPECT_LT(last_n[*r.key], n) << "key " << *r.key;
+    }
+    last_n[*r.key] = n;
+  }
+  standby.Terminate();
+  EXPECT_EQ(0, standby.WaitExit(30s));
+}
+
 TEST_F(PollRelayTest, SigtermWaitsForDeliveriesAndExitsZero) {
   db_->Exec(OutboxDdl("outbox"));
   db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT '" + type_ +
