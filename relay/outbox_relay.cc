@@ -36,8 +36,8 @@ constexpr std::chrono::seconds kHoleRetention(60);
 // Jumps in the ordering column larger than this (sequence CACHE, bulk
 // deletes) are left to the sweep instead of being tracked position by
 // position.
-constexpr long long kMaxTrackedJump = 10000;
-constexpr std::size_t kMaxHoles = 100000;
+constexpr long long kMaxTrackedJump = 1000;
+constexpr std::size_t kMaxHoles = 10000;
 
 bool IsSizeError(const std::string& name) {
   return name == "MSG_SIZE_TOO_LARGE" || name == "RECORD_LIST_TOO_LARGE" ||
