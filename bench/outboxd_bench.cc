@@ -1,0 +1,962 @@
+// outboxd_bench: measures the built outboxd binary against a real PostgreSQL
+// and a real Kafka broker, the services of tests/harness (bench/run.sh starts
+// them and points OUTBOXD_HARNESS_DIR at them). bench/README.md explains
+// every number.
+//
+// Two scenarios, each printed as a table:
+//
+//   throughput  N events (default 200000) of ~150-byte JSON payloads. Raw
+//               limit: a table of them drained with batched DELETE ...
+//               RETURNING on one connection, no Kafka. Then outboxd drains
+//               a table of them twice into topics whose timestamps are the
+//               broker's LogAppendTime: "cold" (outboxd starts on the full
+//               table) and "warm" (outboxd already runs and has published to
+//               the topic when the N events are committed in one
+//               transaction). Rate = N / (last - first LogAppendTime).
+//   latency     a writer inserts one event per transaction on an absolute
+//               schedule (default 1000/s for 20 s), noting the wall clock
+//               right after each COMMIT; outboxd (woken by NOTIFY) relays
+//               them; every record's LogAppendTime minus its commit time is
+//               its commit-to-ack latency.
+//
+// Numbers only: the program asserts nothing about them. It exits non-zero
+// when a run could not be measured (a service missing, outboxd exiting, rows
+// not drained in time, records missing). Single-threaded except for the
+// latency writer, which uses its own libpq connection and never throws.
+
+#include <libpq-fe.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cstdarg>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/pg.h"
+#include "tests/harness/test_env.h"
+
+namespace outboxd::bench {
+namespace {
+
+using namespace outboxd::testing;  // NOLINT: the whole harness is the bench's toolbox
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using SteadyClock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------------------
+// Options
+
+struct Options {
+  bool throughput = true;
+  bool latency = true;
+  int64_t events = 200000;
+  int keys = 1000;
+  int payload_bytes = 150;
+  int batch_size = 1000;
+  int partitions = 3;
+  double rate = 1000;
+  int seconds = 20;
+  std::optional<int64_t> max_in_flight;
+  std::string log_dir;  // where to keep outboxd's logs; empty: nowhere
+  std::string log_level = "info";
+  std::vector<std::pair<std::string, std::string>> kafka_properties;
+};
+
+void Usage(const char* argv0) {
+  std::printf(
+      "usage: %s [options]\n"
+      "  --scenario all|throughput|latency   what to run (default all)\n"
+      "  --events N          throughput: events to relay (default 200000)\n"
+      "  --keys N            distinct aggregateid values (default 1000)\n"
+      "  --payload-bytes N   approximate payload JSON size (default 150)\n"
+      "  --batch-size N      outboxd batch_size (default 1000)\n"
+      "  --partitions N      partitions of the topics (default 3)\n"
+      "  --rate R            latency: events per second (default 1000)\n"
+      "  --seconds S         latency: duration of the writer (default 20)\n"
+      "  --max-in-flight N   outboxd [kafka] max_in_flight (default: outboxd's)\n"
+      "  --kafka-property K=V  extra [kafka.properties] entry for outboxd (repeatable)\n"
+      "  --log-dir DIR       keep outboxd's logs there (throughput-cold.log, throughput-warm.log, latency.log)\n"
+      "  --log-level LEVEL   outboxd [log] level (default info)\n"
+      "Needs OUTBOXD_HARNESS_DIR with pg/pg.env and kafka/kafka.env (bench/run.sh sets it up).\n",
+      argv0);
+}
+
+Options ParseOptions(int argc, char** argv) {
+  Options o;
+  auto value = [&](int& i) -> std::string {
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s needs a value\n", argv[i]);
+      std::exit(64);
+    }
+    return argv[++i];
+  };
+  auto number = [&](int& i) -> double {
+    const std::string flag = argv[i];
+    const std::string v = value(i);
+    char* end = nullptr;
+    const double d = std::strtod(v.c_str(), &end);
+    if (end == v.c_str() || *end != '\0' || !(d > 0)) {
+      std::fprintf(stderr, "%s: expected a positive number, got \"%s\"\n", flag.c_str(), v.c_str());
+      std::exit(64);
+    }
+    return d;
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      Usage(argv[0]);
+      std::exit(0);
+    } else if (a == "--scenario") {
+      const std::string s = value(i);
+      if (s != "all" && s != "throughput" && s != "latency") {
+        std::fprintf(stderr, "--scenario: all, throughput or latency, got \"%s\"\n", s.c_str());
+        std::exit(64);
+      }
+      o.throughput = s != "latency";
+      o.latency = s != "throughput";
+    } else if (a == "--events") {
+      o.events = static_cast<int64_t>(number(i));
+    } else if (a == "--keys") {
+      o.keys = static_cast<int>(number(i));
+    } else if (a == "--payload-bytes") {
+      o.payload_bytes = static_cast<int>(number(i));
+    } else if (a == "--batch-size") {
+      o.batch_size = static_cast<int>(number(i));
+    } else if (a == "--partitions") {
+      o.partitions = static_cast<int>(number(i));
+    } else if (a == "--rate") {
+      o.rate = number(i);
+    } else if (a == "--seconds") {
+      o.seconds = static_cast<int>(number(i));
+    } else if (a == "--max-in-flight") {
+      o.max_in_flight = static_cast<int64_t>(number(i));
+    } else if (a == "--log-level") {
+      o.log_level = value(i);
+    } else if (a == "--log-dir") {
+      o.log_dir = value(i);
+    } else if (a == "--kafka-property") {
+      const std::string kv = value(i);
+      const auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        std::fprintf(stderr, "--kafka-property: expected KEY=VALUE, got \"%s\"\n", kv.c_str());
+        std::exit(64);
+      }
+      o.kafka_properties.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+    } else {
+      std::fprintf(stderr, "unknown argument \"%s\" (--help lists the options)\n", a.c_str());
+      std::exit(64);
+    }
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+double Seconds(SteadyClock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// CLOCK_REALTIME in milliseconds with sub-millisecond precision: the clock
+// the broker's LogAppendTime is taken from (same machine).
+double WallMs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
+}
+
+std::string Fmt(const char* format, ...) __attribute__((format(printf, 1, 2)));
+std::string Fmt(const char* format, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, format);
+  std::vsnprintf(buf, sizeof buf, format, ap);
+  va_end(ap);
+  return buf;
+}
+
+std::string Quote(const std::string& s) {  // a TOML basic string
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string Today() {
+  std::time_t t = std::time(nullptr);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M %Z", std::localtime(&t));
+  return buf;
+}
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with("model name")) return line.substr(line.find(':') + 2);
+  }
+  return "unknown CPU";
+}
+
+// User + system CPU seconds a process has used so far; nullopt when it is gone.
+std::optional<double> CpuSeconds(pid_t pid) {
+  if (pid <= 0) return std::nullopt;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return std::nullopt;
+  const auto paren = stat.rfind(')');
+  if (paren == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string f;
+  // Fields after the command: state(3) ... utime(14) stime(15).
+  std::vector<std::string> v;
+  while (fields >> f && v.size() < 13) v.push_back(f);
+  if (v.size() < 13) return std::nullopt;
+  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return (std::strtod(v[11].c_str(), nullptr) + std::strtod(v[12].c_str(), nullptr)) / ticks;
+}
+
+// The Kafka broker's pid, from the harness' kafka.pid.
+pid_t BrokerPid() {
+  std::ifstream in(SharedServices().dir + "/kafka/kafka.pid");
+  long pid = 0;
+  in >> pid;
+  return static_cast<pid_t>(pid);
+}
+
+// Busy and total jiffies of the whole machine, from /proc/stat.
+std::pair<double, double> MachineJiffies() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  in >> cpu;
+  double v[10] = {};
+  double total = 0;
+  for (double& x : v) {
+    in >> x;
+    total += x;
+  }
+  const double idle = v[3] + v[4];  // idle + iowait
+  return {total - idle, total};
+}
+
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  double a = 0, b = 0, c = 0;
+  in >> a >> b >> c;
+  return Fmt("%.2f %.2f %.2f", a, b, c);
+}
+
+// Samples the CPU time of a few processes, and how busy the whole machine
+// was, between Start() and Stop().
+class CpuMeter {
+ public:
+  void Add(std::string name, pid_t pid) { procs_.push_back({std::move(name), pid, 0, 0, false}); }
+  void Start() {
+    for (auto& p : procs_) {
+      auto c = CpuSeconds(p.pid);
+      p.ok = c.has_value();
+      p.start = c.value_or(0);
+    }
+    machine_start_ = MachineJiffies();
+  }
+  void Stop() {
+    for (auto& p : procs_) {
+      auto c = CpuSeconds(p.pid);
+      p.ok = p.ok && c.has_value();
+      p.used = c.value_or(0) - p.start;
+    }
+    const auto end = MachineJiffies();
+    const double total = end.second - machine_start_.second;
+    machine_busy_ = total > 0 ? (end.first - machine_start_.first) / total : -1;
+  }
+  // "CPU outboxd": "3.10 s (45% of one core)", one row per process.
+  std::vector<std::pair<std::string, std::string>> Rows(double wall) const {
+    std::vector<std::pair<std::string, std::string>> rows;
+    for (const auto& p : procs_) {
+      rows.emplace_back("CPU " + p.name,
+                        p.ok ? Fmt("%.2f s (%.0f%% of one core)", p.used, 100 * p.used / wall) : "n/a");
+    }
+    return rows;
+  }
+  std::pair<std::string, std::string> MachineRow() const {
+    return {"CPU machine (all processes)",
+            machine_busy_ < 0 ? "n/a"
+                              : Fmt("%.0f%% busy of %ld cores, load average %s", 100 * machine_busy_,
+                                    ::sysconf(_SC_NPROCESSORS_ONLN), LoadAverage().c_str())};
+  }
+
+ private:
+  struct Proc {
+    std::string name;
+    pid_t pid;
+    double start;
+    double used;
+    bool ok;
+  };
+  std::vector<Proc> procs_;
+  std::pair<double, double> machine_start_{};
+  double machine_busy_ = -1;
+};
+
+// One connection the bench keeps open to watch the database while outboxd
+// runs: TestDatabase opens a connection per call, and a new backend every
+// 20 ms would take a good share of a 2-core machine.
+class DbWatch {
+ public:
+  explicit DbWatch(const TestDatabase& db) {
+    auto conn = PgConn::Connect(db.conninfo(), std::nullopt, "outboxd-bench-watch");
+    if (!conn.ok()) throw HarnessError(conn.status().message());
+    conn_ = std::move(conn).value();
+  }
+
+  // True once `table` has no rows. Rows go in seq order, so the index finds
+  // the highest one at once until the very end (a plain LIMIT 1 would
+  // seq-scan the dead rows at the front of the heap).
+  bool Empty(const std::string& table) const {
+    return Rows("SELECT 1 FROM " + table + " ORDER BY seq DESC LIMIT 1") == 0;
+  }
+
+  // pid of the PostgreSQL backend serving outboxd's connection, or -1.
+  pid_t OutboxdBackendPid() const {
+    auto res = Run("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                   "AND application_name = 'outboxd' AND backend_type = 'client backend'");
+    if (PQntuples(res.get()) != 1) return -1;
+    return static_cast<pid_t>(std::atol(PQgetvalue(res.get(), 0, 0)));
+  }
+
+ private:
+  PgResult Run(const std::string& sql) const {
+    auto res = conn_.Exec(sql);
+    if (!res.ok()) throw HarnessError(res.status().message() + "\n  SQL: " + sql);
+    return std::move(res).value();
+  }
+  int Rows(const std::string& sql) const { return PQntuples(Run(sql).get()); }
+
+  PgConn conn_;
+};
+
+// A two-column table: metric, value.
+class Table {
+ public:
+  explicit Table(std::string title) : title_(std::move(title)) {}
+  void Row(std::string metric, std::string value) { rows_.emplace_back(std::move(metric), std::move(value)); }
+  void Rows(const std::vector<std::pair<std::string, std::string>>& rows) {
+    for (const auto& r : rows) rows_.push_back(r);
+  }
+  void Print() const {
+    std::size_t w = 6;
+    for (const auto& [m, v] : rows_) w = std::max(w, m.size());
+    std::printf("\n%s\n", title_.c_str());
+    std::printf("  %-*s  %s\n", static_cast<int>(w), "metric", "value");
+    std::printf("  %s  %s\n", std::string(w, '-').c_str(), std::string(40, '-').c_str());
+    for (const auto& [m, v] : rows_) std::printf("  %-*s  %s\n", static_cast<int>(w), m.c_str(), v.c_str());
+    std::fflush(stdout);
+  }
+
+ private:
+  std::string title_;
+  std::vector<std::pair<std::string, std::string>> rows_;
+};
+
+void Progress(const std::string& what) {
+  std::fprintf(stderr, "[bench] %s\n", what.c_str());
+}
+
+// ---------------------------------------------------------------------------
+// Schema and outboxd
+
+std::string OutboxDdl(const std::string& table) {
+  return "CREATE TABLE " + table +
+         " (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+         "  id uuid NOT NULL DEFAULT gen_random_uuid(),"
+         "  aggregatetype text NOT NULL,"
+         "  aggregateid text NOT NULL,"
+         "  type text NOT NULL,"
+         "  payload jsonb,"
+         "  created_at timestamptz NOT NULL DEFAULT now())";
+}
+
+// A payload of about `bytes` bytes of JSON text for event `n_sql` (an SQL
+// expression), shaped like an order event.
+std::string PayloadSql(const std::string& n_sql, int keys, int bytes, bool with_n) {
+  // The fixed part of the JSON text below is about 131 bytes; "n" adds about 11.
+  const int pad = std::max(0, bytes - 131 - (with_n ? 11 : 0));
+  return std::string("jsonb_build_object(") + (with_n ? "'n', " + n_sql + ", " : "") +
+         "'orderId', " + n_sql + ", 'customerId', 'customer-' || (" + n_sql + " % " + std::to_string(keys) +
+         "), 'status', 'CREATED', 'currency', 'EUR', 'amount', round((" + n_sql +
+         " % 100000) / 100.0, 2), 'lines', 3, 'note', repeat('x', " + std::to_string(pad) + "))";
+}
+
+std::string OutboxdToml(const Options& o, const TestDatabase& db, const std::string& table,
+                        const std::string& extra_outbox_keys) {
+  std::string t;
+  t += "[postgres]\nconninfo = " + Quote(db.conninfo()) + "\n\n";
+  t += "[kafka]\nbootstrap_servers = " + Quote(SharedServices().kafka_bootstrap) + "\n";
+  if (o.max_in_flight) t += "max_in_flight = " + std::to_string(*o.max_in_flight) + "\n";
+  if (!o.kafka_properties.empty()) {
+    t += "[kafka.properties]\n";
+    for (const auto& [k, v] : o.kafka_properties) t += Quote(k) + " = " + Quote(v) + "\n";
+  }
+  t += "\n[log]\nlevel = " + Quote(o.log_level) + "\n\n";
+  t += "[[outbox]]\ntable = " + Quote(table) + "\n";
+  t += "batch_size = " + std::to_string(o.batch_size) + "\n";
+  t += "headers = { type = \"type\" }\n";
+  t += extra_outbox_keys;
+  return t;
+}
+
+[[noreturn]] void Fail(OutboxdProcess& p, const std::string& why) {
+  std::string log = p.Log();
+  if (log.size() > 4000) log = "...\n" + log.substr(log.size() - 4000);
+  throw HarnessError(why + "\noutboxd log (" + p.log_path() + "):\n" + log);
+}
+
+void SaveLog(const Options& o, const OutboxdProcess& p, const std::string& name) {
+  if (o.log_dir.empty()) return;
+  const std::string path = o.log_dir + "/" + name;
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << p.Log();
+  if (!out) Progress("warning: could not write " + path);
+}
+
+// Stops outboxd with SIGTERM and waits for it; complains (without failing)
+// when it does not exit cleanly.
+void StopOutboxd(OutboxdProcess& p) {
+  if (!p.Running()) return;
+  p.Terminate();
+  const int code = p.WaitExit(seconds(30));
+  if (code != 0) Progress("warning: outboxd exited with code " + std::to_string(code));
+}
+
+// ---------------------------------------------------------------------------
+// Kafka record timestamps
+
+struct KcatRecord {
+  int64_t ts = 0;  // LogAppendTime, ms
+  int64_t offset = 0;
+  std::string key;
+};
+
+// Up to `count` records of partition `p` from `offset` ("beginning", "-1"),
+// read with kcat.
+std::vector<KcatRecord> ReadRecords(const std::string& topic, int p, const std::string& offset, int count) {
+  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-p",
+                                std::to_string(p), "-o", offset, "-c", std::to_string(count), "-e", "-q", "-f",
+                                "%T %o %k\\n"},
+                               seconds(60));
+  if (r.exit_code != 0) throw HarnessError("kcat failed reading " + topic + ":" + std::to_string(p) + ": " + r.output);
+  std::vector<KcatRecord> out;
+  std::istringstream in(r.output);
+  KcatRecord rec;
+  while (in >> rec.ts >> rec.offset >> rec.key) out.push_back(rec);
+  return out;
+}
+
+// When the broker appended the first and the last record of a topic, over
+// all partitions, not counting records keyed `skip_key` (warm-up), and how
+// many records the partitions hold (a fresh topic without transactions:
+// last offset + 1).
+struct TopicSpan {
+  int64_t first_ts = INT64_MAX;
+  int64_t last_ts = INT64_MIN;
+  int64_t records = 0;
+  std::string per_partition;  // "69800 / 66600 / 63600"
+};
+
+TopicSpan ReadTopicSpan(const std::string& topic, int partitions, const std::string& skip_key) {
+  TopicSpan span;
+  for (int p = 0; p < partitions; ++p) {
+    for (const KcatRecord& r : ReadRecords(topic, p, "beginning", 2)) {
+      if (r.key == skip_key) continue;
+      span.first_ts = std::min(span.first_ts, r.ts);
+      break;
+    }
+    int64_t n = 0;
+    for (const KcatRecord& r : ReadRecords(topic, p, "-1", 1)) {
+      span.last_ts = std::max(span.last_ts, r.ts);
+      n = r.offset + 1;
+    }
+    span.records += n;
+    span.per_partition += (p ? " / " : "") + std::to_string(n);
+  }
+  if (span.first_ts == INT64_MAX || span.last_ts == INT64_MIN) throw HarnessError("no records in " + topic);
+  return span;
+}
+
+// ---------------------------------------------------------------------------
+// Throughput
+
+struct RawDrain {
+  int64_t rows = 0;
+  int64_t bytes = 0;
+  double seconds = 0;
+};
+
+// Drains `table` with batched DELETE ... RETURNING on one connection, reading
+// every column of every row client-side (text format, as outboxd reads them).
+// `keyset`: each batch starts after the highest seq of the previous one
+// (seq > $1), as outboxd's claims do; otherwise every batch is the first
+// `batch` rows by seq, whose index scan walks the entries of all rows
+// deleted before (until VACUUM) and so slows down as the drain goes on.
+RawDrain DrainWithDelete(const TestDatabase& db, const std::string& table, int batch, bool keyset) {
+  auto conn = PgConn::Connect(db.conninfo(), std::nullopt, "outboxd-bench-raw");
+  if (!conn.ok()) throw HarnessError(conn.status().message());
+  const std::string sql = "DELETE FROM " + table + " WHERE seq IN (SELECT seq FROM " + table +
+                          (keyset ? " WHERE seq > $1::bigint" : "") + " ORDER BY seq LIMIT " +
+                          std::to_string(batch) + ") RETURNING *";
+  RawDrain d;
+  long long last = 0;
+  std::vector<std::string> values;  // copied out, as a relay would
+  const auto t0 = SteadyClock::now();
+  while (true) {
+    auto res = keyset ? conn->Exec(sql, {std::to_string(last)}) : conn->Exec(sql);
+    if (!res.ok()) throw HarnessError("raw drain of " + table + ": " + res.status().message());
+    const PGresult* r = res->get();
+    const int n = PQntuples(r), cols = PQnfields(r);
+    if (n == 0) break;
+    for (int i = 0; i < n; ++i) {
+      values.clear();
+      for (int c = 0; c < cols; ++c) {
+        values.emplace_back(PQgetvalue(r, i, c), static_cast<std::size_t>(PQgetlength(r, i, c)));
+        d.bytes += PQgetlength(r, i, c);
+      }
+      last = std::max(last, std::strtoll(values[0].c_str(), nullptr, 10));  // seq is column 0
+    }
+    d.rows += n;
+  }
+  d.seconds = Seconds(SteadyClock::now() - t0);
+  return d;
+}
+
+// INSERT ... SELECT of `count` events numbered from `from`, one statement
+// (one transaction: all of them become visible at once).
+std::string FillSql(const std::string& table, const Options& o, const std::string& aggregatetype, int64_t from,
+                    int64_t count) {
+  return "INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) SELECT '" + aggregatetype +
+         "', 'order-' || (i % " + std::to_string(o.keys) + "), 'OrderCreated', " +
+         PayloadSql("i", o.keys, o.payload_bytes, false) + " FROM generate_series(" + std::to_string(from) + ", " +
+         std::to_string(from + count - 1) + ") i";
+}
+
+// One outboxd drain of a table of o.events events, measured.
+struct DrainRun {
+  TopicSpan span;
+  double t0_wall = 0;     // outboxd start (cold) or COMMIT of the events (warm), CLOCK_REALTIME ms
+  double empty_wall = 0;  // the table was seen empty
+  ProcessMemory mem;
+  std::vector<std::pair<std::string, std::string>> cpu_rows;
+
+  double wall_seconds() const { return (empty_wall - t0_wall) / 1e3; }
+  double append_seconds() const { return static_cast<double>(std::max<int64_t>(1, span.last_ts - span.first_ts)) / 1e3; }
+};
+
+// Cold: outboxd starts on a table already holding the events (its producer
+// has to learn the topic first). Warm: outboxd is running and has relayed a
+// warm-up event to the topic when the events are committed in one
+// transaction; a NOTIFY trigger wakes it.
+DrainRun DrainWithOutboxd(const Options& o, const TestDatabase& db, bool warm) {
+  const std::string kind = warm ? "warm" : "cold";
+  const std::string suffix = UniqueTopic("bench" + kind);
+  const std::string topic = "outbox.event." + suffix;
+  const std::string table = "public.outbox_" + kind;
+  const std::string channel = "outbox_" + kind;
+  db.Exec(OutboxDdl(table));
+  if (warm) {
+    db.Exec("CREATE FUNCTION " + table + "_notify() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN PERFORM pg_notify('" + channel + "', ''); RETURN NULL; END $$");
+    db.Exec("CREATE TRIGGER outbox_notify AFTER INSERT ON " + table + " FOR EACH STATEMENT EXECUTE FUNCTION " +
+            table + "_notify()");
+  } else {
+    Progress(Fmt("throughput (cold): filling %s with %" PRId64 " events", table.c_str(), o.events));
+    db.Exec(FillSql(table, o, suffix, 1, o.events));
+    db.Exec("VACUUM ANALYZE " + table);
+    db.Exec("CHECKPOINT");
+  }
+  KafkaAdmin admin(SharedServices().kafka_bootstrap);
+  admin.CreateTopic(topic, o.partitions, {{"message.timestamp.type", "LogAppendTime"}});
+
+  OutboxdProcess outboxd(OutboxdToml(o, db, table, warm ? "notify_channel = " + Quote(channel) + "\n" : ""));
+  const auto running = [&] {
+    if (!outboxd.Running()) Fail(outboxd, "outboxd exited during the " + kind + " throughput run");
+  };
+  const DbWatch watch(db);
+  DrainRun run;
+  CpuMeter cpu;
+  if (warm) {
+    outboxd.Start();
+    if (!outboxd.WaitForLog("relaying", seconds(60))) Fail(outboxd, "outboxd did not start relaying");
+    db.Exec("INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) VALUES ('" + suffix +
+            "', 'warmup', 'Warmup', '{}')");
+    if (!WaitUntil([&] { running(); return watch.Empty(table); }, seconds(60))) {
+      Fail(outboxd, "the warm-up event was not relayed within 60 s");
+    }
+    Progress(Fmt("throughput (warm): committing %" PRId64 " events in one transaction into %s", o.events,
+                 table.c_str()));
+    // The INSERT itself is not measured: the clock starts at its COMMIT.
+    db.Exec(FillSql(table, o, suffix, 1, o.events));
+    run.t0_wall = WallMs();
+  } else {
+    Progress("throughput (cold): outboxd starts and drains " + table);
+    run.t0_wall = WallMs();
+    outboxd.Start();
+  }
+  const auto t0 = SteadyClock::now();
+  cpu.Add("outboxd", outboxd.pid());
+  cpu.Add("Kafka broker", BrokerPid());
+  cpu.Start();
+  bool backend_added = false;
+  CpuMeter backend_cpu;
+  const bool drained = WaitUntil(
+      [&] {
+        running();
+        if (!backend_added) {
+          if (pid_t b = watch.OutboxdBackendPid(); b > 0) {
+            backend_cpu.Add("PostgreSQL backend of outboxd", b);
+            backend_cpu.Start();
+            backend_added = true;
+          }
+        }
+        return watch.Empty(table);
+      },
+      std::chrono::minutes(30), milliseconds(20));
+  run.empty_wall = WallMs();
+  const double wall = Seconds(SteadyClock::now() - t0);
+  cpu.Stop();
+  backend_cpu.Stop();
+  if (!drained) Fail(outboxd, "outboxd did not empty " + table + " within 30 minutes");
+  run.mem = ReadProcessMemory(outboxd.pid());
+  StopOutboxd(outboxd);
+  SaveLog(o, outboxd, "throughput-" + kind + ".log");
+  run.cpu_rows = cpu.Rows(wall);
+  for (const auto& r : backend_cpu.Rows(wall)) run.cpu_rows.push_back(r);
+  run.cpu_rows.push_back(cpu.MachineRow());
+  run.span = ReadTopicSpan(topic, o.partitions, "warmup");
+  if (warm) --run.span.records;  // the warm-up event
+  return run;
+}
+
+std::string Rate(int64_t events, double seconds) {
+  return Fmt("%.0f events/s", static_cast<double>(events) / seconds);
+}
+
+std::string Mib(int64_t kb) { return kb >= 0 ? Fmt("%.1f MiB", static_cast<double>(kb) / 1024) : "n/a"; }
+
+// Fills a fresh table with the events and drains it without Kafka.
+RawDrain RawLimit(const Options& o, const TestDatabase& db, bool keyset) {
+  const std::string table = keyset ? "public.outbox_raw_keyset" : "public.outbox_raw_first";
+  Progress(Fmt("throughput (raw): filling %s with %" PRId64 " events", table.c_str(), o.events));
+  db.Exec(OutboxDdl(table));
+  db.Exec(FillSql(table, o, "raw", 1, o.events));
+  db.Exec("VACUUM ANALYZE " + table);
+  db.Exec("CHECKPOINT");
+  Progress(Fmt("throughput (raw): DELETE ... RETURNING in batches of %d%s", o.batch_size,
+               keyset ? ", seq > previous batch" : ""));
+  const RawDrain raw = DrainWithDelete(db, table, o.batch_size, keyset);
+  if (raw.rows != o.events) {
+    throw HarnessError(Fmt("raw drain removed %" PRId64 " rows, expected %" PRId64, raw.rows, o.events));
+  }
+  return raw;
+}
+
+int RunThroughput(const Options& o, const TestDatabase& db) {
+  // The event size, from a sample of the same rows.
+  db.Exec(OutboxDdl("public.outbox_sample"));
+  db.Exec(FillSql("public.outbox_sample", o, "sample", 1, std::min<int64_t>(o.events, 10000)));
+  const std::string avg_payload =
+      db.QueryString("SELECT round(avg(length(payload::text))) FROM public.outbox_sample");
+  const std::string avg_row = db.QueryString("SELECT round(avg(pg_column_size(t.*))) FROM public.outbox_sample t");
+  db.Exec("DROP TABLE public.outbox_sample");
+
+  const RawDrain raw_first = RawLimit(o, db, /*keyset=*/false);
+  const RawDrain raw = RawLimit(o, db, /*keyset=*/true);
+  const double raw_rate = static_cast<double>(raw.rows) / raw.seconds;
+  const double raw_first_rate = static_cast<double>(raw_first.rows) / raw_first.seconds;
+
+  const DrainRun cold = DrainWithOutboxd(o, db, /*warm=*/false);
+  const DrainRun warm = DrainWithOutboxd(o, db, /*warm=*/true);
+  const double cold_rate = static_cast<double>(o.events) / cold.append_seconds();
+  const double warm_rate = static_cast<double>(o.events) / warm.append_seconds();
+
+  Table t(Fmt("THROUGHPUT  %" PRId64 " events, %d keys, topic %d partitions (LogAppendTime), batch_size %d",
+              o.events, o.keys, o.partitions, o.batch_size));
+  t.Row("event size", "payload " + avg_payload + " B JSON, row " + avg_row + " B");
+  t.Row("raw limit: DELETE ... RETURNING, no Kafka",
+        Fmt("%.0f events/s  (%.2f s, %.1f MB read; keyset: seq > previous batch)", raw_rate, raw.seconds,
+            static_cast<double>(raw.bytes) / 1e6));
+  t.Row("  same, each batch ORDER BY seq LIMIT",
+        Fmt("%.0f events/s  (%.2f s; no keyset, rescans deleted index entries)", raw_first_rate, raw_first.seconds));
+  for (const DrainRun* r : {&cold, &warm}) {
+    const bool is_warm = r == &warm;
+    const std::string k = is_warm ? "warm: " : "cold: ";
+    const std::string from = is_warm ? "commit" : "start";
+    t.Row(k + "first produce -> last ack",
+          Rate(o.events, r->append_seconds()) + Fmt("  (%.2f s by LogAppendTime)", r->append_seconds()));
+    t.Row(k + from + " -> outbox empty", Rate(o.events, r->wall_seconds()) + Fmt("  (%.2f s wall)", r->wall_seconds()));
+    t.Row(k + "ratio outboxd / raw",
+          Fmt("%.2f  (wall: %.2f)", (is_warm ? warm_rate : cold_rate) / raw_rate,
+              static_cast<double>(o.events) / r->wall_seconds() / raw_rate));
+    t.Row(k + "timeline from " + from,
+          Fmt("first append +%.0f ms, last append +%.0f ms, outbox empty +%.0f ms",
+              static_cast<double>(r->span.first_ts) - r->t0_wall, static_cast<double>(r->span.last_ts) - r->t0_wall,
+              r->empty_wall - r->t0_wall));
+    t.Row(k + "records in topic", Fmt("%" PRId64 " (%s per partition)%s", r->span.records, r->span.per_partition.c_str(),
+                                      r->span.records == o.events ? "" : "  DIFFERS from the events written"));
+    t.Row(k + "outboxd peak RSS (VmHWM)", Mib(r->mem.peak_rss_kb));
+    for (const auto& [m, v] : r->cpu_rows) t.Row(k + m, v);
+  }
+  t.Row("goal >= 30000 events/s (warm)", warm_rate >= 30000 ? "met" : "NOT met");
+  t.Print();
+  return cold.span.records == o.events && warm.span.records == o.events ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------
+// Latency
+
+// Inserts events 0..count-1, one per transaction, at `rate` per second on an
+// absolute schedule from `start`, and notes CLOCK_REALTIME after each commit.
+// Runs on its own thread with its own connection; never throws.
+struct Writer {
+  std::string conninfo, table, aggregatetype;
+  int keys = 1000;
+  int payload_bytes = 150;
+  double rate = 1000;
+  int64_t count = 0;
+
+  std::vector<double> commit_ms;  // by event number
+  double max_behind_ms = 0;       // how far the writer fell behind its schedule
+  int64_t behind_10ms = 0;        // inserts started more than 10 ms late
+  std::string error;
+
+  void Run(SteadyClock::time_point start) {
+    commit_ms.assign(static_cast<std::size_t>(count), -1);
+    auto conn = PgConn::Connect(conninfo, std::nullopt, "outboxd-bench-writer");
+    if (!conn.ok()) {
+      error = conn.status().message();
+      return;
+    }
+    const std::string sql = "INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) VALUES ('" +
+                            aggregatetype + "', 'order-' || ($1::bigint % " + std::to_string(keys) +
+                            "), 'OrderCreated', " + PayloadSql("$1::bigint", keys, payload_bytes, true) + ")";
+    // Prepared once, like an application's statement cache.
+    PgResult prep(PQprepare(conn->get(), "ins", sql.c_str(), 1, nullptr));
+    if (!prep || PQresultStatus(prep.get()) != PGRES_COMMAND_OK) {
+      error = std::string("prepare: ") + PQerrorMessage(conn->get());
+      return;
+    }
+    const auto period = std::chrono::duration<double>(1.0 / rate);
+    for (int64_t i = 0; i < count; ++i) {
+      const auto due = start + std::chrono::duration_cast<SteadyClock::duration>(period * static_cast<double>(i));
+      std::this_thread::sleep_until(due);
+      const double behind = std::chrono::duration<double, std::milli>(SteadyClock::now() - due).count();
+      max_behind_ms = std::max(max_behind_ms, behind);
+      if (behind > 10) ++behind_10ms;
+      const std::string n = std::to_string(i);
+      const char* params[] = {n.c_str()};
+      // Autocommit: the INSERT is its own transaction; PQexecPrepared returns
+      // after the COMMIT.
+      PgResult res(PQexecPrepared(conn->get(), "ins", 1, params, nullptr, nullptr, 0));
+      commit_ms[static_cast<std::size_t>(i)] = WallMs();
+      if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
+        error = "insert " + n + ": " + PQerrorMessage(conn->get());
+        return;
+      }
+    }
+  }
+};
+
+double Percentile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return NAN;
+  const double rank = q * static_cast<double>(sorted.size() - 1);
+  const auto lo = static_cast<std::size_t>(std::floor(rank));
+  const auto hi = std::min(sorted.size() - 1, lo + 1);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - static_cast<double>(lo));
+}
+
+int RunLatency(const Options& o, const TestDatabase& db) {
+  const std::string suffix = UniqueTopic("benchlat");
+  const std::string topic = "outbox.event." + suffix;
+  const std::string table = "public.outbox_lat", channel = "outbox_bench";
+  db.Exec(OutboxDdl(table));
+  db.Exec("CREATE FUNCTION public.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$ "
+          "BEGIN PERFORM pg_notify('" + channel + "', ''); RETURN NULL; END $$");
+  db.Exec("CREATE TRIGGER outbox_notify AFTER INSERT ON " + table +
+          " FOR EACH STATEMENT EXECUTE FUNCTION public.outbox_notify()");
+  KafkaAdmin admin(SharedServices().kafka_bootstrap);
+  admin.CreateTopic(topic, o.partitions, {{"message.timestamp.type", "LogAppendTime"}});
+
+  OutboxdProcess outboxd(OutboxdToml(o, db, table,
+                                     "notify_channel = " + Quote(channel) + "\npoll_interval = \"250ms\"\n"));
+  const DbWatch watch(db);
+  outboxd.Start();
+  if (!outboxd.WaitForLog("relaying", seconds(60))) Fail(outboxd, "outboxd did not start relaying");
+
+  // Warm-up: the producer learns the topic's metadata and connects; these
+  // events (n < 0) are not in the percentiles. The first one's latency is
+  // reported on its own: what the first event after a start waits.
+  Progress("latency: warm-up");
+  double first_commit_ms = 0;
+  for (int i = 1; i <= 50; ++i) {
+    db.Exec("INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) VALUES ('" + suffix +
+            "', 'order-" + std::to_string(i) + "', 'Warmup', " +
+            PayloadSql(std::to_string(-i), o.keys, o.payload_bytes, true) + ")");
+    if (i == 1) first_commit_ms = WallMs();
+  }
+  const auto empty = [&] {
+    if (!outboxd.Running()) Fail(outboxd, "outboxd exited during the latency run");
+    return watch.Empty(table);
+  };
+  if (!WaitUntil(empty, seconds(60))) Fail(outboxd, "warm-up events were not relayed within 60 s");
+  std::this_thread::sleep_for(seconds(1));
+
+  Writer w;
+  w.conninfo = db.conninfo();
+  w.table = table;
+  w.aggregatetype = suffix;
+  w.keys = o.keys;
+  w.payload_bytes = o.payload_bytes;
+  w.rate = o.rate;
+  w.count = static_cast<int64_t>(std::llround(o.rate * o.seconds));
+  Progress(Fmt("latency: %" PRId64 " events at %.0f/s for %d s", w.count, o.rate, o.seconds));
+  CpuMeter cpu;
+  cpu.Add("outboxd", outboxd.pid());
+  cpu.Add("Kafka broker", BrokerPid());
+  if (pid_t b = watch.OutboxdBackendPid(); b > 0) cpu.Add("PostgreSQL backend of outboxd", b);
+  cpu.Start();
+  const auto start = SteadyClock::now() + milliseconds(100);
+  std::thread writer([&] { w.Run(start); });
+  writer.join();
+  const double writer_seconds = Seconds(SteadyClock::now() - start);
+  cpu.Stop();
+  if (!w.error.empty()) Fail(outboxd, "latency writer failed: " + w.error);
+  if (!WaitUntil(empty, seconds(120))) Fail(outboxd, "outboxd did not relay every event within 120 s");
+  const ProcessMemory mem = ReadProcessMemory(outboxd.pid());
+  StopOutboxd(outboxd);
+  SaveLog(o, outboxd, "latency.log");
+
+  // Every record: "LogAppendTime<TAB>value".
+  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-o",
+                                "beginning", "-e", "-q", "-f", "%T\\t%s\\n"},
+                               seconds(300));
+  if (r.exit_code != 0) throw HarnessError("kcat could not read " + topic + ": " + r.output);
+  std::vector<double> ack_ms(static_cast<std::size_t>(w.count), -1);
+  int64_t records = 0, duplicates = 0, warmup = 0, unparsed = 0;
+  double first_ack_ms = -1;
+  std::istringstream lines(r.output);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto tab = line.find('\t');
+    const auto np = line.find("{\"n\": ");
+    if (tab == std::string::npos || np == std::string::npos) {
+      if (!line.empty()) ++unparsed;
+      continue;
+    }
+    ++records;
+    const double ts = std::strtod(line.c_str(), nullptr);
+    const long long n = std::strtoll(line.c_str() + np + 6, nullptr, 10);
+    if (n < 0) {
+      ++warmup;
+      if (n == -1) first_ack_ms = ts;
+      continue;
+    }
+    if (n >= w.count) {
+      ++unparsed;
+      continue;
+    }
+    double& a = ack_ms[static_cast<std::size_t>(n)];
+    if (a >= 0) {
+      ++duplicates;
+      a = std::min(a, ts);
+    } else {
+      a = ts;
+    }
+  }
+  std::vector<double> latency;
+  latency.reserve(ack_ms.size());
+  int64_t missing = 0;
+  for (std::size_t i = 0; i < ack_ms.size(); ++i) {
+    if (ack_ms[i] < 0) {
+      ++missing;
+      continue;
+    }
+    latency.push_back(ack_ms[i] - w.commit_ms[i]);
+  }
+  std::sort(latency.begin(), latency.end());
+  const double p99 = Percentile(latency, 0.99);
+  int64_t over_50 = 0;
+  for (double l : latency) over_50 += l >= 50 ? 1 : 0;
+
+  Table t(Fmt("LATENCY  %.0f events/s for %d s, one event per transaction, NOTIFY trigger, poll_interval 250ms",
+              o.rate, o.seconds));
+  t.Row("events written (achieved rate)", Fmt("%" PRId64 " (%.0f/s)", w.count, static_cast<double>(w.count) / writer_seconds));
+  t.Row("writer behind schedule", Fmt("max %.1f ms, %" PRId64 " inserts > 10 ms late", w.max_behind_ms, w.behind_10ms));
+  t.Row("latencies measured (commit -> LogAppendTime)",
+        Fmt("%zu (missing %" PRId64 ", duplicates %" PRId64 ")", latency.size(), missing, duplicates));
+  t.Row("p50", Fmt("%.1f ms", Percentile(latency, 0.50)));
+  t.Row("p90", Fmt("%.1f ms", Percentile(latency, 0.90)));
+  t.Row("p99", Fmt("%.1f ms", p99));
+  t.Row("p99.9", Fmt("%.1f ms", Percentile(latency, 0.999)));
+  t.Row("max", Fmt("%.1f ms", latency.empty() ? NAN : latency.back()));
+  t.Row("min", Fmt("%.1f ms", latency.empty() ? NAN : latency.front()));
+  t.Row("events >= 50 ms", Fmt("%" PRId64 " (%.2f%%)", over_50,
+                               latency.empty() ? 0.0 : 100.0 * static_cast<double>(over_50) / static_cast<double>(latency.size())));
+  t.Row("first event after outboxd start (not above)",
+        first_ack_ms < 0 ? "n/a" : Fmt("%.1f ms", first_ack_ms - first_commit_ms));
+  t.Row("outboxd peak RSS (VmHWM)", Mib(mem.peak_rss_kb));
+  t.Rows(cpu.Rows(writer_seconds));
+  t.Row(cpu.MachineRow().first, cpu.MachineRow().second);
+  t.Row("goal p99 < 50 ms", p99 < 50 ? "met" : "NOT met");
+  if (unparsed > 0) t.Row("unparseable records", std::to_string(unparsed));
+  t.Print();
+  return (missing == 0 && unparsed == 0) ? 0 : 1;
+}
+
+int Main(int argc, char** argv) {
+  const Options o = ParseOptions(argc, argv);
+  const ServiceInfo& services = SharedServices();
+  if (services.pg_port == 0 || services.kafka_bootstrap.empty()) {
+    throw HarnessError("need both PostgreSQL and Kafka in " + services.dir);
+  }
+  TestDatabase db(services.pg_host, services.pg_port);
+  utsname u{};
+  ::uname(&u);
+  std::printf("outboxd benchmark  %s\n", Today().c_str());
+  std::printf("  machine     %ld CPUs (%s), %s %s\n", ::sysconf(_SC_NPROCESSORS_ONLN), CpuModel().c_str(),
+              u.sysname, u.release);
+  std::printf("  postgres    %s on %s:%d (harness: fsync=off, synchronous_commit=off)\n",
+              db.QueryString("SHOW server_version").c_str(), services.pg_host.c_str(), services.pg_port);
+  std::printf("  kafka       %s (harness single-node broker)\n", services.kafka_bootstrap.c_str());
+  std::printf("  outboxd     %s\n", OutboxdProcess::BinaryPath().c_str());
+  std::printf("  load avg    %s (other work on the machine skews the numbers)\n", LoadAverage().c_str());
+  std::fflush(stdout);
+  int rc = 0;
+  if (o.throughput) rc |= RunThroughput(o, db);
+  if (o.latency) rc |= RunLatency(o, db);
+  return rc;
+}
+
+}  // namespace
+}  // namespace outboxd::bench
+
+int main(int argc, char** argv) {
+  try {
+    return outboxd::bench::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "outboxd_bench: %s\n", e.what());
+    return 1;
+  }
+}
