@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "common/pg.h"
+#include "tests/harness/outbox_schema.h"
 #include "tests/harness/test_env.h"
 
 namespace outboxd::bench {
@@ -380,17 +381,6 @@ void Progress(const std::string& what) {
 // ---------------------------------------------------------------------------
 // Schema and outboxd
 
-std::string OutboxDdl(const std::string& table) {
-  return "CREATE TABLE " + table +
-         " (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-         "  id uuid NOT NULL DEFAULT gen_random_uuid(),"
-         "  aggregatetype text NOT NULL,"
-         "  aggregateid text NOT NULL,"
-         "  type text NOT NULL,"
-         "  payload jsonb,"
-         "  created_at timestamptz NOT NULL DEFAULT now())";
-}
-
 // A payload of about `bytes` bytes of JSON text for event `n_sql` (an SQL
 // expression), shaped like an order event.
 std::string PayloadSql(const std::string& n_sql, int keys, int bytes, bool with_n) {
@@ -577,10 +567,7 @@ DrainRun DrainWithOutboxd(const Options& o, const TestDatabase& db, bool warm) {
   const std::string channel = "outbox_" + kind;
   db.Exec(OutboxDdl(table));
   if (warm) {
-    db.Exec("CREATE FUNCTION " + table + "_notify() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            "BEGIN PERFORM pg_notify('" + channel + "', ''); RETURN NULL; END $$");
-    db.Exec("CREATE TRIGGER outbox_notify AFTER INSERT ON " + table + " FOR EACH STATEMENT EXECUTE FUNCTION " +
-            table + "_notify()");
+    db.Exec(NotifyTriggerDdl(table, channel));
   } else {
     Progress(Fmt("throughput (cold): filling %s with %" PRId64 " events", table.c_str(), o.events));
     db.Exec(FillSql(table, o, suffix, 1, o.events));
@@ -792,10 +779,7 @@ int RunLatency(const Options& o, const TestDatabase& db) {
   const std::string topic = "outbox.event." + suffix;
   const std::string table = "public.outbox_lat", channel = "outbox_bench";
   db.Exec(OutboxDdl(table));
-  db.Exec("CREATE FUNCTION public.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$ "
-          "BEGIN PERFORM pg_notify('" + channel + "', ''); RETURN NULL; END $$");
-  db.Exec("CREATE TRIGGER outbox_notify AFTER INSERT ON " + table +
-          " FOR EACH STATEMENT EXECUTE FUNCTION public.outbox_notify()");
+  db.Exec(NotifyTriggerDdl(table, channel));
   KafkaAdmin admin(SharedServices().kafka_bootstrap);
   admin.CreateTopic(topic, o.partitions, {{"message.timestamp.type", "LogAppendTime"}});
 
