@@ -126,6 +126,7 @@ void Publisher::Destroy() {
   on_delivery_ = nullptr;  // reports of purged records must not reach the caller
   rd_kafka_destroy(rk_);
   rk_ = nullptr;
+  known_topics_.clear();
   on_delivery_ = std::move(handler);
 }
 
@@ -135,8 +136,24 @@ Status Publisher::Recreate() {
   return Build();
 }
 
+// librdkafka (2.0) asks for the metadata of a topic it has not produced to
+// yet only on its 1-second topic scan, so the first record of every new topic
+// would wait up to a second. Asking once, right away, removes that wait. The
+// look-up is bounded: while Kafka is down it costs one short wait per topic.
+void Publisher::LookUpTopicOnce(const std::string& topic) {
+  if (!known_topics_.insert(topic).second) return;
+  rd_kafka_topic_t* t = rd_kafka_topic_new(rk_, topic.c_str(), nullptr);
+  if (t == nullptr) return;
+  const rd_kafka_metadata_t* md = nullptr;
+  if (rd_kafka_metadata(rk_, 0, t, &md, 500) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    rd_kafka_metadata_destroy(md);
+  }
+  rd_kafka_topic_destroy(t);
+}
+
 Status Publisher::Produce(const Record& record, uint64_t token) {
   if (rk_ == nullptr) return Status::Fatal("the Kafka producer is not running");
+  LookUpTopicOnce(record.topic);
   rd_kafka_headers_t* headers = rd_kafka_headers_new(record.headers.size());
   for (const Header& h : record.headers) {
     rd_kafka_header_add(headers, h.name.data(), static_cast<ssize_t>(h.name.size()),

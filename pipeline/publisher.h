@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_set>
 
 #include "common/status.h"
 #include "common/unique_fd.h"
@@ -89,6 +90,7 @@ class Publisher {
   Publisher(KafkaConfig config, DeliveryHandler on_delivery);
   [[nodiscard]] Status Build();
   void Destroy();
+  void LookUpTopicOnce(const std::string& topic);
   static void OnDelivery(rd_kafka_t*, const rd_kafka_message_t* msg, void* opaque);
   static void OnError(rd_kafka_t*, int err, const char* reason, void* opaque);
   static void OnLog(const rd_kafka_t*, int level, const char* fac, const char* buf);
@@ -100,6 +102,7 @@ class Publisher {
   UniqueFd wake_read_;
   UniqueFd wake_write_;
   bool fatal_raised_ = false;
+  std::unordered_set<std::string> known_topics_;  // topics looked up by this producer
 };
 
 }  // namespace outboxd
