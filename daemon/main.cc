@@ -17,6 +17,7 @@
 #include "common/unique_fd.h"
 #include "config/config.h"
 #include "daemon/exit_codes.h"
+#include "pipeline/router.h"
 #include "relay/outbox_relay.h"
 
 #ifndef OUTBOXD_VERSION
@@ -58,12 +59,14 @@ Result<Config> LoadAndReport(const std::string& path) {
 int CheckConfig(const std::string& path) {
   auto config = LoadAndReport(path);
   if (!config.ok()) return ExitCodeFor(config.status());
-  // Topic templates and librdkafka properties are checked by building the
-  // relay, which does not connect to anything yet.
-  auto relay = OutboxRelay::Create(*config);
-  if (!relay.ok()) {
-    PrintError(path + ": " + relay.status().message());
-    return ExitCodeFor(relay.status());
+  // The loader already had librdkafka judge every property; routing is
+  // checked here. Nothing connects to PostgreSQL or Kafka.
+  for (const OutboxTableConfig& t : config->outboxes) {
+    auto router = Router::Create(t);
+    if (!router.ok()) {
+      PrintError(t.config_location + ": " + router.status().message());
+      return ExitCodeFor(router.status());
+    }
   }
   std::cout << path << ": OK (" << config->outboxes.size() << " outbox table"
             << (config->outboxes.size() == 1 ? "" : "s") << ")\n";
