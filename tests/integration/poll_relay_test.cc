@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "common/pg.h"
@@ -114,6 +115,8 @@ void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string&
   outboxd.Start();
   std::vector<std::thread> writers;
   std::atomic<int> failures{0};
+  std::mutex mu;
+  std::map<std::string, std::pair<std::string, std::string>> committed;  // id -> (key, payload)
   for (int w = 0; w < kWriters; ++w) {
     writers.emplace_back([&, w] {
       auto conn = PgConn::Connect(db.conninfo(), std::nullopt, "writer");
@@ -130,7 +133,16 @@ void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string&
           sql += (j == i ? "" : ",");
           sql += "('" + type + "','" + key + "','E','{\"n\": " + std::to_string(j) + "}')";
         }
-        if (!conn->Exec(sql).ok()) ++failures;
+        auto r = conn->Exec(sql + " RETURNING id::text, aggregateid, payload::text");
+        if (!r.ok()) {
+          ++failures;
+          continue;
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        for (int row = 0; row < PQntuples(r->get()); ++row) {
+          committed[PQgetvalue(r->get(), row, 0)] = {PQgetvalue(r->get(), row, 1),
+                                                      PQgetvalue(r->get(), row, 2)};
+        }
       }
     });
   }
@@ -145,10 +157,17 @@ void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string&
 
   auto records = ConsumeTopic(SharedServices().kafka_bootstrap, topic, kWriters * kPerWriter, 120s);
   ASSERT_EQ(static_cast<std::size_t>(kWriters * kPerWriter), Ids(records).size());
+  ASSERT_EQ(static_cast<std::size_t>(kWriters * kPerWriter), committed.size());
   std::map<std::string, int> last_n;  // key -> last payload n seen
   for (const auto& r : records) {
     ASSERT_TRUE(r.key.has_value());
     ASSERT_TRUE(r.value.has_value());
+    // Each record is exactly the row that carried its id.
+    auto row = committed.find(HeaderValue(r, "id"));
+    ASSERT_NE(committed.end(), row) << "unknown id " << HeaderValue(r, "id");
+    EXPECT_EQ(topic, r.topic);
+    EXPECT_EQ(row->second.first, *r.key);
+    EXPECT_EQ(row->second.second, *r.value);
     const int n = std::stoi(r.value->substr(r.value->find(':') + 1));
     auto it = last_n.find(*r.key);
     if (it != last_n.end()) {
