@@ -16,6 +16,7 @@ build_pkgs=(
 test_pkgs=(
   postgresql postgresql-client kcat maven openjdk-17-jre-headless
   procps util-linux iproute2 python3
+  clang-14 libclang-rt-14-dev   # libFuzzer targets (tests/fuzz)
 )
 
 case "$what" in
