@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -30,13 +32,20 @@ uint64_t Token(std::size_t stream, bool dead_letter, uint64_t ticket) {
 constexpr const char* kLockSql =
     "SELECT pg_try_advisory_lock(1868724324, ($1::bigint % 2147483647)::int)";
 
-// A hole left open this long is taken to be a rolled-back insert or a
-// sequence gap; the periodic sweep still finds a row that commits later.
-constexpr std::chrono::seconds kHoleRetention(60);
+// The snapshot right after a claim: every transaction with an id below its
+// xmax may have been in progress during the claim; once the xmin of a later
+// snapshot has passed that xmax, all of them have ended.
+constexpr const char* kSnapshotSql =
+    "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s";
 // Jumps in the ordering column larger than this (sequence CACHE, bulk
 // deletes) are left to the sweep instead of being tracked position by
-// position.
+// position. On the first claim (no cursor yet) this many positions below the
+// first row are watched too, for transactions still open at that moment.
 constexpr long long kMaxTrackedJump = 1000;
+// A transaction can take its position (nextval) a moment before it gets a
+// transaction id, so a snapshot may not show it yet; holes are also kept this
+// long, which covers that moment with a wide margin.
+constexpr std::chrono::seconds kMinHoleLife(2);
 constexpr std::size_t kMaxHoles = 10000;
 
 bool IsSizeError(const std::string& name) {
@@ -64,10 +73,17 @@ struct OutboxRelay::Stream {
   std::vector<long long> unreleased;
   std::optional<long long> cursor;  // highest position the fast path claimed
   // Positions below the cursor that the fast path skipped: rows of
-  // transactions still in progress (or rolled back). Checked before every
-  // fast-path claim so that a row committing late is produced before any row
-  // with a higher position that becomes visible after it.
-  std::map<long long, Clock::time_point> holes;
+  // transactions still in progress (or rolled back, or deleted). Checked
+  // before every fast-path claim so that a row committing late is produced
+  // before any row with a higher position that becomes visible after it. The
+  // value is the xmax of the snapshot taken after the claim that left the
+  // hole: the hole is dropped once every transaction below it has ended, it
+  // is at least kMinHoleLife old, and it was read once more.
+  struct Hole {
+    uint64_t xmax;
+    Clock::time_point since;
+  };
+  std::map<long long, Hole> holes;
 
   bool halted = false;
   bool lock_held = false;
@@ -346,16 +362,26 @@ Status OutboxRelay::ReleaseAcknowledged(Stream& s) {
   return Status::Ok();
 }
 
-Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_path,
-                                bool* completed) {
-  *completed = false;
+std::vector<OutboxRelay::ClaimedRow> OutboxRelay::RowsOf(const Stream& s, const PGresult* res,
+                                                        bool from_fast_path) {
+  std::vector<ClaimedRow> rows;
+  if (res == nullptr) return rows;
   const int n = PQntuples(res);
-  const Clock::time_point now = Clock::now();
+  rows.reserve(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) {
+    rows.push_back({res, i, s.table->PositionAt(res, i).value, from_fast_path});
+  }
+  return rows;
+}
+
+Status OutboxRelay::ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows, bool* completed) {
+  *completed = false;
+  for (const ClaimedRow& claimed_row : rows) {
     if (s.halted) return Status::Ok();
-    const OutboxPosition pos = s.table->PositionAt(res, i);
+    const OutboxPosition pos{claimed_row.pos};
+    const bool from_fast_path = claimed_row.from_fast_path;
     if (s.claimed.count(pos.value)) continue;  // already in flight
-    Row row = s.table->RowAt(res, i);
+    Row row = s.table->RowAt(claimed_row.res, claimed_row.row);
     auto routed = s.router.Route(row);
     Status st;
     if (routed.ok()) {
@@ -375,13 +401,7 @@ Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_p
     }
     s.claimed.insert(pos.value);
     s.holes.erase(pos.value);
-    if (from_fast_path) {
-      if (s.cursor && pos.value > *s.cursor + 1 && pos.value - *s.cursor <= kMaxTrackedJump &&
-          s.holes.size() < kMaxHoles) {
-        for (long long h = *s.cursor + 1; h < pos.value; ++h) s.holes.emplace(h, now);
-      }
-      s.cursor = pos.value;
-    }
+    if (from_fast_path) s.cursor = pos.value;
     if (st.ok()) continue;
     const uint64_t ticket = s.checkpoint.next_ticket() - 1;
     if (st.code() == StatusCode::kFatal) return Status::Ok();  // the loop recreates the producer
@@ -404,24 +424,51 @@ Status OutboxRelay::ProduceRows(Stream& s, const PGresult* res, bool from_fast_p
   return Status::Ok();
 }
 
-Status OutboxRelay::ClaimHoles(Stream& s, Clock::time_point now, bool* completed) {
-  *completed = true;
-  std::vector<long long> positions;
-  for (auto it = s.holes.begin(); it != s.holes.end();) {
-    if (now - it->second > kHoleRetention) {
-      it = s.holes.erase(it);
-    } else {
-      positions.push_back(it->first);
-      ++it;
+void OutboxRelay::AddHoles(Stream& s, const PGresult* claim, uint64_t xmax,
+                           Clock::time_point now) {
+  const int n = PQntuples(claim);
+  if (n == 0) return;
+  auto add = [&](long long from, long long to) {  // [from, to)
+    if (to - from > kMaxTrackedJump) return;  // left to the sweep
+    for (long long h = from; h < to && s.holes.size() < kMaxHoles; ++h) {
+      if (!s.claimed.count(h)) s.holes.emplace(h, Stream::Hole{xmax, now});
     }
+  };
+  long long prev = s.table->PositionAt(claim, 0).value;
+  if (s.cursor) {
+    add(*s.cursor + 1, prev);
+  } else {
+    // First claim: rows of transactions open right now may hold positions
+    // just below the first row.
+    add(prev - std::min<long long>(kMaxTrackedJump, prev - std::numeric_limits<long long>::min()),
+        prev);
   }
-  if (positions.empty()) return Status::Ok();
+  for (int i = 1; i < n; ++i) {
+    const long long p = s.table->PositionAt(claim, i).value;
+    add(prev + 1, p);
+    prev = p;
+  }
+}
+
+Result<PgResult> OutboxRelay::FetchHoles(Stream& s) {
+  if (s.holes.empty()) return PgResult();
+  std::vector<long long> positions;
+  positions.reserve(s.holes.size());
+  for (const auto& [position, hole] : s.holes) positions.push_back(position);
   auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(positions)});
   if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
-  if (PQntuples(rows->get()) == 0) return Status::Ok();
-  Logger("relay")->debug("\"{}\": {} rows committed late below position {}", s.name(),
-                         PQntuples(rows->get()), *s.cursor);
-  return ProduceRows(s, rows->get(), /*from_fast_path=*/false, completed);
+  if (PQntuples(rows->get()) > 0) {
+    Logger("relay")->debug("\"{}\": {} rows committed late below position {}", s.name(),
+                           PQntuples(rows->get()), s.cursor ? *s.cursor : 0);
+  }
+  return rows;
+}
+
+void OutboxRelay::DropSettledHoles(Stream& s, uint64_t ended_below) {
+  const Clock::time_point old_enough = Clock::now() - kMinHoleLife;
+  std::erase_if(s.holes, [&](const auto& h) {
+    return h.second.xmax <= ended_below && h.second.since <= old_enough;
+  });
 }
 
 Status OutboxRelay::Sweep(Stream& s) {
@@ -439,7 +486,7 @@ Status OutboxRelay::Sweep(Stream& s) {
   auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(gaps)});
   if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
   bool completed = false;
-  return ProduceRows(s, rows->get(), /*from_fast_path=*/false, &completed);
+  return ProduceRows(s, RowsOf(s, rows->get(), /*from_fast_path=*/false), &completed);
 }
 
 Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
@@ -463,25 +510,39 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
   if (pending >= config_.kafka.max_in_flight) return Status::Ok();
   if (!(s.more || s.notified || now >= s.next_poll)) return Status::Ok();
 
-  // Rows that committed late below the cursor go first, so that rows of the
-  // same key keep their ordering-column order.
-  bool completed = true;
-  OUTBOXD_RETURN_IF_ERROR(ClaimHoles(s, now, &completed));
-  if (!completed || s.halted) return Status::Ok();
-
   const std::size_t limit = std::min(s.config->batch_size, config_.kafka.max_in_flight - pending);
   Result<PgResult> r = s.cursor
       ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*s.cursor), std::to_string(limit)})
       : conn_.Exec(s.table->claim_first_sql(), {std::to_string(limit)});
   if (!r.ok()) return r.status().Prefixed("could not claim rows from \"" + s.name() + "\"");
+  auto snapshot = conn_.Exec(kSnapshotSql);
+  if (!snapshot.ok()) return snapshot.status().Prefixed("could not read the current snapshot");
+  const uint64_t xmin = std::strtoull(PQgetvalue(snapshot->get(), 0, 0), nullptr, 10);
+  const uint64_t xmax = std::strtoull(PQgetvalue(snapshot->get(), 0, 1), nullptr, 10);
   const std::size_t n = static_cast<std::size_t>(PQntuples(r->get()));
   s.more = n == limit;
   s.notified = false;
   s.next_poll = now + s.config->poll_interval;
-  OUTBOXD_RETURN_IF_ERROR(ProduceRows(s, r->get(), /*from_fast_path=*/true, &completed));
+  AddHoles(s, r->get(), xmax, now);
 
-  // The safety net for late rows the hole list does not cover (large jumps,
-  // transactions open longer than the hole retention).
+  // Rows that filled holes — committed late, possibly before this claim —
+  // are produced together with the claimed rows in position order, so that
+  // rows of the same key keep their ordering-column order. Reading them after
+  // the claim is what makes that hold: whatever committed before the claim
+  // is visible to this read.
+  auto late = FetchHoles(s);
+  if (!late.ok()) return late.status();
+  std::vector<ClaimedRow> rows = RowsOf(s, r->get(), /*from_fast_path=*/true);
+  for (const ClaimedRow& row : RowsOf(s, late->get(), /*from_fast_path=*/false)) rows.push_back(row);
+  std::sort(rows.begin(), rows.end(),
+            [](const ClaimedRow& a, const ClaimedRow& b) { return a.pos < b.pos; });
+  bool completed = true;
+  OUTBOXD_RETURN_IF_ERROR(ProduceRows(s, rows, &completed));
+  // Every transaction below xmin had ended before the holes were read.
+  if (completed) DropSettledHoles(s, xmin);
+
+  // The safety net for late rows the hole list does not cover (jumps larger
+  // than kMaxTrackedJump, more than kMaxHoles holes).
   if (completed && s.cursor && now >= s.next_sweep && !s.halted) {
     s.next_sweep = now + std::max<std::chrono::milliseconds>(10 * s.config->poll_interval,
                                                              std::chrono::seconds(1));

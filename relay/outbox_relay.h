@@ -8,8 +8,9 @@
 // past the highest position claimed so far; positions it skipped (rows of
 // transactions still open) are remembered as holes and read again before each
 // fast-path claim, so a row that commits late is still published, ahead of
-// rows with higher positions that commit after it (the outbox gap); and a
-// periodic sweep catches whatever the holes do not cover. Each table is held by one outboxd instance at a time through a
+// rows with higher positions that commit after it (the outbox gap). A hole is
+// kept until every transaction that was open when it appeared has ended
+// (pg_current_snapshot()); a periodic sweep catches what holes do not cover. Each table is held by one outboxd instance at a time through a
 // session advisory lock, so per-key order holds with standbys running.
 //
 // Run() owns the loop and returns when asked to stop (the stop fd becomes
@@ -68,11 +69,26 @@ class OutboxRelay {
   [[nodiscard]] Status ReleaseAcknowledged(Stream& s);
   [[nodiscard]] Status ClaimAndProduce(Stream& s, Clock::time_point now);
   [[nodiscard]] Status Sweep(Stream& s);
-  // Produces the rows of a claim result in order; `completed` is false when
-  // it stopped early (queue full, stream halted or rewound).
-  [[nodiscard]] Status ProduceRows(Stream& s, const PGresult* res, bool from_fast_path,
+  // One row of a claim or hole read, with its position.
+  struct ClaimedRow {
+    const PGresult* res;
+    int row;
+    long long pos;
+    bool from_fast_path;  // only these move the cursor
+  };
+  std::vector<ClaimedRow> RowsOf(const Stream& s, const PGresult* res, bool from_fast_path);
+  // Produces `rows` in the given order; `completed` is false when it stopped
+  // early (queue full, stream halted or rewound).
+  [[nodiscard]] Status ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows,
                                    bool* completed);
-  [[nodiscard]] Status ClaimHoles(Stream& s, Clock::time_point now, bool* completed);
+  // Remembers the positions a fast-path claim skipped, tagged with the xmax
+  // of the snapshot taken right after it.
+  void AddHoles(Stream& s, const PGresult* claim, uint64_t xmax, Clock::time_point now);
+  // Reads the rows that filled holes (null when there are no holes).
+  [[nodiscard]] Result<PgResult> FetchHoles(Stream& s);
+  // Drops holes whose transactions had all ended (ids below `ended_below`)
+  // before the last FetchHoles, once they are old enough.
+  void DropSettledHoles(Stream& s, uint64_t ended_below);
   [[nodiscard]] Status ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
                                     const std::string& reason_name, const std::string& reason,
                                     const std::optional<std::string>& original_topic);
