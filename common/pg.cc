@@ -50,14 +50,7 @@ Result<PgResult> PgConn::Exec(const std::string& sql,
 
 std::string PgConn::QuoteIdentifier(std::string_view ident) const {
   std::string s(ident);
-  if (!conn_) {
-    std::string out = "\"";
-    for (char c : s) {
-      if (c == '"') out += '"';
-      out += c;
-    }
-    return out + "\"";
-  }
+  if (!conn_) return QuoteIdentifierStandard(ident);
   char* q = PQescapeIdentifier(conn_.get(), s.data(), s.size());
   std::string out = q ? q : "";
   PQfreemem(q);
@@ -91,6 +84,21 @@ Status ClassifyPgError(const PGconn* conn, const PGresult* res, std::string_view
   }
   return Status::Internal(std::move(msg));
 }
+
+namespace {
+std::string QuoteDoubling(std::string_view s, char quote) {
+  std::string out(1, quote);
+  for (char c : s) {
+    if (c == quote) out += quote;
+    out += c;
+  }
+  out += quote;
+  return out;
+}
+}  // namespace
+
+std::string QuoteIdentifierStandard(std::string_view ident) { return QuoteDoubling(ident, '"'); }
+std::string QuoteLiteralStandard(std::string_view literal) { return QuoteDoubling(literal, '\''); }
 
 std::string PgInt64Array(const std::vector<long long>& values) {
   std::string out = "{";

@@ -66,6 +66,12 @@ class PgConn {
 // from \"public.outbox\"".
 Status ClassifyPgError(const PGconn* conn, const PGresult* res, std::string_view what);
 
+// Quote without a connection, the standard way: "a""b" and 'it''s'. The
+// literal form relies on standard_conforming_strings (on since 9.1) and is
+// what replication commands need: their parser knows no E'' strings.
+std::string QuoteIdentifierStandard(std::string_view ident);
+std::string QuoteLiteralStandard(std::string_view literal);
+
 // Builds a PostgreSQL array literal ("{1,2,3}") from integers.
 std::string PgInt64Array(const std::vector<long long>& values);
 

@@ -1,0 +1,166 @@
+#include "cdc/slot_status.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <utility>
+
+#include "cdc/replication_stream.h"
+
+namespace outboxd {
+
+namespace {
+
+std::pair<std::string, std::string> SplitTable(std::string_view table) {
+  const auto dot = table.find('.');
+  if (dot == std::string_view::npos) return {"public", std::string(table)};
+  return {std::string(table.substr(0, dot)), std::string(table.substr(dot + 1))};
+}
+
+std::string TableList(const std::vector<std::string>& tables) {
+  std::string out;
+  for (const auto& t : tables) {
+    if (!out.empty()) out += ", ";
+    out += QuoteQualifiedTable(t);
+  }
+  return out;
+}
+
+std::optional<Lsn> LsnColumn(const PGresult* res, int col) {
+  if (PQgetisnull(res, 0, col)) return std::nullopt;
+  auto lsn = Lsn::Parse(PQgetvalue(res, 0, col));
+  if (!lsn.ok()) return std::nullopt;
+  return *lsn;
+}
+
+std::string SlotName(std::string_view slot) { return "replication slot \"" + std::string(slot) + "\""; }
+
+}  // namespace
+
+Result<std::optional<SlotStatus>> ReadSlotStatus(const PgConn& conn, std::string_view slot) {
+  auto res = conn.Exec(
+      "SELECT slot_name, plugin, slot_type, database, active, active_pid, restart_lsn, "
+      "confirmed_flush_lsn, wal_status FROM pg_replication_slots WHERE slot_name = $1",
+      {std::string(slot)});
+  if (!res.ok()) return res.status().Prefixed("could not read " + SlotName(slot));
+  const PGresult* r = res->get();
+  if (PQntuples(r) == 0) return std::optional<SlotStatus>();
+  SlotStatus s;
+  s.slot_name = PQgetvalue(r, 0, 0);
+  s.plugin = PQgetvalue(r, 0, 1);
+  s.slot_type = PQgetvalue(r, 0, 2);
+  s.database = PQgetvalue(r, 0, 3);
+  s.active = std::string_view(PQgetvalue(r, 0, 4)) == "t";
+  if (!PQgetisnull(r, 0, 5)) s.active_pid = std::atoi(PQgetvalue(r, 0, 5));
+  s.restart_lsn = LsnColumn(r, 6);
+  s.confirmed_flush_lsn = LsnColumn(r, 7);
+  s.wal_status = PQgetvalue(r, 0, 8);
+  return std::optional<SlotStatus>(std::move(s));
+}
+
+Status CheckSlotUsable(std::string_view slot, const std::optional<SlotStatus>& status, std::string_view database) {
+  const std::string name = SlotName(slot);
+  if (!status) {
+    return Status::InvalidConfig(name + " does not exist (create it with `outboxd init`, or set [cdc] create = true)");
+  }
+  if (status->slot_type != "logical") {
+    return Status::Permanent(name + " is a " + status->slot_type + " slot, not a logical one");
+  }
+  if (status->plugin != "pgoutput") {
+    return Status::Permanent(name + " uses the output plugin \"" + status->plugin + "\", not \"pgoutput\"");
+  }
+  if (status->database != database) {
+    return Status::Permanent(name + " belongs to database \"" + status->database + "\", not \"" +
+                             std::string(database) + "\"");
+  }
+  if (status->wal_status == "lost") {
+    return Status::Permanent(name +
+                             " has been invalidated (wal_status = lost): the WAL it needed was removed; "
+                             "events after its confirmed_flush_lsn may be lost. Drop it and re-create it "
+                             "deliberately after checking what was missed");
+  }
+  return Status::Ok();
+}
+
+std::string QuoteQualifiedTable(std::string_view table) {
+  auto [schema, name] = SplitTable(table);
+  return QuoteIdentifierStandard(schema) + "." + QuoteIdentifierStandard(name);
+}
+
+std::string CreatePublicationSql(std::string_view publication, const std::vector<std::string>& tables) {
+  std::string sql = "CREATE PUBLICATION " + QuoteIdentifierStandard(publication);
+  if (!tables.empty()) sql += " FOR TABLE " + TableList(tables);
+  return sql;
+}
+
+std::string AddTablesToPublicationSql(std::string_view publication, const std::vector<std::string>& tables) {
+  return "ALTER PUBLICATION " + QuoteIdentifierStandard(publication) + " ADD TABLE " + TableList(tables);
+}
+
+std::string CreateSlotSql(std::string_view slot) {
+  return "SELECT pg_create_logical_replication_slot(" + QuoteLiteralStandard(slot) + ", 'pgoutput')";
+}
+
+Result<std::vector<std::string>> InitSql(std::string_view slot, std::string_view publication,
+                                         const std::vector<std::string>& tables) {
+  OUTBOXD_RETURN_IF_ERROR(ValidateSlotName(slot));
+  if (publication.empty()) return Status::InvalidConfig("publication name is empty");
+  return std::vector<std::string>{CreatePublicationSql(publication, tables), CreateSlotSql(slot)};
+}
+
+Result<std::vector<std::string>> EnsureSlotAndPublication(const PgConn& conn, std::string_view slot,
+                                                          std::string_view publication,
+                                                          const std::vector<std::string>& tables, bool create) {
+  OUTBOXD_RETURN_IF_ERROR(ValidateSlotName(slot));
+  std::vector<std::string> ran;
+  auto run = [&](const std::string& sql, const std::string& what) -> Status {
+    auto r = conn.Exec(sql);
+    if (!r.ok()) return r.status().Prefixed(what);
+    ran.push_back(sql);
+    return Status::Ok();
+  };
+  const std::string pub_name = "publication \"" + std::string(publication) + "\"";
+
+  // Publication.
+  auto pub = conn.Exec("SELECT puballtables FROM pg_publication WHERE pubname = $1", {std::string(publication)});
+  if (!pub.ok()) return pub.status().Prefixed("could not read " + pub_name);
+  if (PQntuples(pub->get()) == 0) {
+    if (!create) {
+      return Status::InvalidConfig(pub_name + " does not exist (create it with `outboxd init`, or set [cdc] create = true)");
+    }
+    OUTBOXD_RETURN_IF_ERROR(run(CreatePublicationSql(publication, tables), "could not create " + pub_name));
+  } else if (std::string_view(PQgetvalue(pub->get(), 0, 0)) != "t" && !tables.empty()) {
+    auto have = conn.Exec("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",
+                          {std::string(publication)});
+    if (!have.ok()) return have.status().Prefixed("could not list the tables of " + pub_name);
+    std::vector<std::pair<std::string, std::string>> present;
+    for (int i = 0; i < PQntuples(have->get()); ++i) {
+      present.emplace_back(PQgetvalue(have->get(), i, 0), PQgetvalue(have->get(), i, 1));
+    }
+    std::vector<std::string> missing;
+    for (const auto& t : tables) {
+      if (std::find(present.begin(), present.end(), SplitTable(t)) == present.end()) missing.push_back(t);
+    }
+    if (!missing.empty()) {
+      if (!create) {
+        return Status::InvalidConfig(pub_name + " does not include " + TableList(missing));
+      }
+      OUTBOXD_RETURN_IF_ERROR(run(AddTablesToPublicationSql(publication, missing), "could not alter " + pub_name));
+    }
+  }
+
+  // Slot.
+  auto db = conn.Exec("SELECT current_database()");
+  if (!db.ok()) return db.status().Prefixed("could not read the current database");
+  const std::string database = PQgetvalue(db->get(), 0, 0);
+  auto status = ReadSlotStatus(conn, slot);
+  if (!status.ok()) return status.status();
+  if (!*status && create) {
+    OUTBOXD_RETURN_IF_ERROR(run(CreateSlotSql(slot), "could not create " + SlotName(slot)));
+    status = ReadSlotStatus(conn, slot);
+    if (!status.ok()) return status.status();
+  }
+  OUTBOXD_RETURN_IF_ERROR(CheckSlotUsable(slot, *status, database));
+  return ran;
+}
+
+}  // namespace outboxd

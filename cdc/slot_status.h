@@ -1,0 +1,76 @@
+#pragma once
+// SlotStatus: what pg_replication_slots says about outboxd's logical
+// replication slot, read on an ordinary (non-replication) connection, and the
+// checks and set-up built on it: is the slot usable for streaming, and
+// creating the publication and slot (`outboxd init`, `[cdc] create = true`)
+// — also as SQL text for `outboxd init --dry-run`, so a DBA can apply it by
+// hand.
+//
+// Every error names the slot or publication. A missing slot is
+// kInvalidConfig here (nothing has streamed yet; the operator must create it
+// or enable `create`); an invalidated slot (wal_status = lost), a slot of
+// another plugin, type or database is kPermanent: outboxd must stop and say
+// why, never replace it.
+//
+// Free functions and value types; the PgConn passed in must stay open for the
+// call only. Not synchronised.
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cdc/lsn.h"
+#include "common/pg.h"
+#include "common/status.h"
+
+namespace outboxd {
+
+struct SlotStatus {
+  std::string slot_name;
+  std::string plugin;     // "pgoutput" for outboxd's slots
+  std::string slot_type;  // "logical" or "physical"
+  std::string database;   // empty for physical slots
+  bool active = false;
+  std::optional<int> active_pid;
+  std::optional<Lsn> restart_lsn;
+  std::optional<Lsn> confirmed_flush_lsn;
+  std::string wal_status;  // reserved | extended | unreserved | lost (empty if NULL)
+};
+
+// The slot's row, or nullopt when there is no slot of that name.
+[[nodiscard]] Result<std::optional<SlotStatus>> ReadSlotStatus(const PgConn& conn, std::string_view slot);
+
+// OK if `status` describes a logical pgoutput slot on `database` whose WAL is
+// still there; otherwise an error naming the slot and what is wrong.
+[[nodiscard]] Status CheckSlotUsable(std::string_view slot, const std::optional<SlotStatus>& status,
+                                     std::string_view database);
+
+// "schema.table" (or "table": public) as a quoted qualified name,
+// "\"public\".\"orders\"". The first '.' separates schema and table.
+std::string QuoteQualifiedTable(std::string_view table);
+
+// CREATE PUBLICATION "pub" [FOR TABLE "s"."t", ...]. With no tables the
+// publication carries only logical decoding messages.
+std::string CreatePublicationSql(std::string_view publication, const std::vector<std::string>& tables);
+// ALTER PUBLICATION "pub" ADD TABLE ... for tables missing from it.
+std::string AddTablesToPublicationSql(std::string_view publication, const std::vector<std::string>& tables);
+// SELECT pg_create_logical_replication_slot('slot', 'pgoutput'). The slot
+// name must pass ValidateSlotName().
+std::string CreateSlotSql(std::string_view slot);
+// What `outboxd init --dry-run` prints for a fresh database, in order.
+[[nodiscard]] Result<std::vector<std::string>> InitSql(std::string_view slot, std::string_view publication,
+                                                       const std::vector<std::string>& tables);
+
+// Makes sure the publication exists and contains `tables`, and that the slot
+// exists and is usable on the connection's database. With `create`, missing
+// pieces are created (tables missing from an existing publication are
+// added); without it they are kInvalidConfig errors. Returns the statements
+// it ran. The caller must pass create = false for a slot it has streamed from
+// before: a slot that vanished must stop outboxd, not be re-created.
+[[nodiscard]] Result<std::vector<std::string>> EnsureSlotAndPublication(const PgConn& conn, std::string_view slot,
+                                                                        std::string_view publication,
+                                                                        const std::vector<std::string>& tables,
+                                                                        bool create);
+
+}  // namespace outboxd
