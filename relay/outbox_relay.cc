@@ -429,7 +429,11 @@ void OutboxRelay::AddHoles(Stream& s, const PGresult* claim, uint64_t xmax,
   const int n = PQntuples(claim);
   if (n == 0) return;
   auto add = [&](long long from, long long to) {  // [from, to)
-    if (to - from > kMaxTrackedJump) return;  // left to the sweep
+    if (to <= from) return;
+    // The distance as unsigned: exact for any from < to, no overflow.
+    const unsigned long long width =
+        static_cast<unsigned long long>(to) - static_cast<unsigned long long>(from);
+    if (width > static_cast<unsigned long long>(kMaxTrackedJump)) return;  // left to the sweep
     for (long long h = from; h < to && s.holes.size() < kMaxHoles; ++h) {
       if (!s.claimed.count(h)) s.holes.emplace(h, Stream::Hole{xmax, now});
     }
@@ -440,8 +444,8 @@ void OutboxRelay::AddHoles(Stream& s, const PGresult* claim, uint64_t xmax,
   } else {
     // First claim: rows of transactions open right now may hold positions
     // just below the first row.
-    add(prev - std::min<long long>(kMaxTrackedJump, prev - std::numeric_limits<long long>::min()),
-        prev);
+    constexpr long long kLowest = std::numeric_limits<long long>::min();
+    add(prev >= kLowest + kMaxTrackedJump ? prev - kMaxTrackedJump : kLowest, prev);
   }
   for (int i = 1; i < n; ++i) {
     const long long p = s.table->PositionAt(claim, i).value;
