@@ -519,31 +519,37 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
       ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*s.cursor), std::to_string(limit)})
       : conn_.Exec(s.table->claim_first_sql(), {std::to_string(limit)});
   if (!r.ok()) return r.status().Prefixed("could not claim rows from \"" + s.name() + "\"");
-  auto snapshot = conn_.Exec(kSnapshotSql);
-  if (!snapshot.ok()) return snapshot.status().Prefixed("could not read the current snapshot");
-  const uint64_t xmin = std::strtoull(PQgetvalue(snapshot->get(), 0, 0), nullptr, 10);
-  const uint64_t xmax = std::strtoull(PQgetvalue(snapshot->get(), 0, 1), nullptr, 10);
   const std::size_t n = static_cast<std::size_t>(PQntuples(r->get()));
   s.more = n == limit;
   s.notified = false;
   s.next_poll = now + s.config->poll_interval;
-  AddHoles(s, r->get(), xmax, now);
-
-  // Rows that filled holes — committed late, possibly before this claim —
-  // are produced together with the claimed rows in position order, so that
-  // rows of the same key keep their ordering-column order. Reading them after
-  // the claim is what makes that hold: whatever committed before the claim
-  // is visible to this read.
-  auto late = FetchHoles(s);
-  if (!late.ok()) return late.status();
-  std::vector<ClaimedRow> rows = RowsOf(s, r->get(), /*from_fast_path=*/true);
-  for (const ClaimedRow& row : RowsOf(s, late->get(), /*from_fast_path=*/false)) rows.push_back(row);
-  std::sort(rows.begin(), rows.end(),
-            [](const ClaimedRow& a, const ClaimedRow& b) { return a.pos < b.pos; });
+  // An empty claim with no holes has nothing to tag or settle: an idle poll
+  // costs one query (plus the periodic sweep).
   bool completed = true;
-  OUTBOXD_RETURN_IF_ERROR(ProduceRows(s, rows, &completed));
-  // Every transaction below xmin had ended before the holes were read.
-  if (completed) DropSettledHoles(s, xmin);
+  if (n > 0 || !s.holes.empty()) {
+    auto snapshot = conn_.Exec(kSnapshotSql);
+    if (!snapshot.ok()) return snapshot.status().Prefixed("could not read the current snapshot");
+    const uint64_t xmin = std::strtoull(PQgetvalue(snapshot->get(), 0, 0), nullptr, 10);
+    const uint64_t xmax = std::strtoull(PQgetvalue(snapshot->get(), 0, 1), nullptr, 10);
+    AddHoles(s, r->get(), xmax, now);
+
+    // Rows that filled holes — committed late, possibly before this claim —
+    // are produced together with the claimed rows in position order, so that
+    // rows of the same key keep their ordering-column order. Reading them
+    // after the claim is what makes that hold: whatever committed before the
+    // claim is visible to this read.
+    auto late = FetchHoles(s);
+    if (!late.ok()) return late.status();
+    std::vector<ClaimedRow> rows = RowsOf(s, r->get(), /*from_fast_path=*/true);
+    for (const ClaimedRow& row : RowsOf(s, late->get(), /*from_fast_path=*/false)) {
+      rows.push_back(row);
+    }
+    std::sort(rows.begin(), rows.end(),
+              [](const ClaimedRow& a, const ClaimedRow& b) { return a.pos < b.pos; });
+    OUTBOXD_RETURN_IF_ERROR(ProduceRows(s, rows, &completed));
+    // Every transaction below xmin had ended before the holes were read.
+    if (completed) DropSettledHoles(s, xmin);
+  }
 
   // The safety net for late rows the hole list does not cover (jumps larger
   // than kMaxTrackedJump, more than kMaxHoles holes).

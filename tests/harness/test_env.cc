@@ -1,5 +1,7 @@
 #include "tests/harness/test_env.h"
 
+#include "common/unique_fd.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
@@ -49,30 +51,6 @@ using std::chrono::milliseconds;
 // ---------------------------------------------------------------------------
 // Small owners and helpers
 
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() { Reset(); }
-  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  void Reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 [[noreturn]] void Throw(const std::string& what) { throw HarnessError(what); }
 
@@ -240,10 +218,10 @@ ProcessOutput RunProcess(const std::vector<std::string>& args, milliseconds dead
     ::execve(argv[0], argv.data(), environ);
     ::_exit(127);
   }
-  in_r.Reset();
-  out_w.Reset();
-  err_w.Reset();
-  if (stdin_data.empty()) in_w.Reset();
+  in_r.Close();
+  out_w.Close();
+  err_w.Close();
+  if (stdin_data.empty()) in_w.Close();
   if (in_w.get() >= 0) ::fcntl(in_w.get(), F_SETFL, O_NONBLOCK);
 
   ProcessOutput result;
@@ -270,15 +248,15 @@ ProcessOutput RunProcess(const std::vector<std::string>& args, milliseconds dead
       if (p.fd == in_w.get()) {
         ssize_t w = ::write(in_w.get(), stdin_data.data() + written, stdin_data.size() - written);
         if (w > 0) written += static_cast<std::size_t>(w);
-        if (w < 0 && errno != EAGAIN && errno != EINTR) in_w.Reset();  // EPIPE: it stopped reading
-        if (written == stdin_data.size()) in_w.Reset();
+        if (w < 0 && errno != EAGAIN && errno != EINTR) in_w.Close();  // EPIPE: it stopped reading
+        if (written == stdin_data.size()) in_w.Close();
         continue;
       }
       ssize_t r = ::read(p.fd, buf, sizeof buf);
       if (r > 0) {
         (p.fd == out_r.get() ? result.out : result.err).append(buf, static_cast<std::size_t>(r));
       } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
-        (p.fd == out_r.get() ? out_r : err_r).Reset();
+        (p.fd == out_r.get() ? out_r : err_r).Close();
       }
     }
   }
