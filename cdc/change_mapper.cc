@@ -652,8 +652,18 @@ Result<std::optional<OutboxMessage>> ParseOutboxMessage(const LogicalMsg& msg, s
     }
   }
   const auto* id = out.row.Find("id");
-  if (id == nullptr || !id->has_value() || (*id)->empty()) return error("content has no \"id\"");
+  if (id != nullptr && id->has_value() && (*id)->empty()) return error("\"id\" is empty");
   return std::optional<OutboxMessage>(std::move(out));
+}
+
+void EnsureMessageId(OutboxMessage& message, Lsn commit_lsn, uint64_t index) {
+  for (std::size_t i = 0; i < message.row.columns.size(); ++i) {
+    if (message.row.columns[i] != "id") continue;
+    if (!message.row.values[i]) message.row.values[i] = DeterministicEventId(commit_lsn, index);
+    return;
+  }
+  message.row.columns.emplace_back("id");
+  message.row.values.emplace_back(DeterministicEventId(commit_lsn, index));
 }
 
 void AppendMessageHeaders(const OutboxMessage& message, Record& record) {

@@ -184,12 +184,16 @@ struct OutboxMessage {
 // nullopt for any other prefix (not ours: ignored). A non-transactional
 // message (pg_logical_emit_message(false, ...)) is parsed the same way; it
 // was decoded even if its transaction rolled back, so the caller may want to
-// warn about it. Errors (kPermanent, naming
-// the message LSN): content that is not a JSON object, a missing, null or
-// empty "id", "headers" that is not an object of strings (or null), a header
-// named "id".
+// warn about it. Errors (kPermanent, naming the message LSN): content that
+// is not a JSON object, an empty "id", "headers" that is not an object of
+// strings (or null), a header named "id". A missing or null "id" is left for
+// EnsureMessageId() to fill in.
 [[nodiscard]] Result<std::optional<OutboxMessage>> ParseOutboxMessage(const LogicalMsg& msg,
                                                                       std::string_view prefix);
+
+// Gives a message without an "id" (absent or null) the deterministic id of
+// its place in the stream, DeterministicEventId(commit_lsn, index).
+void EnsureMessageId(OutboxMessage& message, Lsn commit_lsn, uint64_t index);
 
 // Appends `message.headers` to a record the Router made of `message.row`.
 void AppendMessageHeaders(const OutboxMessage& message, Record& record);

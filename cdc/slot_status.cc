@@ -101,10 +101,11 @@ std::string CreateSlotSql(std::string_view slot) {
 }
 
 Result<std::vector<std::string>> InitSql(std::string_view slot, std::string_view publication,
-                                         const std::vector<std::string>& tables) {
+                                         const std::vector<std::string>& tables, std::string_view state_table) {
   OUTBOXD_RETURN_IF_ERROR(ValidateSlotName(slot));
   if (publication.empty()) return Status::InvalidConfig("publication name is empty");
-  return std::vector<std::string>{CreatePublicationSql(publication, tables), CreateSlotSql(slot)};
+  return std::vector<std::string>{CreatePublicationSql(publication, tables), CreateSlotSql(slot),
+                                  CreateStateTableSql(state_table)};
 }
 
 Result<std::vector<std::string>> EnsureSlotAndPublication(const PgConn& conn, std::string_view slot,
@@ -161,6 +162,60 @@ Result<std::vector<std::string>> EnsureSlotAndPublication(const PgConn& conn, st
   }
   OUTBOXD_RETURN_IF_ERROR(CheckSlotUsable(slot, *status, database));
   return ran;
+}
+
+std::string CreateStateTableSql(std::string_view state_table) {
+  return "CREATE TABLE IF NOT EXISTS " + QuoteQualifiedTable(state_table) +
+         " (slot_name name PRIMARY KEY, confirmed_lsn pg_lsn NOT NULL, "
+         "updated_at timestamptz NOT NULL DEFAULT now())";
+}
+
+Result<std::optional<Lsn>> ReadSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot) {
+  const std::string table = QuoteQualifiedTable(state_table);
+  auto res = conn.Exec("SELECT confirmed_lsn::text FROM " + table + " WHERE slot_name = $1", {std::string(slot)});
+  if (!res.ok()) {
+    if (res.status().message().find("does not exist") != std::string::npos) {
+      return Status::InvalidConfig("state table " + table + " does not exist (create it with `outboxd init`, " +
+                                   "or set [cdc] create = true): " + res.status().message());
+    }
+    return res.status().Prefixed("could not read the state of " + SlotName(slot) + " from " + table);
+  }
+  if (PQntuples(res->get()) == 0) return std::optional<Lsn>();
+  auto lsn = Lsn::Parse(PQgetvalue(res->get(), 0, 0));
+  if (!lsn.ok()) return Status::Internal(table + ": " + lsn.status().message());
+  return std::optional<Lsn>(*lsn);
+}
+
+Status WriteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot, Lsn confirmed) {
+  const std::string table = QuoteQualifiedTable(state_table);
+  auto res = conn.Exec("INSERT INTO " + table +
+                           " AS s (slot_name, confirmed_lsn) VALUES ($1, $2::pg_lsn) "
+                           "ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = excluded.confirmed_lsn, "
+                           "updated_at = now()",
+                       {std::string(slot), confirmed.ToString()});
+  if (!res.ok()) return res.status().Prefixed("could not record the position of " + SlotName(slot) + " in " + table);
+  return Status::Ok();
+}
+
+Status CheckSlotAgainstState(std::string_view slot, const std::optional<SlotStatus>& status,
+                             const std::optional<Lsn>& recorded, std::string_view state_table) {
+  if (!recorded) return Status::Ok();
+  const std::string forget = "; to start over from the slot deliberately, check what was missed, then run "
+                             "DELETE FROM " + QuoteQualifiedTable(state_table) + " WHERE slot_name = '" +
+                             std::string(slot) + "'";
+  if (!status) {
+    return Status::Permanent(SlotName(slot) + " was dropped: outboxd had streamed from it up to " +
+                             recorded->ToString() +
+                             ". It is not re-created automatically, since changes made since then would be "
+                             "skipped" + forget + " and create the slot (`outboxd init`)");
+  }
+  if (status->confirmed_flush_lsn && *status->confirmed_flush_lsn > *recorded) {
+    return Status::Permanent(SlotName(slot) + " was re-created (or advanced by hand): its confirmed_flush_lsn " +
+                             status->confirmed_flush_lsn->ToString() + " is past " + recorded->ToString() +
+                             ", the last position outboxd confirmed, so changes in between were never published" +
+                             forget);
+  }
+  return Status::Ok();
 }
 
 }  // namespace outboxd

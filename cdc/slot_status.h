@@ -58,9 +58,11 @@ std::string AddTablesToPublicationSql(std::string_view publication, const std::v
 // SELECT pg_create_logical_replication_slot('slot', 'pgoutput'). The slot
 // name must pass ValidateSlotName().
 std::string CreateSlotSql(std::string_view slot);
-// What `outboxd init --dry-run` prints for a fresh database, in order.
+// What `outboxd init --dry-run` prints for a fresh database, in order:
+// publication, slot, state table.
 [[nodiscard]] Result<std::vector<std::string>> InitSql(std::string_view slot, std::string_view publication,
-                                                       const std::vector<std::string>& tables);
+                                                       const std::vector<std::string>& tables,
+                                                       std::string_view state_table);
 
 // Makes sure the publication exists and contains `tables`, and that the slot
 // exists and is usable on the connection's database. With `create`, missing
@@ -72,5 +74,31 @@ std::string CreateSlotSql(std::string_view slot);
                                                                         std::string_view publication,
                                                                         const std::vector<std::string>& tables,
                                                                         bool create);
+
+// ---------------------------------------------------------------------------
+// The slot state table ([cdc] state_table): one row per slot with the last
+// position outboxd confirmed from it. A slot's confirmed_flush_lsn moves only
+// when outboxd reports a flush, and outboxd writes the row before it reports,
+// so for the slot outboxd has been streaming from, confirmed_flush_lsn <= the
+// recorded position. A row without its slot means the slot was dropped; a slot
+// past its row means it was re-created (or advanced by hand) — in both cases
+// changes may have been skipped, and outboxd refuses to go on.
+
+// CREATE TABLE IF NOT EXISTS <state_table> (slot_name, confirmed_lsn, ...).
+std::string CreateStateTableSql(std::string_view state_table);
+
+// The position recorded for `slot`; nullopt when there is no row. A missing
+// table is kInvalidConfig naming it (`outboxd init` creates it).
+[[nodiscard]] Result<std::optional<Lsn>> ReadSlotState(const PgConn& conn, std::string_view state_table,
+                                                       std::string_view slot);
+// Inserts or updates the row of `slot`.
+[[nodiscard]] Status WriteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot,
+                                    Lsn confirmed);
+
+// OK when the slot is the one the state row describes (or there is no row
+// yet); kPermanent naming the slot when it was dropped (`status` empty) or
+// re-created (its confirmed_flush_lsn past `recorded`).
+[[nodiscard]] Status CheckSlotAgainstState(std::string_view slot, const std::optional<SlotStatus>& status,
+                                           const std::optional<Lsn>& recorded, std::string_view state_table);
 
 }  // namespace outboxd

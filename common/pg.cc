@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "common/logging.h"
+
 namespace outboxd {
 
 namespace {
@@ -9,6 +11,12 @@ namespace {
 std::string TrimTrailingNewlines(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
   return s;
+}
+
+// Server notices ("relation ... already exists, skipping") go to the log at
+// debug level instead of libpq's default, stderr.
+void LogNotice(void* /*arg*/, const char* message) {
+  Logger("postgres")->debug("{}", TrimTrailingNewlines(message));
 }
 
 }  // namespace
@@ -32,6 +40,7 @@ Result<PgConn> PgConn::Connect(const std::string& conninfo,
     return Status::Retriable("could not connect to PostgreSQL: " +
                              TrimTrailingNewlines(PQerrorMessage(conn.get())));
   }
+  PQsetNoticeProcessor(conn.get(), LogNotice, nullptr);
   return conn;
 }
 

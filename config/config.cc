@@ -25,7 +25,7 @@ namespace {
 
 using std::chrono::milliseconds;
 
-constexpr std::array<std::string_view, 5> kSections = {"postgres", "kafka", "http", "log", "outbox"};
+constexpr std::array<std::string_view, 6> kSections = {"postgres", "kafka", "http", "log", "cdc", "outbox"};
 constexpr std::array<std::string_view, 2> kPostgresKeys = {"conninfo", "password_file"};
 constexpr std::array<std::string_view, 4> kKafkaKeys = {"bootstrap_servers", "properties", "max_in_flight",
                                                         "shutdown_timeout"};
@@ -34,10 +34,19 @@ constexpr std::array<std::string_view, 2> kLogKeys = {"level", "format"};
 constexpr std::array<std::string_view, 15> kOutboxKeys = {
     "table", "source", "order_by", "after_delivery", "sent_column", "id", "key", "payload", "topic", "headers",
     "timestamp", "batch_size", "poll_interval", "notify_channel", "dead_letter_topic"};
+// Keys of an [[outbox]] block that only mean something when the table is polled.
+constexpr std::array<std::string_view, 6> kPollOnlyKeys = {"order_by",   "after_delivery", "sent_column",
+                                                           "batch_size", "poll_interval",  "notify_channel"};
+constexpr std::array<std::string_view, 11> kCdcKeys = {
+    "slot",   "publication", "create",   "message_prefix",  "message_topic", "dead_letter_topic",
+    "tables", "topic_prefix", "snapshot", "status_interval", "state_table"};
 
 constexpr std::int64_t kMaxBatchSize = 100000;
 constexpr std::size_t kMaxIdentifierBytes = 63;  // PostgreSQL's NAMEDATALEN - 1
 constexpr std::size_t kMaxTopicBytes = 249;      // Kafka's limit on topic names
+// The shortest row-change topic is "<topic_prefix>.s.t".
+constexpr std::size_t kMaxTopicPrefixBytes = kMaxTopicBytes - 4;
+constexpr milliseconds kMaxStatusInterval{60 * 60 * 1000};
 
 std::string Quoted(std::string_view s) {
   std::string out = "\"";
@@ -131,10 +140,11 @@ Result<std::string> SubstituteEnv(std::string_view text) {
 }
 
 // Checks "schema.table" or "table", either part optionally a double-quoted
-// identifier. On success `normalized` gets the name as PostgreSQL resolves it
-// (unquoted parts folded to lower case), for duplicate detection.
-std::string CheckTableName(std::string_view text, std::string& normalized) {
-  std::vector<std::string> parts;
+// identifier. On success `parts` gets the one or two parts of the name as
+// PostgreSQL resolves them (unquoted parts folded to lower case, quotes
+// removed), for duplicate detection.
+std::string CheckTableName(std::string_view text, std::vector<std::string>& parts) {
+  parts.clear();
   std::size_t i = 0;
   for (;;) {
     std::string part;
@@ -185,7 +195,6 @@ std::string CheckTableName(std::string_view text, std::string& normalized) {
     ++i;
   }
   if (parts.size() > 2) return "it has " + std::to_string(parts.size()) + " parts";
-  normalized = parts.size() == 2 ? parts[0] + '.' + parts[1] : parts[0];
   return {};
 }
 
@@ -235,6 +244,43 @@ std::string CheckTopicTemplate(std::string_view text) {
   }
   if (!has_placeholder) return CheckTopicName(text);
   return {};
+}
+
+// The start of row-change topic names, "<prefix>.<schema>.<table>".
+std::string CheckTopicPrefix(std::string_view prefix) {
+  if (prefix.empty()) return "it is empty";
+  if (prefix.size() > kMaxTopicPrefixBytes) {
+    return "it is longer than " + std::to_string(kMaxTopicPrefixBytes) +
+           " characters, which leaves no room for \".<schema>.<table>\" within Kafka's 249-character limit";
+  }
+  for (std::size_t i = 0; i < prefix.size(); ++i) {
+    if (!IsTopicChar(prefix[i])) {
+      return "'" + std::string(1, prefix[i]) + "' at character " + std::to_string(i + 1) +
+             " is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')";
+    }
+  }
+  return {};
+}
+
+// PostgreSQL accepts only these replication slot names (ReplicationSlotValidateName).
+std::string CheckSlotName(std::string_view slot) {
+  if (slot.empty()) return "it is empty";
+  if (slot.size() > kMaxIdentifierBytes) return "it is longer than PostgreSQL's 63-byte limit";
+  for (std::size_t i = 0; i < slot.size(); ++i) {
+    char c = slot[i];
+    if (!((c >= 'a' && c <= 'z') || IsAsciiDigit(c) || c == '_')) {
+      return "'" + std::string(1, c) + "' at character " + std::to_string(i + 1) +
+             " is not allowed (lower-case letters, digits and '_')";
+    }
+  }
+  return {};
+}
+
+// The (schema, table) that [cdc] duplicate checks compare: an unqualified
+// name means the table in schema public, as docs/configuration.md says.
+using QualifiedName = std::pair<std::string, std::string>;
+QualifiedName CdcTableIdentity(const std::vector<std::string>& parts) {
+  return parts.size() == 2 ? QualifiedName{parts[0], parts[1]} : QualifiedName{"public", parts.at(0)};
 }
 
 // "host:port" or "[v6-address]:port".
@@ -396,6 +442,16 @@ class SectionReader {
       return std::nullopt;
     }
     return node->as_integer()->get();
+  }
+
+  std::optional<bool> Boolean(std::string_view key) const {
+    const toml::node* node = Get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_boolean()) {
+      WrongType(key, *node, "true or false");
+      return std::nullopt;
+    }
+    return node->as_boolean()->get();
   }
 
   std::optional<milliseconds> Duration(std::string_view key) const {
@@ -634,10 +690,13 @@ void ReadLog(const toml::table& table, Diagnostics& diag, LogConfig& out) {
   if (auto format = r.OneOf("format", kFormats)) out.format = *format == "json" ? LogFormat::kJson : LogFormat::kText;
 }
 
-// What the duplicate check needs to know about one [[outbox]] block.
+// What the cross-block checks need to know about one [[outbox]] block.
 struct OutboxIdentity {
-  std::string normalized_table;  // empty when the table name was invalid
+  std::size_t number = 0;               // N of "[[outbox]] #N"
+  std::string location;                 // "FILE:LINE:COLUMN" of the block
+  std::vector<std::string> table_parts;  // empty when the table name was invalid
   const toml::node* table_node = nullptr;
+  const toml::node* cdc_source = nullptr;  // the 'source' value when it is "cdc"
 };
 
 void ReadHeaders(const SectionReader& r, OutboxTableConfig& out) {
@@ -682,30 +741,9 @@ void ReadHeaders(const SectionReader& r, OutboxTableConfig& out) {
   for (Entry& e : entries) out.headers.emplace_back(std::move(e.name), std::move(e.column));
 }
 
-OutboxIdentity ReadOutbox(const toml::table& table, std::size_t number, Diagnostics& diag, OutboxTableConfig& out) {
+// The keys that say how a polled table is claimed and cleaned up.
+void ReadPollKeys(const SectionReader& r, OutboxTableConfig& out) {
   static constexpr std::array<std::string_view, 2> kAfterDelivery = {"delete", "mark"};
-  SectionReader r(table, "[[outbox]] #" + std::to_string(number), kOutboxKeys, /*substitute_env=*/false, diag);
-  OutboxIdentity identity;
-  out.config_location = diag.Location(table.source().begin);
-
-  if (auto name = r.RequiredString("table")) {
-    std::string normalized;
-    std::string problem = CheckTableName(*name, normalized);
-    if (!problem.empty()) {
-      r.MustBe("table", "\"schema.table\" or \"table\": " + problem);
-    } else {
-      out.table = std::move(*name);
-      identity.normalized_table = std::move(normalized);
-      identity.table_node = r.Get("table");
-    }
-  }
-  if (auto source = r.String("source")) {
-    if (*source == "cdc") {
-      r.Invalid("source", "cdc mode is not available in this build; only \"poll\" is");
-    } else if (*source != "poll") {
-      r.MustBe("source", "\"poll\", got " + Quoted(*source));
-    }
-  }
   if (auto v = r.Column("order_by")) out.order_by = std::move(*v);
 
   std::optional<std::string> after = r.OneOf("after_delivery", kAfterDelivery);
@@ -723,25 +761,6 @@ OutboxIdentity ReadOutbox(const toml::table& table, std::size_t number, Diagnost
     }
   }
 
-  if (auto v = r.Column("id")) out.id = std::move(*v);
-  if (const toml::node* key = r.Get("key"); key != nullptr) {
-    if (key->is_string() && key->as_string()->get().empty()) {
-      out.key.reset();  // "" means: records have no key
-    } else if (auto column = r.Column("key")) {
-      out.key = std::move(*column);
-    }
-  }
-  if (auto v = r.Column("payload")) out.payload = std::move(*v);
-  if (auto topic = r.String("topic")) {
-    std::string problem = CheckTopicTemplate(*topic);
-    if (!problem.empty()) {
-      r.Invalid("topic", "not a valid topic template: " + problem);
-    } else {
-      out.topic = std::move(*topic);
-    }
-  }
-  ReadHeaders(r, out);
-  if (auto v = r.Column("timestamp")) out.timestamp = std::move(*v);
   if (auto n = r.Integer("batch_size")) {
     if (*n < 1 || *n > kMaxBatchSize) {
       r.MustBe("batch_size", "between 1 and " + std::to_string(kMaxBatchSize) + ", got " + std::to_string(*n));
@@ -763,21 +782,93 @@ OutboxIdentity ReadOutbox(const toml::table& table, std::size_t number, Diagnost
       out.notify_channel = std::move(*channel);
     }
   }
+}
+
+// A plain Kafka topic name for events that can never be delivered.
+void ReadDeadLetterTopic(const SectionReader& r, std::optional<std::string>& out) {
   if (auto topic = r.String("dead_letter_topic")) {
     std::string problem = CheckTopicName(*topic);
     if (!problem.empty()) {
       r.Invalid("dead_letter_topic", "not a valid Kafka topic name: " + problem);
     } else {
-      out.dead_letter_topic = std::move(*topic);
+      out = std::move(*topic);
     }
   }
+}
+
+// A topic template: literal topic characters and ${column} placeholders.
+void ReadTopicTemplate(const SectionReader& r, std::string_view key, std::string& out) {
+  if (auto topic = r.String(key)) {
+    std::string problem = CheckTopicTemplate(*topic);
+    if (!problem.empty()) {
+      r.Invalid(key, "not a valid topic template: " + problem);
+    } else {
+      out = std::move(*topic);
+    }
+  }
+}
+
+OutboxIdentity ReadOutbox(const toml::table& table, std::size_t number, Diagnostics& diag, OutboxTableConfig& out) {
+  static constexpr std::array<std::string_view, 2> kSources = {"poll", "cdc"};
+  SectionReader r(table, "[[outbox]] #" + std::to_string(number), kOutboxKeys, /*substitute_env=*/false, diag);
+  OutboxIdentity identity;
+  identity.number = number;
+  out.config_location = diag.Location(table.source().begin);
+  identity.location = out.config_location;
+
+  if (auto name = r.RequiredString("table")) {
+    std::vector<std::string> parts;
+    std::string problem = CheckTableName(*name, parts);
+    if (!problem.empty()) {
+      r.MustBe("table", "\"schema.table\" or \"table\": " + problem);
+    } else {
+      out.table = std::move(*name);
+      identity.table_parts = std::move(parts);
+      identity.table_node = r.Get("table");
+    }
+  }
+  if (auto source = r.OneOf("source", kSources); source && *source == "cdc") {
+    out.source = OutboxSource::kCdc;
+    identity.cdc_source = r.Get("source");
+  }
+  if (out.source == OutboxSource::kCdc) {
+    // Inserts arrive through the slot: there is nothing to claim, order,
+    // delete, mark or wait for, so these keys would be silently ignored.
+    for (auto&& [key, value] : table) {
+      if (std::find(kPollOnlyKeys.begin(), kPollOnlyKeys.end(), key.str()) == kPollOnlyKeys.end()) continue;
+      diag.Error(key, "'" + std::string(key.str()) + "' in " + r.scope() +
+                          " is a poll-mode key; not allowed with source = \"cdc\"");
+    }
+  } else {
+    ReadPollKeys(r, out);
+  }
+
+  if (auto v = r.Column("id")) out.id = std::move(*v);
+  if (const toml::node* key = r.Get("key"); key != nullptr) {
+    if (key->is_string() && key->as_string()->get().empty()) {
+      out.key.reset();  // "" means: records have no key
+    } else if (auto column = r.Column("key")) {
+      out.key = std::move(*column);
+    }
+  }
+  if (auto v = r.Column("payload")) out.payload = std::move(*v);
+  ReadTopicTemplate(r, "topic", out.topic);
+  ReadHeaders(r, out);
+  if (auto v = r.Column("timestamp")) out.timestamp = std::move(*v);
+  ReadDeadLetterTopic(r, out.dead_letter_topic);
   return identity;
 }
 
-void ReadOutboxes(const toml::table& root, Diagnostics& diag, std::vector<OutboxTableConfig>& out) {
+// Reads every [[outbox]] block; `identities` gets one entry per block read,
+// parallel to `out`. Without a [cdc] section at least one block is required.
+void ReadOutboxes(const toml::table& root, bool has_cdc, Diagnostics& diag, std::vector<OutboxTableConfig>& out,
+                  std::vector<OutboxIdentity>& identities) {
   const toml::node* node = root.get("outbox");
   if (node == nullptr) {
-    diag.ErrorInFile("missing required section [[outbox]]: configure at least one outbox table");
+    if (!has_cdc) {
+      diag.ErrorInFile("missing required section [[outbox]] or [cdc]: configure at least one outbox table, "
+                       "or what to capture through a replication slot");
+    }
     return;
   }
   const toml::array* blocks = node->as_array();
@@ -785,15 +876,12 @@ void ReadOutboxes(const toml::table& root, Diagnostics& diag, std::vector<Outbox
     diag.Error(*node, "'outbox' must be an array of tables ([[outbox]]), got " + std::string(TypeName(*node)));
     return;
   }
-  if (blocks->empty()) {
+  if (blocks->empty() && !has_cdc) {
     diag.Error(*node, "'outbox' must list at least one outbox table");
     return;
   }
-  struct Seen {
-    std::size_t number;
-    std::string location;
-  };
-  std::map<std::string, Seen> seen;
+  std::map<std::vector<std::string>, const OutboxIdentity*> seen;
+  identities.reserve(blocks->size());  // `seen` points into it
   for (std::size_t i = 0; i < blocks->size(); ++i) {
     std::size_t number = i + 1;
     const toml::node& element = *blocks->get(i);
@@ -804,16 +892,199 @@ void ReadOutboxes(const toml::table& root, Diagnostics& diag, std::vector<Outbox
       continue;
     }
     OutboxTableConfig config;
-    OutboxIdentity identity = ReadOutbox(*block, number, diag, config);
+    const OutboxIdentity& identity = identities.emplace_back(ReadOutbox(*block, number, diag, config));
     if (identity.table_node != nullptr) {
-      auto [it, inserted] = seen.emplace(identity.normalized_table, Seen{number, config.config_location});
+      auto [it, inserted] = seen.emplace(identity.table_parts, &identity);
       if (!inserted) {
+        const OutboxIdentity& first = *it->second;
         diag.Error(*identity.table_node, "'table' in [[outbox]] #" + std::to_string(number) + ": " +
                                              Quoted(config.table) + " is already configured by [[outbox]] #" +
-                                             std::to_string(it->second.number) + " at " + it->second.location);
+                                             std::to_string(first.number) + " at " + first.location);
       }
     }
     out.push_back(std::move(config));
+  }
+}
+
+// What the cross-section checks need to know about the [cdc] section.
+struct CdcIdentity {
+  const toml::table* section = nullptr;
+  bool names_message_prefix = false;  // 'message_prefix' is given (valid or not)
+  bool names_tables = false;          // 'tables' is given and not an empty array
+  struct Table {
+    QualifiedName name;
+    std::string text;  // as written
+    const toml::node* node;
+  };
+  std::vector<Table> tables;  // the valid entries of 'tables'
+  // The state table, default or given; nullopt when the given name was invalid.
+  std::optional<QualifiedName> state_table = QualifiedName{"public", "outboxd_slot_state"};
+  const toml::node* state_table_node = nullptr;  // nullptr: the default
+  std::string state_table_text = "public.outboxd_slot_state";  // as written
+};
+
+void ReadCdcTables(const SectionReader& r, CdcConfig& out, CdcIdentity& identity) {
+  const toml::node* node = r.Get("tables");
+  if (node == nullptr) return;
+  const toml::array* tables = node->as_array();
+  identity.names_tables = tables == nullptr || !tables->empty();
+  if (tables == nullptr) {
+    r.WrongType("tables", *node, "an array of table names, such as [\"public.orders\"]");
+    return;
+  }
+  std::map<QualifiedName, const CdcIdentity::Table*> seen;
+  identity.tables.reserve(tables->size());  // `seen` points into it
+  for (std::size_t i = 0; i < tables->size(); ++i) {
+    const toml::node& element = *tables->get(i);
+    std::string what = "'tables' in " + r.scope() + ": element " + std::to_string(i + 1);
+    const auto* text = element.as_string();
+    if (text == nullptr) {
+      r.diag().Error(element, what + " must be a table name string, got " + std::string(TypeName(element)));
+      continue;
+    }
+    std::vector<std::string> parts;
+    std::string problem = CheckTableName(text->get(), parts);
+    if (!problem.empty()) {
+      r.diag().Error(element, what + " must be \"schema.table\" or \"table\": " + problem);
+      continue;
+    }
+    const CdcIdentity::Table& table =
+        identity.tables.emplace_back(CdcIdentity::Table{CdcTableIdentity(parts), text->get(), &element});
+    auto [it, inserted] = seen.emplace(table.name, &table);
+    if (!inserted) {
+      const CdcIdentity::Table& first = *it->second;
+      r.diag().Error(element, "'tables' in " + r.scope() + ": " + Quoted(table.text) + " is listed twice (first as " +
+                                  Quoted(first.text) + " at " + r.diag().Location(first.node->source().begin) +
+                                  ")");
+      identity.tables.pop_back();
+      continue;
+    }
+    out.tables.push_back(table.text);
+  }
+}
+
+void ReadCdc(const toml::table& table, Diagnostics& diag, CdcConfig& out, CdcIdentity& identity) {
+  static constexpr std::array<std::string_view, 2> kSnapshots = {"never", "initial"};
+  // Not substituted: message_topic holds ${column} placeholders, as in [[outbox]].
+  SectionReader r(table, "[cdc]", kCdcKeys, /*substitute_env=*/false, diag);
+  identity.section = &table;
+  out.config_location = diag.Location(table.source().begin);
+
+  if (auto slot = r.String("slot")) {
+    std::string problem = CheckSlotName(*slot);
+    if (!problem.empty()) {
+      r.Invalid("slot", "not a valid replication slot name: " + problem);
+    } else {
+      out.slot = std::move(*slot);
+    }
+  }
+  if (auto publication = r.String("publication")) {
+    if (publication->empty() || publication->size() > kMaxIdentifierBytes) {
+      r.MustBe("publication", "a publication name of 1 to 63 bytes");
+    } else {
+      out.publication = std::move(*publication);
+    }
+  }
+  if (auto create = r.Boolean("create")) out.create = *create;
+  identity.names_message_prefix = r.Get("message_prefix") != nullptr;
+  if (auto prefix = r.String("message_prefix")) {
+    if (prefix->empty()) {
+      r.MustBe("message_prefix", "the prefix given to pg_logical_emit_message, got \"\"");
+    } else {
+      out.message_prefix = std::move(*prefix);
+    }
+  }
+  ReadTopicTemplate(r, "message_topic", out.message_topic);
+  ReadDeadLetterTopic(r, out.dead_letter_topic);
+  ReadCdcTables(r, out, identity);
+  if (auto prefix = r.String("topic_prefix")) {
+    std::string problem = CheckTopicPrefix(*prefix);
+    if (!problem.empty()) {
+      r.Invalid("topic_prefix", "not a valid topic prefix: " + problem);
+    } else {
+      out.topic_prefix = std::move(*prefix);
+    }
+  }
+  if (auto snapshot = r.OneOf("snapshot", kSnapshots)) {
+    out.snapshot = *snapshot == "initial" ? SnapshotMode::kInitial : SnapshotMode::kNever;
+  }
+  if (auto d = r.Duration("status_interval")) {
+    // The server drops a walsender that stays silent for wal_sender_timeout;
+    // an interval beyond an hour is a mistake, not a choice.
+    if (d->count() <= 0 || *d > kMaxStatusInterval) {
+      r.MustBe("status_interval", "greater than zero and at most \"1h\"");
+    } else {
+      out.status_interval = *d;
+    }
+  }
+  if (r.Get("state_table") != nullptr) identity.state_table.reset();
+  if (auto name = r.String("state_table")) {
+    std::vector<std::string> parts;
+    std::string problem = CheckTableName(*name, parts);
+    if (!problem.empty()) {
+      r.MustBe("state_table", "\"schema.table\" or \"table\": " + problem);
+    } else {
+      out.state_table = std::move(*name);
+      identity.state_table = CdcTableIdentity(parts);
+      identity.state_table_text = out.state_table;
+      identity.state_table_node = r.Get("state_table");
+    }
+  }
+}
+
+// The checks that involve both [cdc] and [[outbox]] blocks. `has_cdc`: the
+// file has a 'cdc' key, even one that is not a table (already reported).
+void CheckCdcCapture(bool has_cdc, const CdcIdentity* cdc, const std::vector<OutboxIdentity>& outboxes,
+                     Diagnostics& diag) {
+  bool any_cdc_outbox = false;
+  for (const OutboxIdentity& o : outboxes) {
+    if (o.cdc_source == nullptr) continue;
+    any_cdc_outbox = true;
+    if (!has_cdc) {
+      diag.Error(*o.cdc_source, "'source' in [[outbox]] #" + std::to_string(o.number) +
+                                    ": source = \"cdc\" needs a [cdc] section (the replication slot to "
+                                    "capture through)");
+    }
+  }
+  if (cdc == nullptr) return;
+
+  if (!any_cdc_outbox && !cdc->names_tables && !cdc->names_message_prefix) {
+    diag.Error(*cdc->section,
+               "[cdc] captures nothing: set 'message_prefix', list 'tables', or give an [[outbox]] block "
+               "source = \"cdc\"");
+  }
+
+  // An outbox table whose inserts were also streamed as row changes would be
+  // published twice, in two shapes.
+  std::map<QualifiedName, const OutboxIdentity*> outbox_tables;
+  for (const OutboxIdentity& o : outboxes) {
+    if (o.table_node != nullptr) outbox_tables.emplace(CdcTableIdentity(o.table_parts), &o);
+  }
+  auto outbox_block = [&](const OutboxIdentity& o) {
+    return "[[outbox]] #" + std::to_string(o.number) + " at " + o.location;
+  };
+  for (const CdcIdentity::Table& t : cdc->tables) {
+    if (auto it = outbox_tables.find(t.name); it != outbox_tables.end()) {
+      diag.Error(*t.node, "'tables' in [cdc]: " + Quoted(t.text) + " is the outbox table of " +
+                              outbox_block(*it->second) +
+                              "; an outbox table is relayed as outbox events, not also as row changes");
+    }
+  }
+  // outboxd writes the state table as it confirms positions; capturing it
+  // would feed its own writes back into the stream.
+  if (cdc->state_table) {
+    // Reported at the key, or at the section header for the default.
+    const toml::node& at = cdc->state_table_node != nullptr ? *cdc->state_table_node : *cdc->section;
+    std::string what = "'state_table' in [cdc]: outboxd's own table " +
+                       Quoted(cdc->state_table_text) + " cannot also be ";
+    for (const CdcIdentity::Table& t : cdc->tables) {
+      if (t.name == *cdc->state_table) {
+        diag.Error(at, what + "captured (it is in 'tables' at " + diag.Location(t.node->source().begin) + ")");
+      }
+    }
+    if (auto it = outbox_tables.find(*cdc->state_table); it != outbox_tables.end()) {
+      diag.Error(at, what + "an outbox table (" + outbox_block(*it->second) + ")");
+    }
   }
 }
 
@@ -838,18 +1109,16 @@ void RejectUnknownSections(const toml::table& root, Diagnostics& diag) {
     std::string_view section;
     std::span<const std::string_view> keys;
   };
-  const std::array<Home, 5> homes = {Home{"postgres", kPostgresKeys}, Home{"kafka", kKafkaKeys},
-                                     Home{"http", kHttpKeys}, Home{"log", kLogKeys}, Home{"outbox", kOutboxKeys}};
+  // A key of two sections (dead_letter_topic) is sent to the last one.
+  const std::array<Home, 6> homes = {Home{"postgres", kPostgresKeys}, Home{"kafka", kKafkaKeys},
+                                     Home{"http", kHttpKeys},         Home{"log", kLogKeys},
+                                     Home{"cdc", kCdcKeys},           Home{"outbox", kOutboxKeys}};
   auto header = [](std::string_view name) {
     return name == "outbox" ? "[[outbox]]" : "[" + std::string(name) + "]";
   };
   for (auto&& [key, node] : root) {
     std::string_view name = key.str();
     if (std::find(kSections.begin(), kSections.end(), name) != kSections.end()) continue;
-    if (name == "cdc") {
-      diag.Error(key, "[cdc] is not supported: cdc mode is not available in this build");
-      continue;
-    }
     std::optional<std::string_view> guess = Closest(name, kSections);
     if (node.is_table() || node.is_array_of_tables()) {
       std::string message = "unknown section " + (node.is_table() ? "[" + std::string(name) + "]"
@@ -895,7 +1164,14 @@ Result<Config> Load(const std::string& path) {
   if (const toml::table* t = Section(root, "kafka", /*required=*/true, diag)) ReadKafka(*t, diag, config.kafka);
   if (const toml::table* t = Section(root, "http", /*required=*/false, diag)) ReadHttp(*t, diag, config.http);
   if (const toml::table* t = Section(root, "log", /*required=*/false, diag)) ReadLog(*t, diag, config.log);
-  ReadOutboxes(root, diag, config.outboxes);
+  bool has_cdc = root.get("cdc") != nullptr;
+  std::optional<CdcIdentity> cdc;
+  if (const toml::table* t = Section(root, "cdc", /*required=*/false, diag)) {
+    ReadCdc(*t, diag, config.cdc.emplace(), cdc.emplace());
+  }
+  std::vector<OutboxIdentity> outboxes;
+  ReadOutboxes(root, has_cdc, diag, config.outboxes, outboxes);
+  CheckCdcCapture(has_cdc, cdc ? &*cdc : nullptr, outboxes, diag);
   if (diag.HasErrors()) return diag.ToStatus();
   return config;
 }

@@ -50,8 +50,15 @@ struct LogConfig {
 
 enum class AfterDelivery { kDelete, kMark };
 
+// Where an [[outbox]] block's events come from: claimed from the table by
+// polling, or captured from its inserts through the [cdc] replication slot.
+enum class OutboxSource { kPoll, kCdc };
+
 struct OutboxTableConfig {
   std::string table;                    // "schema.table" or "table" (required)
+  OutboxSource source = OutboxSource::kPoll;
+  // Poll-only keys (order_by, after_delivery, sent_column, batch_size,
+  // poll_interval, notify_channel) are rejected with source = "cdc".
   std::string order_by = "seq";         // monotonic ordering column
   AfterDelivery after_delivery = AfterDelivery::kDelete;
   std::optional<std::string> sent_column;  // required with kMark
@@ -69,19 +76,51 @@ struct OutboxTableConfig {
   std::string config_location;  // "FILE:LINE:COLUMN" of the block, for errors
 };
 
+enum class SnapshotMode { kNever, kInitial };
+
+// The [cdc] section: one pgoutput replication slot and what it streams.
+struct CdcConfig {
+  std::string slot = "outboxd";         // logical replication slot (pgoutput)
+  std::string publication = "outboxd";  // publication the slot streams
+  // Create the publication, slot and state table at start-up when missing.
+  // Never re-creates a slot outboxd has streamed from (see state_table).
+  bool create = false;
+  // pg_logical_emit_message(true, <prefix>, <json>) → an outbox event;
+  // nullopt: messages are not turned into events.
+  std::optional<std::string> message_prefix;
+  // Routing of those messages, as in an [[outbox]] block (Debezium defaults).
+  std::string message_topic = "outbox.event.${aggregatetype}";
+  // Where messages and row changes that can never be delivered go (with the
+  // reason in headers); without it such an event halts the stream.
+  std::optional<std::string> dead_letter_topic;
+  // Row-change events for these tables ("schema.table" or "table").
+  std::vector<std::string> tables;
+  std::string topic_prefix = "pg";      // row changes go to <prefix>.<schema>.<table>
+  SnapshotMode snapshot = SnapshotMode::kNever;
+  std::chrono::milliseconds status_interval{10000};
+  // Table (created by `outboxd init`) in which outboxd records, per slot, the
+  // last position it confirmed, to notice a slot dropped and re-created.
+  std::string state_table = "public.outboxd_slot_state";
+  std::string config_location;  // "FILE:LINE:COLUMN" of the section
+};
+
 struct Config {
   std::string path;  // the file it was loaded from
   PostgresConfig postgres;
   KafkaConfig kafka;
   HttpConfig http;
   LogConfig log;
-  std::vector<OutboxTableConfig> outboxes;  // at least one
+  // At least one [[outbox]] block or a [cdc] section that captures
+  // something (a cdc outbox table, tables, or message_prefix).
+  std::vector<OutboxTableConfig> outboxes;
+  std::optional<CdcConfig> cdc;  // required when an outbox has source = "cdc"
 };
 
 // Loads and validates the TOML file at `path`. `${NAME}` in strings of the
 // [postgres], [kafka], [http] and [log] sections is replaced by the
 // environment variable NAME (an unset variable is an error; `$${` is a
-// literal `${`); routing keys of [[outbox]] blocks keep `${column}` for the
+// literal `${`); [[outbox]] blocks and the [cdc] section are taken literally,
+// so that routing keys keep `${column}` (`${field}` in message_topic) for the
 // router. Every error found is reported, one "FILE:LINE:COLUMN: message" per
 // line in file order, with code kInvalidConfig. Never throws.
 [[nodiscard]] Result<Config> LoadConfig(const std::string& path);

@@ -112,6 +112,7 @@ Result<std::unique_ptr<OutboxRelay>> OutboxRelay::Create(const Config& config) {
   std::unique_ptr<OutboxRelay> relay(new OutboxRelay(config));
   for (std::size_t i = 0; i < config.outboxes.size(); ++i) {
     const OutboxTableConfig& t = config.outboxes[i];
+    if (t.source != OutboxSource::kPoll) continue;  // captured by the cdc relay
     auto router = Router::Create(t);
     if (!router.ok()) return router.status().Prefixed(t.config_location);
     relay->streams_.push_back(std::make_unique<Stream>(i, t, std::move(router).value()));

@@ -369,13 +369,14 @@ TEST(ReplicationStreamWireFormat, ParsesFramesAndRejectsBadOnes) {
 }
 
 TEST(ReplicationStreamSlotSql, InitSqlIsWhatADbaCanRun) {
-  auto sql = InitSql("outboxd", "outboxd", {"public.orders", "Sales.\"Q\""});
+  auto sql = InitSql("outboxd", "outboxd", {"public.orders", "Sales.\"Q\""}, "public.outboxd_slot_state");
   ASSERT_TRUE(sql.ok());
-  ASSERT_EQ(sql->size(), 2u);
+  ASSERT_EQ(sql->size(), 3u);
   EXPECT_EQ((*sql)[0], "CREATE PUBLICATION \"outboxd\" FOR TABLE \"public\".\"orders\", \"Sales\".\"\"\"Q\"\"\"");
   EXPECT_EQ((*sql)[1], "SELECT pg_create_logical_replication_slot('outboxd', 'pgoutput')");
   EXPECT_EQ(CreatePublicationSql("p", {}), "CREATE PUBLICATION \"p\"");
-  EXPECT_EQ(InitSql("Bad Slot", "p", {}).status().code(), StatusCode::kInvalidConfig);
+  EXPECT_EQ((*sql)[2].rfind("CREATE TABLE IF NOT EXISTS \"public\".\"outboxd_slot_state\" (", 0), 0u) << (*sql)[2];
+  EXPECT_EQ(InitSql("Bad Slot", "p", {}, "s").status().code(), StatusCode::kInvalidConfig);
 }
 
 }  // namespace

@@ -486,12 +486,24 @@ TEST_F(OutboxMessageTest, HeadersAreAppendedAfterTheRoutersInContentOrder) {
   EXPECT_EQ((std::vector<Header>{{"id", "e1"}, {"traceparent", "00-ab-cd-01"}, {"b", "2"}}), r.headers);
 }
 
+TEST_F(OutboxMessageTest, AMessageWithoutIdGetsTheDeterministicIdOfItsPlace) {
+  for (const char* content : {R"({"aggregatetype":"A","aggregateid":"1","payload":{}})",
+                              R"({"id":null,"aggregatetype":"A","aggregateid":"1","payload":{}})"}) {
+    OutboxMessage m = Parse(content);
+    EnsureMessageId(m, Lsn(0x16B374D848), 3);
+    Record r = Route(m);
+    ASSERT_FALSE(r.headers.empty()) << content;
+    EXPECT_EQ((Header{"id", "00000016-b374-8d84-8800-000000000003"}), r.headers[0]) << content;
+  }
+  OutboxMessage keeps = Parse(R"({"id":"e1","aggregatetype":"A","aggregateid":"1","payload":{}})");
+  EnsureMessageId(keeps, Lsn(1), 0);
+  EXPECT_EQ((Header{"id", "e1"}), Route(keeps).headers[0]) << "an id of its own is kept";
+}
+
 TEST_F(OutboxMessageTest, MalformedContentIsAPermanentErrorNamingTheLsn) {
   EXPECT_CONTAINS(Error("not json"), "logical decoding message at LSN 1/ABCD with prefix \"outbox\": content is not valid JSON");
   EXPECT_CONTAINS(Error("[1,2]"), "not a JSON object");
-  EXPECT_CONTAINS(Error(R"({"aggregatetype":"A","payload":{}})"), "no \"id\"");
-  EXPECT_CONTAINS(Error(R"({"id":null})"), "no \"id\"");
-  EXPECT_CONTAINS(Error(R"({"id":""})"), "no \"id\"");
+  EXPECT_CONTAINS(Error(R"({"id":""})"), "\"id\" is empty");
   EXPECT_CONTAINS(Error(R"({"id":"e","headers":[1]})"), "\"headers\" is not an object");
   EXPECT_CONTAINS(Error(R"({"id":"e","headers":{"n":1}})"), "header \"n\" is not a string");
   EXPECT_CONTAINS(Error(R"({"id":"e","headers":{"id":"x"}})"), "may not set \"id\"");

@@ -23,6 +23,14 @@ const std::string kPostgres =
 const std::string kKafka =
     "[kafka]\n"
     "bootstrap_servers = \"kafka:9092\"\n";
+// A [cdc] section that captures something.
+const std::string kCdc =
+    "[cdc]\n"
+    "message_prefix = \"outbox\"\n";
+
+const std::string kNoOutboxNorCdc =
+    ": missing required section [[outbox]] or [cdc]: configure at least one outbox table, "
+    "or what to capture through a replication slot";
 
 // Writes TOML text to a file in a fresh directory and loads it.
 class ConfigTest : public ::testing::Test {
@@ -204,11 +212,28 @@ TEST_F(ConfigTest, TableNamesFollowSqlIdentifierSyntax) {
 }
 
 TEST_F(ConfigTest, ShippedExamplesLoad) {
-  for (const char* name : {"outbox.toml", "minimal.toml"}) {
-    SCOPED_TRACE(name);
-    Result<Config> c = LoadConfig(std::string(OUTBOXD_CONFIG_EXAMPLES_DIR) + "/" + name);
+  // Every file in the directory, so that a new example cannot be forgotten here.
+  int loaded = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(OUTBOXD_CONFIG_EXAMPLES_DIR)) {
+    if (entry.path().extension() != ".toml") continue;
+    SCOPED_TRACE(entry.path().string());
+    Result<Config> c = LoadConfig(entry.path().string());
     EXPECT_TRUE(c.ok()) << c.status().message();
+    ++loaded;
   }
+  EXPECT_GE(loaded, 3);  // minimal.toml, outbox.toml, cdc.toml
+}
+
+TEST_F(ConfigTest, ShippedCdcExample) {
+  Result<Config> c = LoadConfig(std::string(OUTBOXD_CONFIG_EXAMPLES_DIR) + "/cdc.toml");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_TRUE(c->cdc.has_value());
+  EXPECT_TRUE(c->cdc->create);
+  EXPECT_EQ(c->cdc->message_prefix, "outbox");
+  EXPECT_EQ(c->cdc->tables, std::vector<std::string>{"public.orders"});
+  ASSERT_EQ(c->outboxes.size(), 1u);
+  EXPECT_EQ(c->outboxes[0].table, "public.outbox");
+  EXPECT_EQ(c->outboxes[0].source, OutboxSource::kCdc);
 }
 
 // --- Unknown keys -----------------------------------------------------------
@@ -329,14 +354,13 @@ TEST_F(ConfigTest, MissingRequiredKeyPointsAtTheSectionHeader) {
 TEST_F(ConfigTest, MissingSectionsPointAtTheFile) {
   EXPECT_EQ(Error(kKafka + kOutbox), At(1, 1) + ": missing required section [postgres]");
   EXPECT_EQ(Error(kPostgres + kOutbox), At(1, 1) + ": missing required section [kafka]");
-  EXPECT_EQ(Error(kPostgres + kKafka),
-            At(1, 1) + ": missing required section [[outbox]]: configure at least one outbox table");
+  EXPECT_EQ(Error(kPostgres + kKafka), At(1, 1) + kNoOutboxNorCdc);
 }
 
 TEST_F(ConfigTest, EveryErrorIsReportedInFileOrder) {
   EXPECT_EQ(Error(""), At(1, 1) + ": missing required section [postgres]\n" +  //
                            At(1, 1) + ": missing required section [kafka]\n" +
-                           At(1, 1) + ": missing required section [[outbox]]: configure at least one outbox table");
+                           At(1, 1) + kNoOutboxNorCdc);
   EXPECT_EQ(Error(kOutbox +
                   "batch_size = 0\n"   // line 3
                   "colour = 1\n" +     // line 4
@@ -515,24 +539,6 @@ TEST_F(ConfigTest, QuotedTableNamesKeepTheirCase) {
   EXPECT_EQ(c.outboxes.size(), 2u);
 }
 
-TEST_F(ConfigTest, CdcSourceIsRejected) {
-  EXPECT_EQ(Error(kOutbox +
-                  "source = \"cdc\"\n" +
-                  kPostgres + kKafka),
-            At(3, 10) + ": 'source' in [[outbox]] #1: cdc mode is not available in this build; only \"poll\" is");
-  EXPECT_EQ(Error(kOutbox +
-                  "source = \"push\"\n" +
-                  kPostgres + kKafka),
-            At(3, 10) + ": 'source' in [[outbox]] #1 must be \"poll\", got \"push\"");
-}
-
-TEST_F(ConfigTest, CdcSectionIsRejected) {
-  EXPECT_EQ(Error(kPostgres + kKafka + kOutbox +
-                  "[cdc]\n"  // line 7
-                  "slot = \"outboxd\"\n"),
-            At(7, 2) + ": [cdc] is not supported: cdc mode is not available in this build");
-}
-
 TEST_F(ConfigTest, HeaderIdIsReserved) {
   EXPECT_EQ(Error(kOutbox +
                   "headers = { id = \"event_id\" }\n" +
@@ -570,6 +576,398 @@ TEST_F(ConfigTest, HttpListenAddress) {
     SCOPED_TRACE(ok);
     EXPECT_EQ(Valid("[http]\nlisten = \"" + std::string(ok) + "\"\n" + kPostgres + kKafka + kOutbox).http.listen, ok);
   }
+}
+
+// --- cdc mode -----------------------------------------------------------------
+
+TEST_F(ConfigTest, CdcEveryKeySet) {
+  Config c = Valid(
+      "[cdc]\n"
+      "slot = \"orders_slot_1\"\n"
+      "publication = \"Orders Pub\"\n"
+      "create = true\n"
+      "message_prefix = \"outbox\"\n"
+      "message_topic = \"events.${aggregatetype}.${type}\"\n"
+      "dead_letter_topic = \"cdc.dlq\"\n"
+      "tables = [\"public.orders\", \"customers\", 'app.\"LineItems\"']\n"
+      "topic_prefix = \"prod.pg\"\n"
+      "snapshot = \"initial\"\n"
+      "status_interval = \"1.5s\"\n"
+      "state_table = \"outboxd.slot_state\"\n"
+      "[[outbox]]\n"  // line 13
+      "table = \"app.outbox\"\n"
+      "source = \"cdc\"\n"
+      "id = \"event_id\"\n"
+      "key = \"partition_key\"\n"
+      "payload = \"body\"\n"
+      "topic = \"${aggregate}.events\"\n"
+      "headers = { type = \"event_type\", traceparent = \"traceparent\" }\n"
+      "timestamp = \"created_at\"\n"
+      "dead_letter_topic = \"outbox.dlq\"\n" +
+      kPostgres + kKafka);
+
+  ASSERT_TRUE(c.cdc.has_value());
+  const CdcConfig& cdc = *c.cdc;
+  EXPECT_EQ(cdc.slot, "orders_slot_1");
+  EXPECT_EQ(cdc.publication, "Orders Pub");
+  EXPECT_TRUE(cdc.create);
+  EXPECT_EQ(cdc.message_prefix, "outbox");
+  EXPECT_EQ(cdc.message_topic, "events.${aggregatetype}.${type}");
+  EXPECT_EQ(cdc.dead_letter_topic, "cdc.dlq");
+  // As written, in file order.
+  EXPECT_EQ(cdc.tables, (std::vector<std::string>{"public.orders", "customers", "app.\"LineItems\""}));
+  EXPECT_EQ(cdc.topic_prefix, "prod.pg");
+  EXPECT_EQ(cdc.snapshot, SnapshotMode::kInitial);
+  EXPECT_EQ(cdc.status_interval, milliseconds(1500));
+  EXPECT_EQ(cdc.state_table, "outboxd.slot_state");
+  EXPECT_EQ(cdc.config_location, At(1, 1));
+
+  ASSERT_EQ(c.outboxes.size(), 1u);
+  const OutboxTableConfig& o = c.outboxes[0];
+  EXPECT_EQ(o.table, "app.outbox");
+  EXPECT_EQ(o.source, OutboxSource::kCdc);
+  EXPECT_EQ(o.id, "event_id");
+  EXPECT_EQ(o.key, "partition_key");
+  EXPECT_EQ(o.payload, "body");
+  EXPECT_EQ(o.topic, "${aggregate}.events");
+  using Headers = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(o.headers, (Headers{{"type", "event_type"}, {"traceparent", "traceparent"}}));
+  EXPECT_EQ(o.timestamp, "created_at");
+  EXPECT_EQ(o.dead_letter_topic, "outbox.dlq");
+  EXPECT_EQ(o.config_location, At(13, 1));
+}
+
+TEST_F(ConfigTest, CdcDefaults) {
+  Config c = Valid(kCdc + kPostgres + kKafka);  // a [cdc] section is enough without [[outbox]]
+  EXPECT_TRUE(c.outboxes.empty());
+  ASSERT_TRUE(c.cdc.has_value());
+  const CdcConfig& cdc = *c.cdc;
+  EXPECT_EQ(cdc.slot, "outboxd");
+  EXPECT_EQ(cdc.publication, "outboxd");
+  EXPECT_FALSE(cdc.create);
+  EXPECT_EQ(cdc.message_prefix, "outbox");
+  EXPECT_EQ(cdc.message_topic, "outbox.event.${aggregatetype}");
+  EXPECT_EQ(cdc.dead_letter_topic, std::nullopt);
+  EXPECT_TRUE(cdc.tables.empty());
+  EXPECT_EQ(cdc.topic_prefix, "pg");
+  EXPECT_EQ(cdc.snapshot, SnapshotMode::kNever);
+  EXPECT_EQ(cdc.status_interval, milliseconds(10000));
+  EXPECT_EQ(cdc.state_table, "public.outboxd_slot_state");
+  EXPECT_EQ(cdc.config_location, At(1, 1));
+}
+
+TEST_F(ConfigTest, PollIsTheDefaultSourceAndCdcIsOptional) {
+  Config c = Valid(kOutbox + kPostgres + kKafka);
+  EXPECT_EQ(c.outboxes.at(0).source, OutboxSource::kPoll);
+  EXPECT_FALSE(c.cdc.has_value());
+}
+
+TEST_F(ConfigTest, CdcOutboxGetsDebeziumDefaults) {
+  Config c = Valid(kCdc +
+                   "[[outbox]]\n"
+                   "table = \"public.outbox\"\n"
+                   "source = \"cdc\"\n" +
+                   kPostgres + kKafka);
+  const OutboxTableConfig& o = c.outboxes.at(0);
+  EXPECT_EQ(o.source, OutboxSource::kCdc);
+  EXPECT_EQ(o.id, "id");
+  EXPECT_EQ(o.key, "aggregateid");
+  EXPECT_EQ(o.payload, "payload");
+  EXPECT_EQ(o.topic, "outbox.event.${aggregatetype}");
+  EXPECT_EQ(o.config_location, At(3, 1));
+}
+
+TEST_F(ConfigTest, MixedPollAndCdc) {
+  Config c = Valid(
+      "[[outbox]]\n"
+      "table = \"billing.outbox\"\n"
+      "after_delivery = \"mark\"\n"
+      "sent_column = \"sent_at\"\n"
+      "[[outbox]]\n"
+      "table = \"public.outbox\"\n"
+      "source = \"cdc\"\n"
+      "[[outbox]]\n"
+      "table = \"shipping.outbox\"\n"
+      "source = \"poll\"\n"
+      "[cdc]\n"
+      "tables = [\"public.orders\"]\n" +
+      kPostgres + kKafka);
+  ASSERT_EQ(c.outboxes.size(), 3u);
+  EXPECT_EQ(c.outboxes[0].source, OutboxSource::kPoll);
+  EXPECT_EQ(c.outboxes[0].after_delivery, AfterDelivery::kMark);
+  EXPECT_EQ(c.outboxes[1].source, OutboxSource::kCdc);
+  EXPECT_EQ(c.outboxes[2].source, OutboxSource::kPoll);
+  ASSERT_TRUE(c.cdc.has_value());
+  EXPECT_EQ(c.cdc->tables, std::vector<std::string>{"public.orders"});
+  EXPECT_EQ(c.cdc->message_prefix, std::nullopt);
+}
+
+TEST_F(ConfigTest, SourceMustBePollOrCdc) {
+  EXPECT_EQ(Error(kOutbox +
+                  "source = \"push\"\n" +
+                  kPostgres + kKafka),
+            At(3, 10) + ": 'source' in [[outbox]] #1 must be poll or cdc, got \"push\"");
+  EXPECT_EQ(Error(kOutbox +
+                  "source = 1\n" +
+                  kPostgres + kKafka),
+            At(3, 10) + ": 'source' in [[outbox]] #1 must be a string, got integer");
+}
+
+TEST_F(ConfigTest, CdcOutboxRejectsEveryPollOnlyKey) {
+  auto poll_only = [&](int line, int column, const std::string& key) {
+    return At(line, column) + ": '" + key + "' in [[outbox]] #1 is a poll-mode key; not allowed with source = \"cdc\"";
+  };
+  EXPECT_EQ(Error(kCdc +
+                  "[[outbox]]\n"  // line 3
+                  "table = \"public.outbox\"\n"
+                  "order_by = \"seq\"\n"  // line 5: before 'source', still judged by it
+                  "source = \"cdc\"\n"
+                  "after_delivery = \"mark\"\n"
+                  "sent_column = \"sent_at\"\n"
+                  "batch_size = \"not even an integer\"\n"  // not read, so no type error
+                  "poll_interval = \"1s\"\n"
+                  "  notify_channel = \"outbox\"\n" +  // line 11, indented
+                  kPostgres + kKafka),
+            poll_only(5, 1, "order_by") + "\n" + poll_only(7, 1, "after_delivery") + "\n" +
+                poll_only(8, 1, "sent_column") + "\n" + poll_only(9, 1, "batch_size") + "\n" +
+                poll_only(10, 1, "poll_interval") + "\n" + poll_only(11, 3, "notify_channel"));
+}
+
+TEST_F(ConfigTest, CdcSourceNeedsACdcSection) {
+  EXPECT_EQ(Error(kOutbox +
+                  "source = \"cdc\"\n" +
+                  kPostgres + kKafka),
+            At(3, 10) + ": 'source' in [[outbox]] #1: source = \"cdc\" needs a [cdc] section "
+                        "(the replication slot to capture through)");
+  // A 'cdc' of the wrong type is reported once, as such.
+  EXPECT_EQ(Error("cdc = \"outboxd\"\n" + kOutbox +
+                  "source = \"cdc\"\n" +
+                  kPostgres + kKafka),
+            At(1, 7) + ": 'cdc' must be a table ([cdc]), got string");
+}
+
+TEST_F(ConfigTest, CdcSectionThatCapturesNothing) {
+  const std::string nothing = ": [cdc] captures nothing: set 'message_prefix', list 'tables', or give an [[outbox]] "
+                              "block source = \"cdc\"";
+  EXPECT_EQ(Error(kOutbox + kPostgres + kKafka +
+                  "[cdc]\n"  // line 7
+                  "slot = \"outboxd\"\n"),
+            At(7, 1) + nothing);
+  EXPECT_EQ(Error("[cdc]\n"
+                  "tables = []\n" +
+                  kOutbox + kPostgres + kKafka),
+            At(1, 1) + nothing);
+  // Each of the three is enough.
+  Valid("[cdc]\ntables = [\"orders\"]\n" + kPostgres + kKafka);
+  Valid("[cdc]\nmessage_prefix = \"x\"\n" + kPostgres + kKafka);
+  Valid("[cdc]\n" + kOutbox + "source = \"cdc\"\n" + kPostgres + kKafka);
+}
+
+TEST_F(ConfigTest, NeitherOutboxNorCdc) {
+  EXPECT_EQ(Error(kPostgres + kKafka), At(1, 1) + kNoOutboxNorCdc);
+  // With [cdc], an empty list of outbox tables is no error.
+  EXPECT_TRUE(Valid("outbox = []\n" + kCdc + kPostgres + kKafka).outboxes.empty());
+}
+
+TEST_F(ConfigTest, CdcTableThatIsAlsoAnOutboxTable) {
+  const std::string both = "; an outbox table is relayed as outbox events, not also as row changes";
+  // The poll outbox table "outbox" is public.outbox to [cdc].
+  EXPECT_EQ(Error("[cdc]\n"
+                  "tables = [\"public.orders\", \"public.outbox\"]\n" +  // line 2, the second at column 28
+                  kOutbox + kPostgres + kKafka),
+            At(2, 28) + ": 'tables' in [cdc]: \"public.outbox\" is the outbox table of [[outbox]] #1 at " + At(3, 1) +
+                both);
+  EXPECT_EQ(Error("[cdc]\n"
+                  "tables = [\"Outbox\"]\n"
+                  "[[outbox]]\n"
+                  "table = \"public.outbox\"\n"
+                  "source = \"cdc\"\n" +
+                  kPostgres + kKafka),
+            At(2, 11) + ": 'tables' in [cdc]: \"Outbox\" is the outbox table of [[outbox]] #1 at " + At(3, 1) + both);
+}
+
+TEST_F(ConfigTest, CdcTablesListedTwice) {
+  EXPECT_EQ(Error("[cdc]\n"
+                  "tables = [\"orders\", \"Public.Orders\"]\n" +  // line 2; "orders" is public.orders
+                  kPostgres + kKafka),
+            At(2, 21) + ": 'tables' in [cdc]: \"Public.Orders\" is listed twice (first as \"orders\" at " +
+                At(2, 11) + ")");
+  // A quoted name keeps its case, so it is another table.
+  Config c = Valid("[cdc]\n"
+                   "tables = ['orders', 'public.\"Orders\"']\n" +
+                   kPostgres + kKafka);
+  EXPECT_EQ(c.cdc->tables.size(), 2u);
+}
+
+TEST_F(ConfigTest, CdcTablesMustBeTableNames) {
+  EXPECT_EQ(Error("[cdc]\n"
+                  "tables = [\"orders\", 5, \"\", \"a.b.c\"]\n" +  // line 2
+                  kPostgres + kKafka),
+            At(2, 21) + ": 'tables' in [cdc]: element 2 must be a table name string, got integer\n" +
+                At(2, 24) + ": 'tables' in [cdc]: element 3 must be \"schema.table\" or \"table\": it is empty\n" +
+                At(2, 28) + ": 'tables' in [cdc]: element 4 must be \"schema.table\" or \"table\": it has 3 parts");
+  EXPECT_EQ(Error("[cdc]\n"
+                  "tables = \"orders\"\n" +
+                  kPostgres + kKafka),
+            At(2, 10) + ": 'tables' in [cdc] must be an array of table names, such as [\"public.orders\"], got string");
+}
+
+// Loads a file whose [cdc] section has `line` as line 2 (and captures a table).
+class CdcKeyTest : public ConfigTest {
+ protected:
+  std::string CdcError(const std::string& line) const {
+    return Error("[cdc]\n" + line + "\ntables = [\"orders\"]\n" + kPostgres + kKafka);
+  }
+  CdcConfig CdcValid(const std::string& line) const {
+    Config c = Valid("[cdc]\n" + line + "\ntables = [\"orders\"]\n" + kPostgres + kKafka);
+    return c.cdc.value_or(CdcConfig{});
+  }
+};
+
+TEST_F(CdcKeyTest, SlotName) {
+  const std::string prefix = At(2, 8) + ": 'slot' in [cdc]: not a valid replication slot name: ";
+  EXPECT_EQ(CdcError("slot = \"Outboxd\""),
+            prefix + "'O' at character 1 is not allowed (lower-case letters, digits and '_')");
+  EXPECT_EQ(CdcError("slot = \"outbox-d\""),
+            prefix + "'-' at character 7 is not allowed (lower-case letters, digits and '_')");
+  EXPECT_EQ(CdcError("slot = \"\""), prefix + "it is empty");
+  EXPECT_EQ(CdcError("slot = \"" + std::string(64, 'x') + "\""),
+            prefix + "it is longer than PostgreSQL's 63-byte limit");
+  EXPECT_EQ(CdcError("slot = 1"), At(2, 8) + ": 'slot' in [cdc] must be a string, got integer");
+  for (const std::string& slot : {std::string("outboxd_2"), std::string("_"), std::string("0"), std::string(63, 'x')}) {
+    EXPECT_EQ(CdcValid("slot = \"" + slot + "\"").slot, slot);
+  }
+}
+
+TEST_F(CdcKeyTest, Publication) {
+  const std::string expected = At(2, 15) + ": 'publication' in [cdc] must be a publication name of 1 to 63 bytes";
+  EXPECT_EQ(CdcError("publication = \"\""), expected);
+  EXPECT_EQ(CdcError("publication = \"" + std::string(64, 'p') + "\""), expected);
+  EXPECT_EQ(CdcValid("publication = \"" + std::string(63, 'p') + "\"").publication, std::string(63, 'p'));
+}
+
+TEST_F(CdcKeyTest, CreateIsABoolean) {
+  EXPECT_EQ(CdcError("create = \"yes\""), At(2, 10) + ": 'create' in [cdc] must be true or false, got string");
+  EXPECT_FALSE(CdcValid("create = false").create);
+}
+
+TEST_F(CdcKeyTest, MessagePrefixMustNotBeEmpty) {
+  EXPECT_EQ(CdcError("message_prefix = \"\""),
+            At(2, 18) + ": 'message_prefix' in [cdc] must be the prefix given to pg_logical_emit_message, got \"\"");
+}
+
+TEST_F(CdcKeyTest, MessageTopicIsATopicTemplate) {
+  EXPECT_EQ(CdcError("message_topic = \"outbox.${aggregatetype\""),
+            At(2, 17) + ": 'message_topic' in [cdc]: not a valid topic template: unterminated \"${\" at character 8");
+  EXPECT_EQ(CdcError("message_topic = \"\""),
+            At(2, 17) + ": 'message_topic' in [cdc]: not a valid topic template: it is empty");
+  EXPECT_EQ(CdcValid("message_topic = \"orders\"").message_topic, "orders");
+}
+
+TEST_F(CdcKeyTest, DeadLetterTopicIsATopicName) {
+  EXPECT_EQ(CdcError("dead_letter_topic = \"dlq.${type}\""),
+            At(2, 21) + ": 'dead_letter_topic' in [cdc]: not a valid Kafka topic name: '$' at character 5 "
+                        "is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')");
+}
+
+TEST_F(CdcKeyTest, TopicPrefix) {
+  const std::string prefix = At(2, 16) + ": 'topic_prefix' in [cdc]: not a valid topic prefix: ";
+  EXPECT_EQ(CdcError("topic_prefix = \"\""), prefix + "it is empty");
+  EXPECT_EQ(CdcError("topic_prefix = \"pg/prod\""),
+            prefix + "'/' at character 3 is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')");
+  EXPECT_EQ(CdcError("topic_prefix = \"" + std::string(246, 'p') + "\""),
+            prefix + "it is longer than 245 characters, which leaves no room for \".<schema>.<table>\" within "
+                     "Kafka's 249-character limit");
+  EXPECT_EQ(CdcValid("topic_prefix = \"" + std::string(245, 'p') + "\"").topic_prefix, std::string(245, 'p'));
+  EXPECT_EQ(CdcValid("topic_prefix = \"cdc.prod-1_x\"").topic_prefix, "cdc.prod-1_x");
+}
+
+TEST_F(CdcKeyTest, Snapshot) {
+  EXPECT_EQ(CdcError("snapshot = \"always\""), At(2, 12) + ": 'snapshot' in [cdc] must be never or initial, got \"always\"");
+  EXPECT_EQ(CdcValid("snapshot = \"never\"").snapshot, SnapshotMode::kNever);
+}
+
+TEST_F(CdcKeyTest, StatusInterval) {
+  const std::string range = At(2, 19) + ": 'status_interval' in [cdc] must be greater than zero and at most \"1h\"";
+  EXPECT_EQ(CdcError("status_interval = \"0s\""), range);
+  EXPECT_EQ(CdcError("status_interval = \"61m\""), range);
+  EXPECT_EQ(CdcError("status_interval = \"1.5h\""), range);
+  EXPECT_EQ(CdcError("status_interval = 10"),
+            At(2, 19) + ": 'status_interval' in [cdc] must be a duration string with a unit, such as \"250ms\" or "
+                        "\"10s\", got integer");
+  EXPECT_EQ(CdcError("status_interval = \"10\""),
+            At(2, 19) + ": 'status_interval' in [cdc]: invalid duration \"10\": expected a number followed by a "
+                        "unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
+  EXPECT_EQ(CdcValid("status_interval = \"1h\"").status_interval, milliseconds(3600000));
+  EXPECT_EQ(CdcValid("status_interval = \"1ms\"").status_interval, milliseconds(1));
+}
+
+TEST_F(CdcKeyTest, StateTable) {
+  EXPECT_EQ(CdcError("state_table = \"a.b.c\""),
+            At(2, 15) + ": 'state_table' in [cdc] must be \"schema.table\" or \"table\": it has 3 parts");
+  EXPECT_EQ(CdcError("state_table = \"\""),
+            At(2, 15) + ": 'state_table' in [cdc] must be \"schema.table\" or \"table\": it is empty");
+  EXPECT_EQ(CdcValid("state_table = \"slot_state\"").state_table, "slot_state");
+}
+
+TEST_F(ConfigTest, StateTableIsNeitherCapturedNorAnOutbox) {
+  EXPECT_EQ(Error("[cdc]\n"
+                  "state_table = \"outboxd_slot_state\"\n"   // line 2: public.outboxd_slot_state
+                  "tables = [\"public.outboxd_slot_state\"]\n" +
+                  kPostgres + kKafka),
+            At(2, 15) + ": 'state_table' in [cdc]: outboxd's own table \"outboxd_slot_state\" cannot also be "
+                        "captured (it is in 'tables' at " +
+                At(3, 11) + ")");
+  EXPECT_EQ(Error("[cdc]\n"
+                  "message_prefix = \"outbox\"\n"  // state_table defaults to public.outboxd_slot_state
+                  "[[outbox]]\n"
+                  "table = \"outboxd_slot_state\"\n" +
+                  kPostgres + kKafka),
+            At(1, 1) + ": 'state_table' in [cdc]: outboxd's own table \"public.outboxd_slot_state\" cannot also "
+                       "be an outbox table ([[outbox]] #1 at " +
+                At(3, 1) + ")");
+}
+
+TEST_F(ConfigTest, UnknownKeyInCdcSuggestsTheClosest) {
+  EXPECT_EQ(Error(kCdc +
+                  "slott = \"outboxd\"\n" +  // line 3
+                  kPostgres + kKafka),
+            At(3, 1) + ": unknown key 'slott' in [cdc] (did you mean 'slot'?)");
+  EXPECT_EQ(Error("slot = \"outboxd\"\n" + kCdc + kPostgres + kKafka),
+            At(1, 1) + ": unknown top-level key 'slot' (it belongs in [cdc], after the section header)");
+  EXPECT_EQ(Error(kCdc + kPostgres + kKafka + "[cdx]\n"),  // line 7
+            At(7, 2) + ": unknown section [cdx] (did you mean [cdc]?)");
+}
+
+TEST_F(ConfigTest, CdcSectionMustBeATable) {
+  EXPECT_EQ(Error(kOutbox + kPostgres + kKafka + "[[cdc]]\n"),  // line 7
+            At(7, 1) + ": 'cdc' must be a table ([cdc]), got array of tables");
+}
+
+TEST_F(ConfigTest, CdcIsNotSubstituted) {
+  ScopedEnv type("aggregatetype", "from-the-environment");
+  ScopedEnv slot("OUTBOXD_TEST_SLOT", "outboxd");
+  Config c = Valid("[cdc]\n"
+                   "message_topic = \"outbox.event.${aggregatetype}\"\n"
+                   "message_prefix = \"${OUTBOXD_TEST_SLOT}\"\n" +
+                   kPostgres + kKafka);
+  EXPECT_EQ(c.cdc->message_topic, "outbox.event.${aggregatetype}");
+  EXPECT_EQ(c.cdc->message_prefix, "${OUTBOXD_TEST_SLOT}");
+  EXPECT_EQ(Error("[cdc]\n"
+                  "slot = \"${OUTBOXD_TEST_SLOT}\"\n" +
+                  kCdc.substr(6) + kPostgres + kKafka),
+            At(2, 8) + ": 'slot' in [cdc]: not a valid replication slot name: '$' at character 1 is not allowed "
+                       "(lower-case letters, digits and '_')");
+}
+
+TEST_F(ConfigTest, SameOutboxTableWithEitherSource) {
+  EXPECT_EQ(Error(kOutbox +
+                  "[[outbox]]\n"
+                  "table = \"public.outbox\"\n"  // line 4
+                  "source = \"cdc\"\n" +
+                  kCdc + kPostgres + kKafka),
+            At(4, 9) + ": 'table' in [[outbox]] #2: \"public.outbox\" is already configured by [[outbox]] #1 at " +
+                At(1, 1));
 }
 
 // --- Environment substitution ----------------------------------------------

@@ -1,0 +1,706 @@
+#include "cdc/cdc_relay.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "cdc/slot_status.h"
+#include "common/logging.h"
+
+namespace outboxd {
+
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr std::size_t kFramesPerTurn = 4096;  // then serve delivery reports and timers
+// While reading is paused the server's keepalive requests go unseen, so the
+// status goes out at least this often.
+constexpr milliseconds kPausedStatusInterval(1000);
+// A slot held by another process (a standby waiting its turn) is tried again
+// at most this far apart.
+constexpr milliseconds kHeldSlotRetryMax(5000);
+
+// "table" → "public.table".
+std::string Qualified(const std::string& table) {
+  return table.find('.') == std::string::npos ? "public." + table : table;
+}
+
+std::string QualifiedName(const RelationMsg& rel) {
+  return (rel.namespace_name.empty() ? std::string("pg_catalog") : rel.namespace_name) + "." + rel.name;
+}
+
+bool IsSizeError(const std::string& name) {
+  return name == "MSG_SIZE_TOO_LARGE" || name == "RECORD_LIST_TOO_LARGE" || name == "INVALID_MSG_SIZE";
+}
+
+// The Router for pg_logical_emit_message() events: an [[outbox]] block with
+// Debezium's defaults and [cdc]'s topic and dead-letter topic.
+OutboxTableConfig MessageRouting(const CdcConfig& cdc) {
+  OutboxTableConfig c;
+  c.table = "message prefix \"" + cdc.message_prefix.value_or("") + "\"";
+  c.source = OutboxSource::kCdc;
+  c.topic = cdc.message_topic;
+  c.dead_letter_topic = cdc.dead_letter_topic;
+  c.config_location = cdc.config_location;
+  return c;
+}
+
+}  // namespace
+
+CdcRelay::CdcRelay(const Config& config)
+    : config_(config),
+      cdc_(*config.cdc),
+      stream_(config.postgres.conninfo, config.postgres.password, "outboxd-cdc") {}
+
+CdcRelay::~CdcRelay() = default;
+
+Result<std::unique_ptr<CdcRelay>> CdcRelay::Create(const Config& config) {
+  if (!config.cdc) return Status::InvalidConfig("no [cdc] section");
+  std::unique_ptr<CdcRelay> relay(new CdcRelay(config));
+  for (const OutboxTableConfig& t : config.outboxes) {
+    if (t.source != OutboxSource::kCdc) continue;
+    auto router = Router::Create(t);
+    if (!router.ok()) return router.status().Prefixed(t.config_location);
+    relay->outbox_routers_.emplace(Qualified(t.table), std::move(router).value());
+    relay->outbox_configs_.emplace(Qualified(t.table), &t);
+  }
+  if (config.cdc->message_prefix) {
+    auto router = Router::Create(MessageRouting(*config.cdc));
+    if (!router.ok()) return router.status().Prefixed(config.cdc->config_location);
+    relay->message_router_.emplace(std::move(router).value());
+  }
+  for (const std::string& t : config.cdc->tables) relay->captured_.push_back(Qualified(t));
+  CdcRelay* self = relay.get();
+  auto publisher = Publisher::Create(config.kafka, [self](const DeliveryReport& r) { self->OnDelivery(r); });
+  if (!publisher.ok()) return publisher.status();
+  relay->publisher_ = std::move(publisher).value();
+  return relay;
+}
+
+// --- Connecting ---------------------------------------------------------------
+
+Status CdcRelay::CheckSlot(bool first) {
+  const bool create = first && cdc_.create;
+  if (create) {
+    auto r = ctl_.Exec(CreateStateTableSql(cdc_.state_table));
+    if (!r.ok()) return r.status().Prefixed("could not create the state table " + cdc_.state_table);
+  }
+  auto recorded = ReadSlotState(ctl_, cdc_.state_table, cdc_.slot);
+  if (!recorded.ok()) return recorded.status();
+  auto status = ReadSlotStatus(ctl_, cdc_.slot);
+  if (!status.ok()) return status.status();
+  OUTBOXD_RETURN_IF_ERROR(CheckSlotAgainstState(cdc_.slot, *status, *recorded, cdc_.state_table));
+  if (streamed_once_ && !*status) {
+    // Dropped while outboxd ran (the state row may not have been written yet).
+    return CheckSlotAgainstState(cdc_.slot, *status, std::optional<Lsn>(recorded_lsn_), cdc_.state_table);
+  }
+
+  std::vector<std::string> tables;
+  for (const auto& [name, config] : outbox_configs_) tables.push_back(name);
+  tables.insert(tables.end(), captured_.begin(), captured_.end());
+  // A slot with a state row exists (checked above), so `create` can only add
+  // the publication or its missing tables here, never a slot in place of one
+  // outboxd has used.
+  auto ran = EnsureSlotAndPublication(ctl_, cdc_.slot, cdc_.publication, tables, create && !streamed_once_);
+  if (!ran.ok()) return ran.status();
+  for (const std::string& sql : *ran) Logger("cdc")->info("ran: {}", sql);
+
+  status = ReadSlotStatus(ctl_, cdc_.slot);
+  if (!status.ok()) return status.status();
+  if (!*status || !(*status)->confirmed_flush_lsn) {
+    return Status::Retriable("replication slot \"" + cdc_.slot + "\" has no confirmed_flush_lsn yet");
+  }
+  const Lsn confirmed = *(*status)->confirmed_flush_lsn;
+  if (!*recorded) {
+    OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, confirmed));
+    recorded_lsn_ = confirmed;
+  } else {
+    recorded_lsn_ = **recorded;
+  }
+  // Never report a flush position below what the slot already has.
+  acked_lsn_ = std::max(acked_lsn_, confirmed);
+  return Status::Ok();
+}
+
+Status CdcRelay::CheckTables() {
+  auto columns_of = [&](const std::string& table) -> Result<std::vector<std::string>> {
+    auto res = ctl_.Exec(
+        "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
+        "AND NOT a.attisdropped ORDER BY a.attnum",
+        {QuoteQualifiedTable(table)});
+    if (!res.ok()) return res.status().Prefixed("could not read the columns of table \"" + table + "\"");
+    std::vector<std::string> cols;
+    for (int i = 0; i < PQntuples(res->get()); ++i) cols.emplace_back(PQgetvalue(res->get(), i, 0));
+    if (cols.empty()) return Status::InvalidConfig("table \"" + table + "\" does not exist");
+    return cols;
+  };
+  for (const auto& [name, router] : outbox_routers_) {
+    const OutboxTableConfig& c = *outbox_configs_.at(name);
+    auto cols = columns_of(name);
+    if (!cols.ok()) return cols.status().Prefixed(c.config_location);
+    for (const std::string& want : router.RequiredColumns()) {
+      if (std::find(cols->begin(), cols->end(), want) == cols->end()) {
+        return Status::InvalidConfig(c.config_location + ": outbox table \"" + name + "\" has no column \"" + want +
+                                     "\"");
+      }
+    }
+  }
+  for (const std::string& t : captured_) {
+    auto cols = columns_of(t);
+    if (!cols.ok()) return cols.status().Prefixed(cdc_.config_location + ": [cdc] tables");
+    auto ident = ctl_.Exec(
+        "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
+        "FROM pg_class c WHERE c.oid = to_regclass($1)",
+        {QuoteQualifiedTable(t)});
+    if (ident.ok() && PQntuples(ident->get()) == 1) {
+      const std::string_view kind = PQgetvalue(ident->get(), 0, 0);
+      const bool has_pk = std::string_view(PQgetvalue(ident->get(), 0, 1)) == "t";
+      if (kind == "n" || (kind == "d" && !has_pk)) {
+        Logger("cdc")->warn("table \"{}\" has no replica identity (no primary key, REPLICA IDENTITY {}): "
+                            "PostgreSQL refuses its updates and deletes while it is published, and its "
+                            "change events have no key",
+                            t, kind == "n" ? "NOTHING" : "DEFAULT");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status CdcRelay::Connect(bool first) {
+  auto log = Logger("cdc");
+  auto conn = PgConn::Connect(config_.postgres.conninfo, config_.postgres.password, "outboxd-cdc-control");
+  if (!conn.ok()) return conn.status();
+  ctl_ = std::move(conn).value();
+  OUTBOXD_RETURN_IF_ERROR(CheckSlot(first));
+  if (first) OUTBOXD_RETURN_IF_ERROR(CheckTables());
+
+  OUTBOXD_RETURN_IF_ERROR(stream_.Connect());
+  auto identity = stream_.IdentifySystem();
+  if (!identity.ok()) return identity.status();
+  if (!mapper_) {
+    database_ = identity->dbname;
+    ChangeMapperOptions options;
+    options.database = database_;
+    options.topic_prefix = cdc_.topic_prefix;
+    options.types = [this](uint32_t oid) { return decoder_.FindType(oid); };
+    mapper_.emplace(std::move(options));
+  }
+  decoder_ = PgoutputDecoder();
+  tx_.reset();
+  StartOptions start;
+  start.slot = cdc_.slot;
+  start.start_lsn = acked_lsn_;
+  start.publication_names = {cdc_.publication};
+  Status st = stream_.Start(start);
+  if (!st.ok()) {
+    if (stream_.last_failure() == StreamFailure::kSlotHeldByAnotherProcess) {
+      log->warn("{}; waiting for it to be released", st.message());
+      reconnect_at_ = Clock::now() + std::min(reconnect_backoff_.Next(), kHeldSlotRetryMax);
+      stream_.Close();
+      return Status::Ok();
+    }
+    if (stream_.last_failure() == StreamFailure::kSlotMissing) {
+      return CheckSlotAgainstState(cdc_.slot, std::nullopt, std::optional<Lsn>(recorded_lsn_), cdc_.state_table);
+    }
+    return st;
+  }
+  log->info("streaming replication slot \"{}\" (publication \"{}\") from {}", cdc_.slot, cdc_.publication,
+            acked_lsn_.ToString());
+  reconnect_backoff_.Reset();
+  next_status_ = Clock::now();
+  reported_lsn_ = Lsn();
+  if (!streamed_once_) {
+    streamed_once_ = true;
+    if (on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
+  }
+  return Status::Ok();
+}
+
+void CdcRelay::Disconnect(const Status& why) {
+  const milliseconds delay = reconnect_backoff_.Next();
+  Logger("cdc")->warn("{}; reconnecting in {} ms", why.message(), delay.count());
+  stream_.Close();
+  ctl_.reset();
+  tx_.reset();
+  // The stream resumes at the last acknowledged commit, so a record of the
+  // interrupted transaction still waiting for queue space is produced again.
+  stalled_.reset();
+  reconnect_at_ = Clock::now() + delay;
+}
+
+// --- Deliveries -----------------------------------------------------------------
+
+void CdcRelay::OnDelivery(const DeliveryReport& report) {
+  const Position* pos = checkpoint_.PositionOf(report.token);
+  if (pos == nullptr) return;  // of a generation forgotten by a rewind
+  if (report.outcome == DeliveryOutcome::kPersisted) {
+    checkpoint_.MarkAcked(report.token);
+    if (pos->kind == EntryKind::kDeadLetter) {
+      ++dead_lettered_;
+    } else {
+      ++published_;
+    }
+    return;
+  }
+  failures_.push_back({*pos, report});
+  checkpoint_.MarkFailed(report.token);
+}
+
+Status CdcRelay::HandleFailures() {
+  if (failures_.empty()) return Status::Ok();
+  std::vector<Failure> failures;
+  failures.swap(failures_);
+  std::string why;
+  for (const Failure& f : failures) {
+    const std::string event = "event " + std::to_string(f.pos.index) + " of the transaction committed at " +
+                              f.pos.lsn.ToString();
+    switch (f.report.outcome) {
+      case DeliveryOutcome::kPersisted:
+        break;
+      case DeliveryOutcome::kPermanent:
+        if (f.pos.kind == EntryKind::kDeadLetter) {
+          return Status::Permanent(event + " could not be written to the dead-letter topic either: " +
+                                   f.report.error_name + ": " + f.report.error_message);
+        }
+        // Produced again by the replay below: to the dead-letter topic, or it
+        // stops the stream if its source has none.
+        poisoned_[{f.pos.lsn.value(), f.pos.index}] = {f.report.error_name, f.report.error_message};
+        if (why.empty()) why = event + " was refused by Kafka: " + f.report.error_name;
+        break;
+      case DeliveryOutcome::kRetriable:
+      case DeliveryOutcome::kFatal:
+        if (why.empty()) {
+          why = event + " was not delivered: " + f.report.error_name + ": " + f.report.error_message;
+        }
+        break;
+    }
+  }
+  if (!why.empty()) Rewind(why);
+  return Status::Ok();
+}
+
+void CdcRelay::Rewind(const std::string& why) {
+  if (!rewinding_) {
+    Logger("cdc")->warn("{}; streaming again from {} once the deliveries in flight are reported", why,
+                        acked_lsn_.ToString());
+  }
+  rewinding_ = true;
+  stream_.Close();
+  tx_.reset();
+  stalled_.reset();
+  reconnect_at_ = Clock::now() + reconnect_backoff_.Next();
+}
+
+void CdcRelay::ReleaseAcknowledged() {
+  for (const Position& p : checkpoint_.TakeReleasable()) {
+    if (p.kind == EntryKind::kCommit) acked_lsn_ = std::max(acked_lsn_, p.lsn);
+  }
+}
+
+Status CdcRelay::ReportPosition(bool reply_requested, bool force) {
+  if (!stream_.streaming()) return Status::Ok();
+  const Clock::time_point now = Clock::now();
+  if (!force && !reply_requested && now < next_status_) return Status::Ok();
+  const Lsn flushed = acked_lsn_;
+  if (flushed > recorded_lsn_) {
+    // Recorded first: the slot must never be past the state row (see
+    // CheckSlotAgainstState).
+    OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, flushed));
+    recorded_lsn_ = flushed;
+  }
+  OUTBOXD_RETURN_IF_ERROR(
+      stream_.SendStatus(std::max(stream_.received_lsn(), flushed), flushed, flushed, /*reply_requested=*/false));
+  reported_lsn_ = flushed;
+  next_status_ = now + (ReadingPaused() ? std::min(cdc_.status_interval, kPausedStatusInterval) : cdc_.status_interval);
+  return Status::Ok();
+}
+
+// --- Reading the stream -----------------------------------------------------------
+
+bool CdcRelay::ReadingPaused() const {
+  return stalled_.has_value() || checkpoint_.pending() >= config_.kafka.max_in_flight;
+}
+
+Status CdcRelay::ReadStream() {
+  for (std::size_t n = 0; n < kFramesPerTurn && stream_.streaming(); ++n) {
+    if (stalled_) {
+      auto [record, pos] = std::move(*stalled_);
+      stalled_.reset();
+      OUTBOXD_RETURN_IF_ERROR(Produce(std::move(record), pos));
+    }
+    if (ReadingPaused()) break;
+    auto msg = stream_.Read();
+    if (!msg.ok()) return msg.status();
+    if (std::holds_alternative<WouldBlock>(*msg)) break;
+    if (const auto* k = std::get_if<Keepalive>(&*msg)) {
+      if (checkpoint_.empty() && !tx_) {
+        // Everything the server sent before this keepalive is acknowledged:
+        // nothing up to its WAL end needs the slot any more.
+        acked_lsn_ = std::max(acked_lsn_, k->wal_end);
+      }
+      if (k->reply_requested) OUTBOXD_RETURN_IF_ERROR(ReportPosition(true, true));
+      continue;
+    }
+    const auto& frame = std::get<XLogData>(*msg);
+    auto decoded = decoder_.Decode(frame.payload);
+    if (!decoded.ok()) {
+      return decoded.status().Prefixed("replication slot \"" + cdc_.slot + "\": message at " +
+                                       frame.wal_start.ToString() + " cannot be decoded; nothing after " +
+                                       acked_lsn_.ToString() + " is confirmed");
+    }
+    OUTBOXD_RETURN_IF_ERROR(HandleMessage(*decoded, frame));
+  }
+  return Status::Ok();
+}
+
+bool CdcRelay::Captured(const RelationMsg& rel) const {
+  return std::find(captured_.begin(), captured_.end(), QualifiedName(rel)) != captured_.end();
+}
+
+const OutboxTableConfig* CdcRelay::OutboxFor(const RelationMsg& rel) const {
+  auto it = outbox_configs_.find(QualifiedName(rel));
+  return it == outbox_configs_.end() ? nullptr : it->second;
+}
+
+Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame) {
+  auto not_in_tx = [&](const char* what) {
+    return Status::Permanent(std::string("replication slot \"") + cdc_.slot + "\": " + what + " at " +
+                             frame.wal_start.ToString() + " outside a transaction");
+  };
+  auto change = [&](const RelationMsg& rel, auto map) -> Status {
+    if (!tx_) return not_in_tx("row change");
+    const uint64_t index = tx_index_++;
+    if (!Captured(rel)) return Status::Ok();
+    Result<Record> record = map(index);
+    Routed routed{Record{}, &cdc_.dead_letter_topic, "table " + QualifiedName(rel), Status::Ok()};
+    if (record.ok()) {
+      routed.record = std::move(record).value();
+    } else {
+      routed.error = record.status();
+      routed.record.headers.push_back({"id", DeterministicEventId(tx_->commit_lsn, index)});
+    }
+    return Emit(std::move(routed), index);
+  };
+
+  return std::visit(
+      [&](const auto& m) -> Status {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, BeginMsg>) {
+          tx_ = TransactionInfo::From(m);
+          tx_index_ = 0;
+          return Status::Ok();
+        } else if constexpr (std::is_same_v<T, CommitMsg>) {
+          if (!tx_) return not_in_tx("commit");
+          const auto ticket = checkpoint_.Add({m.end_lsn, 0, EntryKind::kCommit});
+          checkpoint_.MarkAcked(ticket);
+          tx_.reset();
+          return Status::Ok();
+        } else if constexpr (std::is_same_v<T, InsertMsg>) {
+          if (!tx_) return not_in_tx("insert");
+          if (OutboxFor(*m.relation) != nullptr) {
+            const uint64_t index = tx_index_++;
+            return Emit(RouteInsert(m, index), index);
+          }
+          return change(*m.relation, [&](uint64_t i) { return mapper_->MapInsert(m, *tx_, i); });
+        } else if constexpr (std::is_same_v<T, UpdateMsg>) {
+          if (OutboxFor(*m.relation) != nullptr) {  // the outbox pattern: only inserts are events
+            if (!tx_) return not_in_tx("update");
+            ++tx_index_;
+            return Status::Ok();
+          }
+          return change(*m.relation, [&](uint64_t i) { return mapper_->MapUpdate(m, *tx_, i); });
+        } else if constexpr (std::is_same_v<T, DeleteMsg>) {
+          if (OutboxFor(*m.relation) != nullptr) {
+            if (!tx_) return not_in_tx("delete");
+            ++tx_index_;
+            return Status::Ok();
+          }
+          return change(*m.relation, [&](uint64_t i) { return mapper_->MapDelete(m, *tx_, i); });
+        } else if constexpr (std::is_same_v<T, TruncateMsg>) {
+          for (const RelationRef& rel : m.relations) {
+            TruncateMsg one{m.options, {rel}};
+            OUTBOXD_RETURN_IF_ERROR(change(*rel, [&](uint64_t i) -> Result<Record> {
+              auto records = mapper_->MapTruncate(one, *tx_, i);
+              if (!records.ok()) return records.status();
+              return std::move(records->front());
+            }));
+          }
+          return Status::Ok();
+        } else if constexpr (std::is_same_v<T, LogicalMsg>) {
+          if (m.transactional()) {
+            if (!tx_) return not_in_tx("transactional message");
+            const uint64_t index = tx_index_++;
+            if (!message_router_) return Status::Ok();
+            auto routed = RouteMessage(m, *tx_, index);
+            return routed ? Emit(std::move(*routed), index) : Status::Ok();
+          }
+          if (!message_router_) return Status::Ok();
+          // Not part of a transaction: its own LSN stands for the commit.
+          const TransactionInfo alone{m.lsn, frame.server_time_us, 0};
+          auto routed = RouteMessage(m, alone, 0);
+          if (!routed) return Status::Ok();
+          Logger("cdc")->debug("non-transactional message at {} (published even if its transaction rolled back)",
+                               m.lsn.ToString());
+          std::optional<TransactionInfo> outer = std::move(tx_);
+          tx_ = alone;
+          Status st = Emit(std::move(*routed), 0);
+          tx_ = std::move(outer);
+          if (st.ok() && !tx_) {
+            const auto ticket = checkpoint_.Add({m.lsn, 0, EntryKind::kCommit});
+            checkpoint_.MarkAcked(ticket);
+          }
+          return st;
+        } else {
+          // Relation and Type messages fill the decoder's caches; Origin
+          // needs nothing.
+          return Status::Ok();
+        }
+      },
+      msg);
+}
+
+CdcRelay::Routed CdcRelay::RouteInsert(const InsertMsg& msg, uint64_t index) {
+  const OutboxTableConfig& config = *OutboxFor(*msg.relation);
+  const std::string name = QualifiedName(*msg.relation);
+  Routed routed{Record{}, &config.dead_letter_topic, "outbox table " + name, Status::Ok()};
+  auto row = OutboxInsertToRow(msg);
+  if (!row.ok()) {
+    routed.error = row.status();
+    routed.record.headers.push_back({"id", DeterministicEventId(tx_->commit_lsn, index)});
+    return routed;
+  }
+  auto record = outbox_routers_.at(name).Route(*row);
+  if (!record.ok()) {
+    routed.error = record.status().Prefixed("outbox table \"" + name + "\"");
+    // What the dead-letter record can still carry.
+    if (const auto* id = row->Find(config.id); id && id->has_value()) routed.record.headers.push_back({"id", *id});
+    if (config.key) {
+      if (const auto* key = row->Find(*config.key)) routed.record.key = *key;
+    }
+    if (const auto* payload = row->Find(config.payload)) routed.record.value = *payload;
+    return routed;
+  }
+  routed.record = std::move(record).value();
+  return routed;
+}
+
+std::optional<CdcRelay::Routed> CdcRelay::RouteMessage(const LogicalMsg& msg, const TransactionInfo& tx,
+                                                       uint64_t index) {
+  auto parsed = ParseOutboxMessage(msg, *cdc_.message_prefix);
+  Routed routed{Record{}, &cdc_.dead_letter_topic, "message prefix " + msg.prefix, Status::Ok()};
+  if (parsed.ok() && !parsed->has_value()) return std::nullopt;  // another prefix: not ours
+  if (!parsed.ok()) {
+    routed.error = parsed.status();
+    routed.record.headers.push_back({"id", DeterministicEventId(tx.commit_lsn, index)});
+    routed.record.value = msg.content;
+    return routed;
+  }
+  OutboxMessage& message = **parsed;
+  EnsureMessageId(message, tx.commit_lsn, index);
+  auto record = message_router_->Route(message.row);
+  if (!record.ok()) {
+    routed.error = record.status().Prefixed("logical decoding message at " + msg.lsn.ToString());
+    routed.record.headers.push_back({"id", **message.row.Find("id")});
+    routed.record.value = msg.content;
+    return routed;
+  }
+  AppendMessageHeaders(message, *record);
+  routed.record = std::move(record).value();
+  return routed;
+}
+
+Status CdcRelay::Emit(Routed routed, uint64_t index) {
+  const Position pos{tx_->commit_lsn, index, EntryKind::kEvent};
+  if (!routed.record.timestamp_ms) routed.record.timestamp_ms = tx_->commit_time_us / 1000;
+  std::optional<std::pair<std::string, std::string>> refused;  // error name, message
+  if (!routed.error.ok()) {
+    refused.emplace("UNROUTABLE", routed.error.message());
+  } else if (auto it = poisoned_.find({pos.lsn.value(), pos.index}); it != poisoned_.end()) {
+    refused.emplace(it->second.error_name, it->second.error_message);
+  }
+  if (!refused) return Produce(std::move(routed.record), pos);
+
+  const std::string event = "event " + std::to_string(index) + " (" + routed.source +
+                            ") of the transaction committed at " + pos.lsn.ToString();
+  if (!*routed.dead_letter_topic) {
+    return Status::Permanent(event + " can never be delivered: " + refused->first + ": " + refused->second +
+                             "; configure a dead_letter_topic to set such events aside");
+  }
+  Logger("cdc")->warn("{} goes to dead-letter topic \"{}\": {}: {}", event, **routed.dead_letter_topic,
+                      refused->first, refused->second);
+  return Produce(DeadLetter(routed, pos, refused->first, refused->second),
+                 {pos.lsn, pos.index, EntryKind::kDeadLetter});
+}
+
+Record CdcRelay::DeadLetter(const Routed& routed, const Position& pos, const std::string& error_name,
+                            const std::string& error_message) const {
+  Record dl;
+  dl.topic = **routed.dead_letter_topic;
+  dl.key = routed.record.key;
+  dl.timestamp_ms = routed.record.timestamp_ms;
+  for (const Header& h : routed.record.headers) {
+    if (h.name == "id") dl.headers.push_back(h);
+  }
+  dl.headers.push_back({"outboxd.error", error_name});
+  dl.headers.push_back({"outboxd.error.message", error_message});
+  dl.headers.push_back({"outboxd.source", routed.source});
+  dl.headers.push_back({"outboxd.lsn", pos.lsn.ToString()});
+  dl.headers.push_back({"outboxd.index", std::to_string(pos.index)});
+  if (!routed.record.topic.empty()) dl.headers.push_back({"outboxd.original.topic", routed.record.topic});
+  if (IsSizeError(error_name)) {
+    dl.headers.push_back({"outboxd.value.omitted", "true"});
+    if (routed.record.value) dl.headers.push_back({"outboxd.value.size", std::to_string(routed.record.value->size())});
+  } else {
+    dl.value = routed.record.value;
+  }
+  return dl;
+}
+
+Status CdcRelay::Produce(Record record, Position pos) {
+  Status st = publisher_->Produce(record, checkpoint_.next_ticket());
+  if (st.ok()) {
+    checkpoint_.Add(pos);
+    return st;
+  }
+  switch (st.code()) {
+    case StatusCode::kRetriable:  // librdkafka's queue is full: try again after some reports
+      stalled_.emplace(std::move(record), pos);
+      return Status::Ok();
+    case StatusCode::kPermanent:
+      if (pos.kind == EntryKind::kEvent) {
+        // Refused before it left: the replay of the rewind sets it aside.
+        poisoned_[{pos.lsn.value(), pos.index}] = {"PRODUCE_REFUSED", st.message()};
+        Rewind("event " + std::to_string(pos.index) + " of the transaction committed at " + pos.lsn.ToString() +
+               " was refused: " + st.message());
+        return Status::Ok();
+      }
+      return st.Prefixed("could not write to the dead-letter topic");
+    default:
+      return st;
+  }
+}
+
+// --- The loop -----------------------------------------------------------------
+
+milliseconds CdcRelay::NextWait(Clock::time_point now) const {
+  Clock::time_point next = now + milliseconds(1000);
+  if (stream_.streaming()) {
+    next = std::min(next, next_status_);
+  } else if (!rewinding_) {
+    next = std::min(next, reconnect_at_);
+  }
+  if (stalled_) next = std::min(next, now + milliseconds(10));
+  return std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(next - now) + milliseconds(1));
+}
+
+Status CdcRelay::Run(int stop_fd) {
+  auto log = Logger("cdc");
+  Clock::time_point stop_deadline{};
+  Status halt;
+  while (true) {
+    Clock::time_point now = Clock::now();
+    if (!stream_.streaming() && !rewinding_ && !stopping_ && now >= reconnect_at_) {
+      Status st = Connect(!streamed_once_);
+      if (!st.ok()) {
+        if (st.code() == StatusCode::kInvalidConfig && !streamed_once_) return st;
+        if (st.code() == StatusCode::kPermanent || st.code() == StatusCode::kInvalidConfig) return st;
+        Disconnect(st);
+      }
+    }
+
+    publisher_->DrainWakeup();
+    publisher_->Poll(milliseconds(0));
+    if (publisher_->fatal_error_raised()) {
+      OUTBOXD_RETURN_IF_ERROR(publisher_->Recreate());
+      Rewind("the Kafka producer failed and was recreated");  // its queue went with it
+    }
+    Status st = HandleFailures();
+    if (!st.ok() && halt.ok()) halt = st;
+    ReleaseAcknowledged();
+    if (rewinding_ && publisher_->OutstandingCount() == 0) {
+      checkpoint_.Reset();
+      rewinding_ = false;
+    }
+
+    if (stream_.streaming() && !stopping_ && halt.ok()) {
+      st = ReadStream();
+      if (!st.ok()) {
+        if (st.code() == StatusCode::kPermanent || st.code() == StatusCode::kInvalidConfig ||
+            st.code() == StatusCode::kInternal) {
+          if (stream_.last_failure() == StreamFailure::kSlotMissing) {
+            st = CheckSlotAgainstState(cdc_.slot, std::nullopt, std::optional<Lsn>(recorded_lsn_), cdc_.state_table);
+          }
+          halt = st;
+        } else if (st.code() == StatusCode::kFatal) {
+          OUTBOXD_RETURN_IF_ERROR(publisher_->Recreate());
+          Rewind("the Kafka producer failed and was recreated");
+        } else {
+          Disconnect(st);
+        }
+      }
+    }
+    if (!halt.ok() && !stopping_) {
+      log->error("{}", halt.message());
+      stopping_ = true;
+      stop_deadline = Clock::now() + config_.kafka.shutdown_timeout;
+    }
+    ReleaseAcknowledged();
+    if (stream_.streaming()) {
+      st = ReportPosition(false, false);
+      if (st.ok() && stream_.flush_pending()) st = stream_.FlushPending();
+      if (!st.ok()) Disconnect(st);
+    }
+
+    now = Clock::now();
+    if (stopping_ && (checkpoint_.pending() == 0 || now >= stop_deadline)) break;
+
+    pollfd fds[3];
+    int nfds = 0;
+    fds[nfds++] = {stop_fd, POLLIN, 0};
+    fds[nfds++] = {publisher_->WakeupFd(), POLLIN, 0};
+    if (stream_.streaming()) {
+      short events = 0;
+      if (!ReadingPaused() && !stopping_) events |= POLLIN;
+      if (stream_.flush_pending()) events |= POLLOUT;
+      fds[nfds++] = {stream_.socket(), events, 0};
+    }
+    const int rc = ::poll(fds, nfds, static_cast<int>(NextWait(now).count()));
+    if (rc < 0 && errno != EINTR) return Status::Internal(std::string("poll failed: ") + std::strerror(errno));
+    if (rc > 0 && (fds[0].revents & POLLIN) && !stopping_) {
+      char buf[128];
+      while (::read(stop_fd, buf, sizeof buf) < 0 && errno == EINTR) {
+      }
+      stopping_ = true;
+      if (on_lifecycle_) on_lifecycle_(Lifecycle::kStopping);
+      stop_deadline = Clock::now() + config_.kafka.shutdown_timeout;
+      log->info("stopping: not reading further; waiting up to {} ms for {} deliveries in flight",
+                config_.kafka.shutdown_timeout.count(), checkpoint_.pending());
+    }
+  }
+
+  ReleaseAcknowledged();
+  if (stream_.streaming()) {
+    Status st = ReportPosition(false, true);
+    // Give the final status a moment to leave; it is sent again on the next start anyway.
+    for (int i = 0; i < 100 && st.ok() && stream_.flush_pending(); ++i) {
+      pollfd out{stream_.socket(), POLLOUT, 0};
+      ::poll(&out, 1, 10);
+      st = stream_.FlushPending();
+    }
+    if (!st.ok()) log->warn("could not report the final position: {}", st.message());
+  }
+  if (checkpoint_.pending() > 0) {
+    log->warn("{} events were not acknowledged before shutdown; the slot was confirmed up to {} and they are "
+              "published again on the next start",
+              checkpoint_.pending(), acked_lsn_.ToString());
+  }
+  log->info("slot \"{}\": {} events published, {} dead-lettered; confirmed up to {}", cdc_.slot, published_,
+            dead_lettered_, acked_lsn_.ToString());
+  stream_.Close();
+  return halt;
+}
+
+}  // namespace outboxd

@@ -1,0 +1,167 @@
+#pragma once
+// CdcRelay: the cdc source and its pipeline. It streams the [cdc] pgoutput
+// slot, turns inserts into cdc outbox tables, pg_logical_emit_message()
+// messages with the configured prefix and row changes of the captured tables
+// into records, hands them to the Publisher, and confirms the slot's flush
+// position only over what Kafka has acknowledged:
+//
+// - Every event of a transaction, then a commit marker carrying the commit's
+//   end LSN, enter one Checkpoint in stream order. The confirmed position
+//   moves to a marker's LSN once it and everything before it are released, so
+//   a transaction is confirmed only when it and every earlier one are fully
+//   acknowledged. With nothing in flight and no transaction open, it follows
+//   the WAL end of the server's keepalives, so an idle slot holds no WAL.
+// - Before reporting a new position to the server, it records it in the
+//   state table; a slot found dropped or moved past that record (re-created)
+//   stops the relay with kPermanent. A slot it has streamed from is never
+//   created again.
+// - Reading from the socket stops while kafka.max_in_flight events are
+//   unacknowledged or librdkafka's queue is full; status updates go on
+//   meanwhile, so wal_sender_timeout does not end a healthy stream.
+// - A lost connection is re-established with backoff and streaming resumes
+//   from the last acknowledged commit; events already handed to librdkafka
+//   stay tracked. A delivery that failed (or a producer that had to be
+//   recreated) rewinds: once every report of the old generation is in, the
+//   stream restarts from the last acknowledged commit, so the failed events
+//   are produced again with the same ids. An event Kafka refuses for good goes
+//   to the dead-letter topic on that replay, or stops the relay.
+//
+// Run() owns the loop; one thread; not thread-safe.
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cdc/change_mapper.h"
+#include "cdc/lsn.h"
+#include "cdc/pgoutput_decoder.h"
+#include "cdc/replication_stream.h"
+#include "common/backoff.h"
+#include "common/pg.h"
+#include "common/status.h"
+#include "config/config.h"
+#include "pipeline/checkpoint.h"
+#include "pipeline/publisher.h"
+#include "pipeline/router.h"
+
+namespace outboxd {
+
+class CdcRelay {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // Validates routing without a database; `config` (with a [cdc] section)
+  // must outlive the relay.
+  [[nodiscard]] static Result<std::unique_ptr<CdcRelay>> Create(const Config& config);
+  ~CdcRelay();
+
+  // Streams until `stop_fd` becomes readable, then stops reading, waits up
+  // to kafka.shutdown_timeout for deliveries in flight, confirms them and
+  // returns OK. Returns InvalidConfig when the database does not match the
+  // configuration at start-up, Permanent when the slot was lost or an event
+  // can never be delivered (and no dead-letter topic takes it).
+  [[nodiscard]] Status Run(int stop_fd);
+
+  enum class Lifecycle { kReady, kStopping };
+  // Called on the Run() thread: kReady once streaming first started,
+  // kStopping when a stop was requested.
+  void OnLifecycle(std::function<void(Lifecycle)> handler) { on_lifecycle_ = std::move(handler); }
+
+ private:
+  // What a checkpoint entry stands for.
+  enum class EntryKind : uint8_t { kEvent, kDeadLetter, kCommit };
+  struct Position {
+    Lsn lsn;             // events: their transaction's commit LSN; commit markers: its end LSN
+    uint64_t index = 0;  // events: index in the transaction
+    EntryKind kind = EntryKind::kEvent;
+  };
+  // An event Kafka refused for good: on replay it goes to the dead-letter topic.
+  struct Poisoned {
+    std::string error_name;
+    std::string error_message;
+  };
+  // What a decoded change became, before it is produced. With an error
+  // (it cannot be routed), `record` holds what a dead-letter record can
+  // still carry: id header, key, value.
+  struct Routed {
+    Record record;
+    const std::optional<std::string>* dead_letter_topic;  // of its source; never null
+    std::string source;                                   // "table s.t" / "message prefix p", for logs
+    Status error;
+  };
+
+  explicit CdcRelay(const Config& config);
+
+  [[nodiscard]] Status Connect(bool first);
+  [[nodiscard]] Status CheckSlot(bool first);
+  [[nodiscard]] Status CheckTables();
+  void Disconnect(const Status& why);
+  void OnDelivery(const DeliveryReport& report);
+  [[nodiscard]] Status HandleFailures();
+  void Rewind(const std::string& why);
+  void ReleaseAcknowledged();
+  [[nodiscard]] Status ReportPosition(bool reply_requested, bool force);
+  // Reads and handles frames until the socket has none, the in-flight bound
+  // is reached or a record waits for queue space.
+  [[nodiscard]] Status ReadStream();
+  [[nodiscard]] Status HandleMessage(const PgoutputMessage& msg, const XLogData& frame);
+  // Produces the event at `index` of tx_, or its dead-letter record.
+  [[nodiscard]] Status Emit(Routed routed, uint64_t index);
+  [[nodiscard]] Status Produce(Record record, Position pos);
+  Routed RouteInsert(const InsertMsg& msg, uint64_t index);
+  // nullopt: a message with another prefix.
+  std::optional<Routed> RouteMessage(const LogicalMsg& msg, const TransactionInfo& tx, uint64_t index);
+  Record DeadLetter(const Routed& routed, const Position& pos, const std::string& error_name,
+                    const std::string& error_message) const;
+  bool Captured(const RelationMsg& rel) const;
+  const OutboxTableConfig* OutboxFor(const RelationMsg& rel) const;
+  bool ReadingPaused() const;
+  std::chrono::milliseconds NextWait(Clock::time_point now) const;
+
+  const Config& config_;
+  const CdcConfig& cdc_;
+  std::unique_ptr<Publisher> publisher_;
+  std::map<std::string, Router> outbox_routers_;  // "schema.table" of cdc outbox tables
+  std::map<std::string, const OutboxTableConfig*> outbox_configs_;
+  std::optional<Router> message_router_;
+  std::vector<std::string> captured_;  // [cdc] tables as "schema.table"
+  std::optional<ChangeMapper> mapper_;  // needs the database name
+
+  PgConn ctl_;  // ordinary connection: slot checks and the state table
+  ReplicationStream stream_;
+  PgoutputDecoder decoder_;
+  std::string database_;
+  bool streamed_once_ = false;  // the slot is ours: never create it again
+  Backoff reconnect_backoff_{std::chrono::milliseconds(100), std::chrono::seconds(30)};
+  Clock::time_point reconnect_at_{};
+
+  Checkpoint<Position> checkpoint_;
+  std::optional<TransactionInfo> tx_;  // between Begin and Commit
+  uint64_t tx_index_ = 0;              // events of tx_ so far
+  // A record librdkafka's queue had no room for: produced before anything else.
+  std::optional<std::pair<Record, Position>> stalled_;
+  Lsn acked_lsn_;       // every commit up to here is acknowledged
+  Lsn recorded_lsn_;    // in the state table
+  Lsn reported_lsn_;    // sent to the server as flushed
+  Lsn keepalive_end_;   // WAL end of the last keepalive seen with nothing in flight
+  Clock::time_point next_status_{};
+  std::map<std::pair<uint64_t, uint64_t>, Poisoned> poisoned_;  // (commit LSN, index)
+
+  bool rewinding_ = false;  // waiting for the old generation's reports before restarting
+  struct Failure {
+    Position pos;
+    DeliveryReport report;
+  };
+  std::vector<Failure> failures_;  // filled by OnDelivery, handled after Poll
+
+  bool stopping_ = false;
+  std::function<void(Lifecycle)> on_lifecycle_;
+  uint64_t published_ = 0;
+  uint64_t dead_lettered_ = 0;
+};
+
+}  // namespace outboxd
