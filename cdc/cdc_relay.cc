@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "cdc/slot_status.h"
+#include "cdc/snapshot.h"
 #include "common/logging.h"
 
 namespace outboxd {
@@ -83,6 +84,7 @@ Result<std::unique_ptr<CdcRelay>> CdcRelay::Create(const Config& config) {
 // --- Connecting ---------------------------------------------------------------
 
 Status CdcRelay::CheckSlot(bool first) {
+  auto log = Logger("cdc");
   const bool create = first && cdc_.create;
   if (create) {
     auto r = ctl_.Exec(CreateStateTableSql(cdc_.state_table));
@@ -90,23 +92,49 @@ Status CdcRelay::CheckSlot(bool first) {
   }
   auto recorded = ReadSlotState(ctl_, cdc_.state_table, cdc_.slot);
   if (!recorded.ok()) return recorded.status();
+  if (*recorded && !(*recorded)->snapshot_done && !streamed_once_) {
+    // outboxd created the slot for an initial snapshot that did not finish:
+    // nothing was confirmed from it, so it is dropped and taken again.
+    log->warn("the initial snapshot of replication slot \"{}\" did not finish; dropping the slot (nothing was "
+              "confirmed from it) to take the snapshot again",
+              cdc_.slot);
+    auto dropped = ctl_.Exec(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", {cdc_.slot});
+    if (!dropped.ok()) return dropped.status().Prefixed("could not drop replication slot \"" + cdc_.slot + "\"");
+    OUTBOXD_RETURN_IF_ERROR(DeleteSlotState(ctl_, cdc_.state_table, cdc_.slot));
+    recorded->reset();
+    checkpoint_.Reset();  // reports of the unfinished snapshot's records are stale now
+    stalled_.reset();
+  }
+  std::optional<Lsn> recorded_lsn;
+  if (*recorded) recorded_lsn = (*recorded)->confirmed;
+  if (streamed_once_) recorded_lsn = std::max(recorded_lsn.value_or(Lsn()), recorded_lsn_);
   auto status = ReadSlotStatus(ctl_, cdc_.slot);
   if (!status.ok()) return status.status();
-  OUTBOXD_RETURN_IF_ERROR(CheckSlotAgainstState(cdc_.slot, *status, *recorded, cdc_.state_table));
-  if (streamed_once_ && !*status) {
-    // Dropped while outboxd ran (the state row may not have been written yet).
-    return CheckSlotAgainstState(cdc_.slot, *status, std::optional<Lsn>(recorded_lsn_), cdc_.state_table);
-  }
+  OUTBOXD_RETURN_IF_ERROR(CheckSlotAgainstState(cdc_.slot, *status, recorded_lsn, cdc_.state_table));
 
   std::vector<std::string> tables;
   for (const auto& [name, config] : outbox_configs_) tables.push_back(name);
   tables.insert(tables.end(), captured_.begin(), captured_.end());
-  // A slot with a state row exists (checked above), so `create` can only add
-  // the publication or its missing tables here, never a slot in place of one
-  // outboxd has used.
-  auto ran = EnsureSlotAndPublication(ctl_, cdc_.slot, cdc_.publication, tables, create && !streamed_once_);
+  auto ran = EnsurePublication(ctl_, cdc_.publication, tables, create);
   if (!ran.ok()) return ran.status();
-  for (const std::string& sql : *ran) Logger("cdc")->info("ran: {}", sql);
+  // Only a slot with no state row can be missing here (checked above): one
+  // outboxd has used is never created again.
+  const bool create_slot = create && !recorded_lsn;
+  if (create_slot && !*status && cdc_.snapshot == SnapshotMode::kInitial) {
+    snapshot_pending_ = true;  // created with its snapshot on the replication connection
+  } else {
+    if (cdc_.snapshot == SnapshotMode::kInitial && *status && !recorded_lsn) {
+      log->info("replication slot \"{}\" already exists: snapshot = \"initial\" is taken only when outboxd "
+                "creates the slot itself",
+                cdc_.slot);
+    }
+    auto slot_ran = EnsureSlot(ctl_, cdc_.slot, create_slot);
+    if (!slot_ran.ok()) return slot_ran.status();
+    ran->insert(ran->end(), slot_ran->begin(), slot_ran->end());
+  }
+  for (const std::string& sql : *ran) log->info("ran: {}", sql);
+  if (snapshot_pending_) return Status::Ok();
 
   status = ReadSlotStatus(ctl_, cdc_.slot);
   if (!status.ok()) return status.status();
@@ -114,15 +142,98 @@ Status CdcRelay::CheckSlot(bool first) {
     return Status::Retriable("replication slot \"" + cdc_.slot + "\" has no confirmed_flush_lsn yet");
   }
   const Lsn confirmed = *(*status)->confirmed_flush_lsn;
-  if (!*recorded) {
-    OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, confirmed));
+  if (!recorded_lsn) {
+    OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, {confirmed, true}));
     recorded_lsn_ = confirmed;
   } else {
-    recorded_lsn_ = **recorded;
+    recorded_lsn_ = *recorded_lsn;
+    if (*recorded) snapshot_done_ = (*recorded)->snapshot_done;
   }
   // Never report a flush position below what the slot already has.
   acked_lsn_ = std::max(acked_lsn_, confirmed);
   return Status::Ok();
+}
+
+Status CdcRelay::TakeSnapshot() {
+  auto log = Logger("cdc");
+  auto exported = stream_.CreateSlotExportingSnapshot(cdc_.slot);
+  if (!exported.ok()) return exported.status();
+  log->info("ran: CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT (consistent point {})", cdc_.slot,
+            exported->consistent_point.ToString());
+  snapshot_pending_ = false;
+  snapshot_done_ = false;
+  OUTBOXD_RETURN_IF_ERROR(
+      WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, {exported->consistent_point, /*snapshot_done=*/false}));
+  recorded_lsn_ = exported->consistent_point;
+  acked_lsn_ = exported->consistent_point;
+
+  OUTBOXD_RETURN_IF_ERROR(BeginSnapshotTransaction(ctl_, exported->snapshot_name));
+  const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  tx_ = TransactionInfo{exported->consistent_point, now_us, 0};
+  uint64_t index = 0;
+  for (const std::string& table : captured_) {
+    auto rel = DescribeTable(ctl_, table);
+    if (!rel.ok()) return rel.status();
+    auto cursor = SnapshotCursor::Open(ctl_, *rel);
+    if (!cursor.ok()) return cursor.status();
+    uint64_t rows_read = 0;
+    while (true) {
+      auto rows = cursor->Next(1000);
+      if (!rows.ok()) return rows.status();
+      if (rows->empty()) break;
+      for (const TupleData& row : *rows) {
+        OUTBOXD_RETURN_IF_ERROR(WaitForRoom());
+        auto record = mapper_->MapSnapshotRow(*rel, row, *tx_, index);
+        Routed routed{Record{}, &cdc_.dead_letter_topic, "snapshot of table " + table, Status::Ok()};
+        if (record.ok()) {
+          routed.record = std::move(record).value();
+        } else {
+          routed.error = record.status();
+          routed.record.headers.push_back({"id", DeterministicEventId(tx_->commit_lsn, index)});
+        }
+        OUTBOXD_RETURN_IF_ERROR(Emit(std::move(routed), index));
+        if (rewinding_) return Status::Retriable("the initial snapshot was interrupted");
+        ++index;
+        ++rows_read;
+      }
+    }
+    OUTBOXD_RETURN_IF_ERROR(cursor->Close());
+    log->info("snapshot of table \"{}\": {} rows", table, rows_read);
+  }
+  OUTBOXD_RETURN_IF_ERROR(WaitForRoom());
+  tx_.reset();
+  OUTBOXD_RETURN_IF_ERROR(EndSnapshotTransaction(ctl_));
+  const auto ticket = checkpoint_.Add({exported->consistent_point, 0, EntryKind::kSnapshotDone});
+  checkpoint_.MarkAcked(ticket);
+  log->info("initial snapshot read: {} rows; streaming from its consistent point {}", index,
+            exported->consistent_point.ToString());
+  return Status::Ok();
+}
+
+Status CdcRelay::WaitForRoom() {
+  OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
+  while (ReadingPaused()) {
+    pollfd fds[2] = {{stop_fd_, POLLIN, 0}, {publisher_->WakeupFd(), POLLIN, 0}};
+    ::poll(fds, 2, 100);
+    if (fds[0].revents & POLLIN) return Status::Retriable("stop requested during the initial snapshot");
+    publisher_->DrainWakeup();
+    publisher_->Poll(milliseconds(0));
+    if (publisher_->fatal_error_raised()) return Status::Fatal("the Kafka producer failed during the snapshot");
+    OUTBOXD_RETURN_IF_ERROR(HandleFailures());
+    if (rewinding_) return Status::Retriable("a delivery failed during the initial snapshot");
+    ReleaseAcknowledged();
+    OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
+  }
+  return Status::Ok();
+}
+
+Status CdcRelay::ProduceStalled() {
+  if (!stalled_) return Status::Ok();
+  auto [record, pos] = std::move(*stalled_);
+  stalled_.reset();
+  return Produce(std::move(record), pos);
 }
 
 Status CdcRelay::CheckTables() {
@@ -190,6 +301,13 @@ Status CdcRelay::Connect(bool first) {
   }
   decoder_ = PgoutputDecoder();
   tx_.reset();
+  if (snapshot_pending_) {
+    Status st = TakeSnapshot();
+    if (!st.ok()) {
+      tx_.reset();
+      return st.code() == StatusCode::kInvalidConfig ? st : st.Prefixed("initial snapshot");
+    }
+  }
   StartOptions start;
   start.slot = cdc_.slot;
   start.start_lsn = acked_lsn_;
@@ -297,6 +415,11 @@ void CdcRelay::Rewind(const std::string& why) {
 void CdcRelay::ReleaseAcknowledged() {
   for (const Position& p : checkpoint_.TakeReleasable()) {
     if (p.kind == EntryKind::kCommit) acked_lsn_ = std::max(acked_lsn_, p.lsn);
+    if (p.kind == EntryKind::kSnapshotDone && !snapshot_done_) {
+      snapshot_done_ = true;
+      snapshot_recorded_ = false;
+      Logger("cdc")->info("initial snapshot acknowledged by Kafka");
+    }
   }
 }
 
@@ -305,11 +428,12 @@ Status CdcRelay::ReportPosition(bool reply_requested, bool force) {
   const Clock::time_point now = Clock::now();
   if (!force && !reply_requested && now < next_status_) return Status::Ok();
   const Lsn flushed = acked_lsn_;
-  if (flushed > recorded_lsn_) {
+  if (flushed > recorded_lsn_ || !snapshot_recorded_) {
     // Recorded first: the slot must never be past the state row (see
     // CheckSlotAgainstState).
-    OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, flushed));
+    OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, {flushed, snapshot_done_}));
     recorded_lsn_ = flushed;
+    snapshot_recorded_ = true;
   }
   OUTBOXD_RETURN_IF_ERROR(
       stream_.SendStatus(std::max(stream_.received_lsn(), flushed), flushed, flushed, /*reply_requested=*/false));
@@ -326,11 +450,7 @@ bool CdcRelay::ReadingPaused() const {
 
 Status CdcRelay::ReadStream() {
   for (std::size_t n = 0; n < kFramesPerTurn && stream_.streaming(); ++n) {
-    if (stalled_) {
-      auto [record, pos] = std::move(*stalled_);
-      stalled_.reset();
-      OUTBOXD_RETURN_IF_ERROR(Produce(std::move(record), pos));
-    }
+    OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
     if (ReadingPaused()) break;
     auto msg = stream_.Read();
     if (!msg.ok()) return msg.status();
@@ -598,6 +718,7 @@ milliseconds CdcRelay::NextWait(Clock::time_point now) const {
 
 Status CdcRelay::Run(int stop_fd) {
   auto log = Logger("cdc");
+  stop_fd_ = stop_fd;
   Clock::time_point stop_deadline{};
   Status halt;
   while (true) {

@@ -73,9 +73,10 @@ class CdcRelay {
 
  private:
   // What a checkpoint entry stands for.
-  enum class EntryKind : uint8_t { kEvent, kDeadLetter, kCommit };
+  enum class EntryKind : uint8_t { kEvent, kDeadLetter, kCommit, kSnapshotDone };
   struct Position {
-    Lsn lsn;             // events: their transaction's commit LSN; commit markers: its end LSN
+    Lsn lsn;             // events: their transaction's commit LSN (the consistent point for snapshot
+                         // rows); commit markers: its end LSN
     uint64_t index = 0;  // events: index in the transaction
     EntryKind kind = EntryKind::kEvent;
   };
@@ -99,6 +100,14 @@ class CdcRelay {
   [[nodiscard]] Status Connect(bool first);
   [[nodiscard]] Status CheckSlot(bool first);
   [[nodiscard]] Status CheckTables();
+  // Creates the slot on the replication connection and publishes every row
+  // of the captured tables as of its consistent point (op "r").
+  [[nodiscard]] Status TakeSnapshot();
+  // Serves delivery reports until reading may go on; Retriable when a stop
+  // was requested or a delivery failed meanwhile.
+  [[nodiscard]] Status WaitForRoom();
+  // Produces the record waiting for queue space, if any.
+  [[nodiscard]] Status ProduceStalled();
   void Disconnect(const Status& why);
   void OnDelivery(const DeliveryReport& report);
   [[nodiscard]] Status HandleFailures();
@@ -136,6 +145,10 @@ class CdcRelay {
   PgoutputDecoder decoder_;
   std::string database_;
   bool streamed_once_ = false;  // the slot is ours: never create it again
+  bool snapshot_pending_ = false;  // create the slot with an exported snapshot and read it
+  bool snapshot_done_ = true;      // the initial snapshot is acknowledged
+  bool snapshot_recorded_ = true;  // snapshot_done_ is what the state table says
+  int stop_fd_ = -1;
   Backoff reconnect_backoff_{std::chrono::milliseconds(100), std::chrono::seconds(30)};
   Clock::time_point reconnect_at_{};
 

@@ -579,6 +579,15 @@ Result<Record> ChangeMapper::MapInsert(const InsertMsg& msg, const TransactionIn
   return Envelope(rel, Op::kCreate, nullptr, std::move(after).value(), std::move(key).value(), tx, index);
 }
 
+Result<Record> ChangeMapper::MapSnapshotRow(const RelationMsg& rel, const TupleData& row, const TransactionInfo& tx,
+                                           uint64_t index) const {
+  auto after = RowObject(rel, row, false);
+  if (!after.ok()) return after.status();
+  auto key = Key(rel, row, nullptr);
+  if (!key.ok()) return key.status();
+  return Envelope(rel, Op::kRead, nullptr, std::move(after).value(), std::move(key).value(), tx, index);
+}
+
 Result<Record> ChangeMapper::MapUpdate(const UpdateMsg& msg, const TransactionInfo& tx, uint64_t index) const {
   const RelationMsg& rel = *msg.relation;
   Json before = nullptr;

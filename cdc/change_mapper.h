@@ -144,6 +144,10 @@ class ChangeMapper {
                                          uint64_t index) const;
   [[nodiscard]] Result<Record> MapDelete(const DeleteMsg& msg, const TransactionInfo& tx,
                                          uint64_t index) const;
+  // A row read by the initial snapshot: like an insert, with op "r". `tx`
+  // stands for the snapshot (commit_lsn: the slot's consistent point).
+  [[nodiscard]] Result<Record> MapSnapshotRow(const RelationMsg& relation, const TupleData& row,
+                                              const TransactionInfo& tx, uint64_t index) const;
   // One record per truncated relation, in message order, with indexes
   // first_index, first_index + 1, ...
   [[nodiscard]] Result<std::vector<Record>> MapTruncate(const TruncateMsg& msg, const TransactionInfo& tx,
@@ -153,7 +157,7 @@ class ChangeMapper {
   [[nodiscard]] Result<std::string> TopicFor(const RelationMsg& relation) const;
 
  private:
-  enum class Op : char { kCreate = 'c', kUpdate = 'u', kDelete = 'd', kTruncate = 't' };
+  enum class Op : char { kCreate = 'c', kUpdate = 'u', kDelete = 'd', kTruncate = 't', kRead = 'r' };
   [[nodiscard]] Result<Record> Envelope(const RelationMsg& rel, Op op, Json before, Json after,
                                         std::optional<std::string> key, const TransactionInfo& tx,
                                         uint64_t index) const;

@@ -297,6 +297,26 @@ Result<SystemIdentity> ReplicationStream::IdentifySystem() {
   return id;
 }
 
+Result<ExportedSlot> ReplicationStream::CreateSlotExportingSnapshot(const std::string& slot) {
+  OUTBOXD_RETURN_IF_ERROR(ValidateSlotName(slot));
+  if (!conn_) return Fail(StreamFailure::kConnectionLost, Status::Retriable("CREATE_REPLICATION_SLOT: not connected"));
+  if (streaming_) return Status::Internal("CREATE_REPLICATION_SLOT: the stream is already streaming");
+  // The slot name is validated ([a-z0-9_]), so it needs no quoting. This
+  // spelling of the options is understood by PostgreSQL 10 and later.
+  const std::string cmd = "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput EXPORT_SNAPSHOT";
+  PgResult res(PQexec(conn_.get(), cmd.c_str()));
+  if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK) {
+    return FailFromResult(res.get(), "could not create replication slot \"" + slot + "\"", /*starting=*/false);
+  }
+  if (PQntuples(res.get()) != 1 || PQnfields(res.get()) < 3 || PQgetisnull(res.get(), 0, 2)) {
+    return Fail(StreamFailure::kProtocol,
+                Status::Internal("CREATE_REPLICATION_SLOT returned no exported snapshot for slot \"" + slot + "\""));
+  }
+  auto lsn = Lsn::Parse(PQgetvalue(res.get(), 0, 1));
+  if (!lsn.ok()) return Fail(StreamFailure::kProtocol, lsn.status().Prefixed("CREATE_REPLICATION_SLOT consistent_point"));
+  return ExportedSlot{*lsn, PQgetvalue(res.get(), 0, 2)};
+}
+
 Status ReplicationStream::Start(const StartOptions& options) {
   slot_ = options.slot;
   auto cmd = StartReplicationCommand(options);

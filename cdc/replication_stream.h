@@ -69,6 +69,12 @@ struct XLogData {
   std::string_view payload;
 };
 
+// CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT's answer.
+struct ExportedSlot {
+  Lsn consistent_point;       // streaming from the slot starts here
+  std::string snapshot_name;  // for SET TRANSACTION SNAPSHOT; valid until this connection's next command
+};
+
 // A primary keepalive ('k') frame.
 struct Keepalive {
   Lsn wal_end;                 // current end of WAL on the server
@@ -109,6 +115,11 @@ class ReplicationStream {
   // Opens the replication connection (closing any previous one).
   [[nodiscard]] Status Connect();
   [[nodiscard]] Result<SystemIdentity> IdentifySystem();
+  // Creates a pgoutput slot and exports the snapshot it starts from: a
+  // transaction on another connection that runs SET TRANSACTION SNAPSHOT
+  // sees exactly the data before the slot's consistent point. The snapshot
+  // stays valid until this connection runs its next command (Start()).
+  [[nodiscard]] Result<ExportedSlot> CreateSlotExportingSnapshot(const std::string& slot);
   // START_REPLICATION SLOT "slot" LOGICAL X/X (options); the stream is
   // streaming when this returns OK. Slot names are validated as PostgreSQL
   // does (lower-case letters, digits, underscore; at most 63 bytes).

@@ -108,20 +108,36 @@ Result<std::vector<std::string>> InitSql(std::string_view slot, std::string_view
                                   CreateStateTableSql(state_table)};
 }
 
+namespace {
+
+// Runs `sql`, remembering it in `ran`; errors prefixed with `what`.
+Status RunAndRecord(const PgConn& conn, const std::string& sql, const std::string& what,
+                    std::vector<std::string>& ran) {
+  auto r = conn.Exec(sql);
+  if (!r.ok()) return r.status().Prefixed(what);
+  ran.push_back(sql);
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<std::vector<std::string>> EnsureSlotAndPublication(const PgConn& conn, std::string_view slot,
                                                           std::string_view publication,
                                                           const std::vector<std::string>& tables, bool create) {
   OUTBOXD_RETURN_IF_ERROR(ValidateSlotName(slot));
-  std::vector<std::string> ran;
-  auto run = [&](const std::string& sql, const std::string& what) -> Status {
-    auto r = conn.Exec(sql);
-    if (!r.ok()) return r.status().Prefixed(what);
-    ran.push_back(sql);
-    return Status::Ok();
-  };
-  const std::string pub_name = "publication \"" + std::string(publication) + "\"";
+  auto ran = EnsurePublication(conn, publication, tables, create);
+  if (!ran.ok()) return ran.status();
+  auto slot_ran = EnsureSlot(conn, slot, create);
+  if (!slot_ran.ok()) return slot_ran.status();
+  ran->insert(ran->end(), slot_ran->begin(), slot_ran->end());
+  return ran;
+}
 
-  // Publication.
+Result<std::vector<std::string>> EnsurePublication(const PgConn& conn, std::string_view publication,
+                                                   const std::vector<std::string>& tables, bool create) {
+  std::vector<std::string> ran;
+  auto run = [&](const std::string& sql, const std::string& what) { return RunAndRecord(conn, sql, what, ran); };
+  const std::string pub_name = "publication \"" + std::string(publication) + "\"";
   auto pub = conn.Exec("SELECT puballtables FROM pg_publication WHERE pubname = $1", {std::string(publication)});
   if (!pub.ok()) return pub.status().Prefixed("could not read " + pub_name);
   if (PQntuples(pub->get()) == 0) {
@@ -148,8 +164,13 @@ Result<std::vector<std::string>> EnsureSlotAndPublication(const PgConn& conn, st
       OUTBOXD_RETURN_IF_ERROR(run(AddTablesToPublicationSql(publication, missing), "could not alter " + pub_name));
     }
   }
+  return ran;
+}
 
-  // Slot.
+Result<std::vector<std::string>> EnsureSlot(const PgConn& conn, std::string_view slot, bool create) {
+  OUTBOXD_RETURN_IF_ERROR(ValidateSlotName(slot));
+  std::vector<std::string> ran;
+  auto run = [&](const std::string& sql, const std::string& what) { return RunAndRecord(conn, sql, what, ran); };
   auto db = conn.Exec("SELECT current_database()");
   if (!db.ok()) return db.status().Prefixed("could not read the current database");
   const std::string database = PQgetvalue(db->get(), 0, 0);
@@ -167,33 +188,43 @@ Result<std::vector<std::string>> EnsureSlotAndPublication(const PgConn& conn, st
 std::string CreateStateTableSql(std::string_view state_table) {
   return "CREATE TABLE IF NOT EXISTS " + QuoteQualifiedTable(state_table) +
          " (slot_name name PRIMARY KEY, confirmed_lsn pg_lsn NOT NULL, "
-         "updated_at timestamptz NOT NULL DEFAULT now())";
+         "snapshot_done boolean NOT NULL DEFAULT true, updated_at timestamptz NOT NULL DEFAULT now())";
 }
 
-Result<std::optional<Lsn>> ReadSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot) {
+Result<std::optional<SlotState>> ReadSlotState(const PgConn& conn, std::string_view state_table,
+                                               std::string_view slot) {
   const std::string table = QuoteQualifiedTable(state_table);
-  auto res = conn.Exec("SELECT confirmed_lsn::text FROM " + table + " WHERE slot_name = $1", {std::string(slot)});
-  if (!res.ok()) {
-    if (res.status().message().find("does not exist") != std::string::npos) {
-      return Status::InvalidConfig("state table " + table + " does not exist (create it with `outboxd init`, " +
-                                   "or set [cdc] create = true): " + res.status().message());
-    }
-    return res.status().Prefixed("could not read the state of " + SlotName(slot) + " from " + table);
+  auto exists = conn.Exec("SELECT to_regclass($1) IS NOT NULL", {table});
+  if (!exists.ok()) return exists.status().Prefixed("could not look up the state table " + table);
+  if (std::string_view(PQgetvalue(exists->get(), 0, 0)) != "t") {
+    return Status::InvalidConfig("state table " + table +
+                                 " does not exist (create it with `outboxd init`, or set [cdc] create = true)");
   }
-  if (PQntuples(res->get()) == 0) return std::optional<Lsn>();
+  auto res = conn.Exec("SELECT confirmed_lsn::text, snapshot_done FROM " + table + " WHERE slot_name = $1",
+                       {std::string(slot)});
+  if (!res.ok()) return res.status().Prefixed("could not read the state of " + SlotName(slot) + " from " + table);
+  if (PQntuples(res->get()) == 0) return std::optional<SlotState>();
   auto lsn = Lsn::Parse(PQgetvalue(res->get(), 0, 0));
   if (!lsn.ok()) return Status::Internal(table + ": " + lsn.status().message());
-  return std::optional<Lsn>(*lsn);
+  return std::optional<SlotState>(SlotState{*lsn, std::string_view(PQgetvalue(res->get(), 0, 1)) == "t"});
 }
 
-Status WriteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot, Lsn confirmed) {
+Status WriteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot,
+                      const SlotState& state) {
   const std::string table = QuoteQualifiedTable(state_table);
   auto res = conn.Exec("INSERT INTO " + table +
-                           " AS s (slot_name, confirmed_lsn) VALUES ($1, $2::pg_lsn) "
+                           " AS s (slot_name, confirmed_lsn, snapshot_done) VALUES ($1, $2::pg_lsn, $3) "
                            "ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = excluded.confirmed_lsn, "
-                           "updated_at = now()",
-                       {std::string(slot), confirmed.ToString()});
+                           "snapshot_done = excluded.snapshot_done, updated_at = now()",
+                       {std::string(slot), state.confirmed.ToString(), state.snapshot_done ? "true" : "false"});
   if (!res.ok()) return res.status().Prefixed("could not record the position of " + SlotName(slot) + " in " + table);
+  return Status::Ok();
+}
+
+Status DeleteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot) {
+  auto res = conn.Exec("DELETE FROM " + QuoteQualifiedTable(state_table) + " WHERE slot_name = $1",
+                       {std::string(slot)});
+  if (!res.ok()) return res.status().Prefixed("could not forget the state of " + SlotName(slot));
   return Status::Ok();
 }
 

@@ -70,6 +70,11 @@ std::string CreateSlotSql(std::string_view slot);
 // added); without it they are kInvalidConfig errors. Returns the statements
 // it ran. The caller must pass create = false for a slot it has streamed from
 // before: a slot that vanished must stop outboxd, not be re-created.
+// The two halves of EnsureSlotAndPublication. The publication must exist
+// before the slot: pgoutput looks it up as of each change it decodes.
+[[nodiscard]] Result<std::vector<std::string>> EnsurePublication(const PgConn& conn, std::string_view publication,
+                                                                 const std::vector<std::string>& tables, bool create);
+[[nodiscard]] Result<std::vector<std::string>> EnsureSlot(const PgConn& conn, std::string_view slot, bool create);
 [[nodiscard]] Result<std::vector<std::string>> EnsureSlotAndPublication(const PgConn& conn, std::string_view slot,
                                                                         std::string_view publication,
                                                                         const std::vector<std::string>& tables,
@@ -84,16 +89,25 @@ std::string CreateSlotSql(std::string_view slot);
 // past its row means it was re-created (or advanced by hand) — in both cases
 // changes may have been skipped, and outboxd refuses to go on.
 
-// CREATE TABLE IF NOT EXISTS <state_table> (slot_name, confirmed_lsn, ...).
+// CREATE TABLE IF NOT EXISTS <state_table> (slot_name, confirmed_lsn,
+// snapshot_done, updated_at).
 std::string CreateStateTableSql(std::string_view state_table);
 
-// The position recorded for `slot`; nullopt when there is no row. A missing
-// table is kInvalidConfig naming it (`outboxd init` creates it).
-[[nodiscard]] Result<std::optional<Lsn>> ReadSlotState(const PgConn& conn, std::string_view state_table,
-                                                       std::string_view slot);
+struct SlotState {
+  Lsn confirmed;  // the last position outboxd reported (or was about to)
+  // False while the initial snapshot taken when outboxd created the slot is
+  // not yet fully acknowledged: nothing has been confirmed from the slot.
+  bool snapshot_done = true;
+};
+
+// The row recorded for `slot`; nullopt when there is none. A missing table is
+// kInvalidConfig naming it (`outboxd init` creates it).
+[[nodiscard]] Result<std::optional<SlotState>> ReadSlotState(const PgConn& conn, std::string_view state_table,
+                                                             std::string_view slot);
 // Inserts or updates the row of `slot`.
 [[nodiscard]] Status WriteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot,
-                                    Lsn confirmed);
+                                    const SlotState& state);
+[[nodiscard]] Status DeleteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot);
 
 // OK when the slot is the one the state row describes (or there is no row
 // yet); kPermanent naming the slot when it was dropped (`status` empty) or

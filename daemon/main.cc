@@ -256,13 +256,24 @@ int Init(const std::string& path, bool dry_run) {
     if (t.source == OutboxSource::kCdc) tables.push_back(t.table);
   }
   tables.insert(tables.end(), cdc.tables.begin(), cdc.tables.end());
+  // With snapshot = "initial" the slot must be created by `run`, which reads
+  // the tables with the snapshot the new slot exports.
+  const bool slot_by_run = cdc.snapshot == SnapshotMode::kInitial;
+  const char* slot_note = "-- replication slot left to `outboxd run`: with snapshot = \"initial\" it creates the "
+                          "slot itself, to read the tables as of the slot's start";
   if (dry_run) {
     auto sql = InitSql(cdc.slot, cdc.publication, tables, cdc.state_table);
     if (!sql.ok()) {
       PrintError(path + ": " + sql.status().message());
       return ExitCodeFor(sql.status());
     }
-    for (const std::string& s : *sql) std::cout << s << ";\n";
+    for (const std::string& s : *sql) {
+      if (slot_by_run && s == CreateSlotSql(cdc.slot)) {
+        std::cout << slot_note << "\n";
+      } else {
+        std::cout << s << ";\n";
+      }
+    }
     return kExitOk;
   }
   auto conn = PgConn::Connect(config->postgres.conninfo, config->postgres.password, "outboxd-init");
@@ -281,17 +292,26 @@ int Init(const std::string& path, bool dry_run) {
   auto slot = ReadSlotStatus(*conn, cdc.slot);
   if (!slot.ok()) return fail(slot.status());
   // A slot outboxd has streamed from is never created again behind its back.
-  Status st = CheckSlotAgainstState(cdc.slot, *slot, *recorded, cdc.state_table);
+  std::optional<Lsn> recorded_lsn;
+  if (*recorded) recorded_lsn = (*recorded)->confirmed;
+  Status st = CheckSlotAgainstState(cdc.slot, *slot, recorded_lsn, cdc.state_table);
   if (!st.ok()) return fail(st);
-  auto ran = EnsureSlotAndPublication(*conn, cdc.slot, cdc.publication, tables, /*create=*/true);
+  auto ran = EnsurePublication(*conn, cdc.publication, tables, /*create=*/true);
   if (!ran.ok()) return fail(ran.status());
   for (const std::string& s : *ran) std::cout << s << ";\n";
-  if (!*recorded) {
-    slot = ReadSlotStatus(*conn, cdc.slot);
-    if (!slot.ok()) return fail(slot.status());
-    if (*slot && (*slot)->confirmed_flush_lsn) {
-      st = WriteSlotState(*conn, cdc.state_table, cdc.slot, *(*slot)->confirmed_flush_lsn);
-      if (!st.ok()) return fail(st);
+  if (slot_by_run && !*slot) {
+    std::cout << slot_note << "\n";
+  } else {
+    auto slot_ran = EnsureSlot(*conn, cdc.slot, /*create=*/true);
+    if (!slot_ran.ok()) return fail(slot_ran.status());
+    for (const std::string& s : *slot_ran) std::cout << s << ";\n";
+    if (!*recorded) {
+      slot = ReadSlotStatus(*conn, cdc.slot);
+      if (!slot.ok()) return fail(slot.status());
+      if (*slot && (*slot)->confirmed_flush_lsn) {
+        st = WriteSlotState(*conn, cdc.state_table, cdc.slot, {*(*slot)->confirmed_flush_lsn, true});
+        if (!st.ok()) return fail(st);
+      }
     }
   }
   std::cout << path << ": publication \"" << cdc.publication << "\", replication slot \"" << cdc.slot
