@@ -300,6 +300,7 @@ Status CdcRelay::Connect(bool first) {
     mapper_.emplace(std::move(options));
   }
   decoder_ = PgoutputDecoder();
+  roles_.clear();
   tx_.reset();
   if (snapshot_pending_) {
     Status st = TakeSnapshot();
@@ -476,13 +477,14 @@ Status CdcRelay::ReadStream() {
   return Status::Ok();
 }
 
-bool CdcRelay::Captured(const RelationMsg& rel) const {
-  return std::find(captured_.begin(), captured_.end(), QualifiedName(rel)) != captured_.end();
-}
-
-const OutboxTableConfig* CdcRelay::OutboxFor(const RelationMsg& rel) const {
-  auto it = outbox_configs_.find(QualifiedName(rel));
-  return it == outbox_configs_.end() ? nullptr : it->second;
+const CdcRelay::RelationRole& CdcRelay::RoleOf(const RelationMsg& rel) {
+  auto it = roles_.find(rel.oid);
+  if (it != roles_.end()) return it->second;
+  RelationRole role;
+  role.name = QualifiedName(rel);
+  role.captured = std::find(captured_.begin(), captured_.end(), role.name) != captured_.end();
+  if (auto o = outbox_configs_.find(role.name); o != outbox_configs_.end()) role.outbox = o->second;
+  return roles_[rel.oid] = std::move(role);
 }
 
 Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame) {
@@ -493,7 +495,7 @@ Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame
   auto change = [&](const RelationMsg& rel, auto map) -> Status {
     if (!tx_) return not_in_tx("row change");
     const uint64_t index = tx_index_++;
-    if (!Captured(rel)) return Status::Ok();
+    if (!RoleOf(rel).captured) return Status::Ok();
     Result<Record> record = map(index);
     Routed routed{Record{}, &cdc_.dead_letter_topic, "table " + QualifiedName(rel), Status::Ok()};
     if (record.ok()) {
@@ -520,20 +522,20 @@ Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame
           return Status::Ok();
         } else if constexpr (std::is_same_v<T, InsertMsg>) {
           if (!tx_) return not_in_tx("insert");
-          if (OutboxFor(*m.relation) != nullptr) {
+          if (RoleOf(*m.relation).outbox != nullptr) {
             const uint64_t index = tx_index_++;
             return Emit(RouteInsert(m, index), index);
           }
           return change(*m.relation, [&](uint64_t i) { return mapper_->MapInsert(m, *tx_, i); });
         } else if constexpr (std::is_same_v<T, UpdateMsg>) {
-          if (OutboxFor(*m.relation) != nullptr) {  // the outbox pattern: only inserts are events
+          if (RoleOf(*m.relation).outbox != nullptr) {  // the outbox pattern: only inserts are events
             if (!tx_) return not_in_tx("update");
             ++tx_index_;
             return Status::Ok();
           }
           return change(*m.relation, [&](uint64_t i) { return mapper_->MapUpdate(m, *tx_, i); });
         } else if constexpr (std::is_same_v<T, DeleteMsg>) {
-          if (OutboxFor(*m.relation) != nullptr) {
+          if (RoleOf(*m.relation).outbox != nullptr) {
             if (!tx_) return not_in_tx("delete");
             ++tx_index_;
             return Status::Ok();
@@ -573,9 +575,11 @@ Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame
             checkpoint_.MarkAcked(ticket);
           }
           return st;
+        } else if constexpr (std::is_same_v<T, RelationMsg>) {
+          roles_.erase(m.oid);  // renamed or redefined: looked up again
+          return Status::Ok();
         } else {
-          // Relation and Type messages fill the decoder's caches; Origin
-          // needs nothing.
+          // Type messages fill the decoder's cache; Origin needs nothing.
           return Status::Ok();
         }
       },
@@ -583,8 +587,9 @@ Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame
 }
 
 CdcRelay::Routed CdcRelay::RouteInsert(const InsertMsg& msg, uint64_t index) {
-  const OutboxTableConfig& config = *OutboxFor(*msg.relation);
-  const std::string name = QualifiedName(*msg.relation);
+  const RelationRole& role = RoleOf(*msg.relation);
+  const OutboxTableConfig& config = *role.outbox;
+  const std::string& name = role.name;
   Routed routed{Record{}, &config.dead_letter_topic, "outbox table " + name, Status::Ok()};
   auto row = OutboxInsertToRow(msg);
   if (!row.ok()) {
@@ -633,6 +638,7 @@ std::optional<CdcRelay::Routed> CdcRelay::RouteMessage(const LogicalMsg& msg, co
 }
 
 Status CdcRelay::Emit(Routed routed, uint64_t index) {
+  if (rewinding_) return Status::Ok();  // produced again by the replay
   const Position pos{tx_->commit_lsn, index, EntryKind::kEvent};
   if (!routed.record.timestamp_ms) routed.record.timestamp_ms = tx_->commit_time_us / 1000;
   std::optional<std::pair<std::string, std::string>> refused;  // error name, message

@@ -34,6 +34,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "cdc/change_mapper.h"
@@ -126,8 +127,13 @@ class CdcRelay {
   std::optional<Routed> RouteMessage(const LogicalMsg& msg, const TransactionInfo& tx, uint64_t index);
   Record DeadLetter(const Routed& routed, const Position& pos, const std::string& error_name,
                     const std::string& error_message) const;
-  bool Captured(const RelationMsg& rel) const;
-  const OutboxTableConfig* OutboxFor(const RelationMsg& rel) const;
+  // What outboxd does with a relation's changes, cached by oid.
+  struct RelationRole {
+    std::string name;  // "schema.table"
+    bool captured = false;                         // [cdc] tables: row-change events
+    const OutboxTableConfig* outbox = nullptr;     // a cdc outbox table: inserts are events
+  };
+  const RelationRole& RoleOf(const RelationMsg& rel);
   bool ReadingPaused() const;
   std::chrono::milliseconds NextWait(Clock::time_point now) const;
 
@@ -143,6 +149,7 @@ class CdcRelay {
   PgConn ctl_;  // ordinary connection: slot checks and the state table
   ReplicationStream stream_;
   PgoutputDecoder decoder_;
+  std::unordered_map<uint32_t, RelationRole> roles_;
   std::string database_;
   bool streamed_once_ = false;  // the slot is ours: never create it again
   bool snapshot_pending_ = false;  // create the slot with an exported snapshot and read it
