@@ -91,7 +91,16 @@ Status CdcRelay::CheckSlot(bool first) {
     if (!r.ok()) return r.status().Prefixed("could not create the state table " + cdc_.state_table);
   }
   auto recorded = ReadSlotState(ctl_, cdc_.state_table, cdc_.slot);
-  if (!recorded.ok()) return recorded.status();
+  if (!recorded.ok()) {
+    // Nothing set up yet: name the slot first, it is what matters most.
+    auto slot = ReadSlotStatus(ctl_, cdc_.slot);
+    if (recorded.status().code() == StatusCode::kInvalidConfig && slot.ok() && !*slot) {
+      return Status::InvalidConfig("replication slot \"" + cdc_.slot + "\" and the state table " +
+                                   cdc_.state_table +
+                                   " do not exist (create them with `outboxd init`, or set [cdc] create = true)");
+    }
+    return recorded.status();
+  }
   if (*recorded && !(*recorded)->snapshot_done && !streamed_once_) {
     // outboxd created the slot for an initial snapshot that did not finish:
     // nothing was confirmed from it, so it is dropped and taken again.

@@ -15,6 +15,7 @@
 
 #include "cdc/pgoutput_decoder.h"
 #include "cdc/slot_status.h"
+#include "cdc/snapshot.h"
 #include "tests/harness/test_env.h"
 
 namespace outboxd {
@@ -308,6 +309,113 @@ TEST_F(ReplicationStreamTest, SlotChecksNameTheSlotAndTheProblem) {
   auto same = EnsureSlotAndPublication(admin_, slot_, kPublication, {"public.orders", "items"}, false);
   ASSERT_TRUE(same.ok()) << same.status().message();
   EXPECT_TRUE(same->empty());
+}
+
+TEST_F(ReplicationStreamTest, StateTableTellsAUsedSlotFromADroppedOrRecreatedOne) {
+  const std::string table = "public.state_" + db_.name();
+  auto missing = ReadSlotState(admin_, table, slot_);
+  EXPECT_EQ(missing.status().code(), StatusCode::kInvalidConfig);
+  EXPECT_THAT(missing.status().message(), HasSubstr("does not exist (create it with `outboxd init`"));
+  db_.Exec(CreateStateTableSql(table));
+  auto none = ReadSlotState(admin_, table, slot_);
+  ASSERT_TRUE(none.ok()) << none.status().message();
+  EXPECT_FALSE(none->has_value());
+  // No row yet: any slot is fine (first use).
+  EXPECT_TRUE(CheckSlotAgainstState(slot_, Slot(), std::nullopt, table).ok());
+
+  const Lsn confirmed = *Slot().confirmed_flush_lsn;
+  ASSERT_TRUE(WriteSlotState(admin_, table, slot_, {confirmed, false}).ok());
+  auto row = ReadSlotState(admin_, table, slot_);
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->confirmed, confirmed);
+  EXPECT_FALSE((*row)->snapshot_done);
+  ASSERT_TRUE(WriteSlotState(admin_, table, slot_, {confirmed, true}).ok());
+  EXPECT_TRUE((*ReadSlotState(admin_, table, slot_))->snapshot_done) << "the row is updated in place";
+
+  EXPECT_TRUE(CheckSlotAgainstState(slot_, Slot(), confirmed, table).ok()) << "the slot outboxd used";
+
+  Status dropped = CheckSlotAgainstState(slot_, std::nullopt, confirmed, table);
+  EXPECT_EQ(dropped.code(), StatusCode::kPermanent);
+  EXPECT_THAT(dropped.message(), HasSubstr("replication slot \"" + slot_ + "\" was dropped"));
+
+  // Dropped and created again: it starts past what outboxd confirmed.
+  db_.Exec("INSERT INTO public.orders VALUES (1, 'between')");
+  db_.Exec("SELECT pg_drop_replication_slot('" + slot_ + "')");
+  db_.Exec("SELECT pg_create_logical_replication_slot('" + slot_ + "', 'pgoutput')");
+  Status recreated = CheckSlotAgainstState(slot_, Slot(), confirmed, table);
+  EXPECT_EQ(recreated.code(), StatusCode::kPermanent);
+  EXPECT_THAT(recreated.message(), HasSubstr("was re-created"));
+  EXPECT_THAT(recreated.message(), HasSubstr(confirmed.ToString()));
+
+  ASSERT_TRUE(DeleteSlotState(admin_, table, slot_).ok());
+  EXPECT_FALSE(ReadSlotState(admin_, table, slot_)->has_value());
+}
+
+TEST_F(ReplicationStreamTest, ExportedSnapshotSeesExactlyTheRowsBeforeTheSlot) {
+  db_.Exec("CREATE TABLE public.snap (a int, id bigint PRIMARY KEY, note text, "
+           "twice int GENERATED ALWAYS AS (a * 2) STORED)");
+  db_.Exec("ALTER PUBLICATION \"outboxd pub \"\"q\"\" it's\" ADD TABLE public.snap");
+  db_.Exec("INSERT INTO public.snap (a, id, note) SELECT i, i, CASE WHEN i = 2 THEN NULL ELSE 'n' || i END "
+           "FROM generate_series(1, 2500) i");
+
+  auto rel = DescribeTable(admin_, "snap");
+  ASSERT_TRUE(rel.ok()) << rel.status().message();
+  EXPECT_EQ(rel->namespace_name, "public");
+  EXPECT_EQ(rel->name, "snap");
+  ASSERT_EQ(rel->columns.size(), 3u) << "generated columns are left out, as pgoutput does";
+  EXPECT_EQ(rel->columns[0].name, "a");
+  EXPECT_FALSE(rel->columns[0].is_key());
+  EXPECT_TRUE(rel->columns[1].is_key()) << "primary key column";
+  EXPECT_FALSE(rel->columns[2].is_key());
+  EXPECT_EQ(DescribeTable(admin_, "public.nope").status().code(), StatusCode::kInvalidConfig);
+  db_.Exec("ALTER TABLE public.snap REPLICA IDENTITY FULL");
+  auto full = DescribeTable(admin_, "public.snap");
+  ASSERT_TRUE(full.ok());
+  for (const auto& c : full->columns) EXPECT_TRUE(c.is_key()) << c.name << ": FULL makes every column a key";
+
+  const std::string slot = slot_ + "_snap";
+  ReplicationStream s = NewStream();
+  ASSERT_TRUE(s.Connect().ok());
+  auto exported = s.CreateSlotExportingSnapshot(slot);
+  ASSERT_TRUE(exported.ok()) << exported.status().message();
+  EXPECT_EQ(*Slot().confirmed_flush_lsn <= exported->consistent_point, true);
+  db_.Exec("INSERT INTO public.snap (a, id, note) VALUES (0, 9999, 'after the slot')");
+
+  auto reader = PgConn::Connect(db_.conninfo(), std::nullopt, "snapshot_reader");
+  ASSERT_TRUE(reader.ok());
+  ASSERT_TRUE(BeginSnapshotTransaction(*reader, exported->snapshot_name).ok());
+  auto cursor = SnapshotCursor::Open(*reader, *rel);
+  ASSERT_TRUE(cursor.ok()) << cursor.status().message();
+  std::size_t rows = 0;
+  bool saw_null = false;
+  while (true) {
+    auto batch = cursor->Next(1000);
+    ASSERT_TRUE(batch.ok()) << batch.status().message();
+    if (batch->empty()) break;
+    for (const TupleData& t : *batch) {
+      ASSERT_EQ(t.columns.size(), 3u);
+      EXPECT_NE(t.columns[1].value, "9999") << "a row inserted after the slot is not in its snapshot";
+      if (t.columns[1].value == "2") saw_null = t.columns[2].kind == TupleColumn::Kind::kNull;
+      ++rows;
+    }
+  }
+  EXPECT_EQ(rows, 2500u);
+  EXPECT_TRUE(saw_null) << "NULL comes back as kNull";
+  ASSERT_TRUE(cursor->Close().ok());
+  ASSERT_TRUE(EndSnapshotTransaction(*reader).ok());
+
+  // The slot streams what came after its consistent point: the late row.
+  StartOptions o = Options();
+  o.slot = slot;
+  ASSERT_TRUE(s.Start(o).ok());
+  std::vector<PgoutputMessage> tx = ReadTransaction(s);
+  bool late_insert = false;
+  for (const auto& m : tx) {
+    if (const auto* ins = std::get_if<InsertMsg>(&m)) late_insert = ins->new_tuple.columns[1].value == "9999";
+  }
+  EXPECT_TRUE(late_insert);
+  s.Close();
+  db_.Exec("SELECT pg_drop_replication_slot('" + slot + "')");
 }
 
 // ---------------------------------------------------------------------------
