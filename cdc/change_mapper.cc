@@ -57,6 +57,40 @@ uint32_t BuiltinArrayElement(uint32_t oid) {
 // Dumps without throwing: invalid UTF-8 in a value becomes U+FFFD.
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
+// The envelope is written as text, one value at a time, because building a
+// Json tree per change was most of outboxd's cost per event. Values the JSON
+// library would write unchanged take a shortcut; everything else (escapes,
+// non-ASCII, conversions) goes through the library, so the output is
+// byte-identical to Dump() of the equivalent tree.
+
+// Printable ASCII without '"' and '\\': a JSON string body as it is.
+bool NeedsNoEscaping(std::string_view s) {
+  for (const unsigned char c : s) {
+    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+void AppendJsonString(std::string& out, std::string_view s) {
+  if (NeedsNoEscaping(s)) {
+    out += '"';
+    out += s;
+    out += '"';
+  } else {
+    out += Dump(Json(std::string(s)));
+  }
+}
+
+// "-12", "0", "345": what the JSON library prints for the same integer.
+bool IsCanonicalInteger(std::string_view s) {
+  if (!s.empty() && s.front() == '-') s.remove_prefix(1);
+  if (s.empty() || s.size() > 18 || (s.size() > 1 && s.front() == '0')) return false;
+  for (const char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
 std::optional<Json> ParseInteger(std::string_view text) {
   if (!text.empty() && text.front() == '-') {
     int64_t v = 0;
@@ -390,13 +424,18 @@ Status CheckColumnCount(const RelationMsg& rel, const TupleData& tuple) {
 }  // namespace
 
 std::string DeterministicEventId(Lsn commit_lsn, uint64_t index) {
+  // LLLLLLLL-LLLL-8LLL-8Lii-iiiiiiiiiiii: 16 hex digits of the LSN and 14 of
+  // the index, with the version and variant nibbles in their places.
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id(36, '-');
   const uint64_t l = commit_lsn.value();
-  char buf[37];
-  std::snprintf(buf, sizeof(buf), "%08x-%04x-8%03x-8%01x%02x-%012llx", static_cast<unsigned>(l >> 32),
-                static_cast<unsigned>(l >> 16 & 0xffff), static_cast<unsigned>(l >> 4 & 0xfff),
-                static_cast<unsigned>(l & 0xf), static_cast<unsigned>(index >> 48 & 0xff),
-                static_cast<unsigned long long>(index & 0xffff'ffff'ffffULL));
-  return buf;
+  const int lsn_at[16] = {0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 15, 16, 17, 20};
+  for (int i = 0; i < 16; ++i) id[static_cast<std::size_t>(lsn_at[i])] = kHex[(l >> (60 - 4 * i)) & 0xf];
+  id[14] = '8';
+  id[19] = '8';
+  const int index_at[14] = {21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35};
+  for (int i = 0; i < 14; ++i) id[static_cast<std::size_t>(index_at[i])] = kHex[(index >> (52 - 4 * i)) & 0xf];
+  return id;
 }
 
 Json PgTextToJson(uint32_t type_oid, std::string_view text, const TypeLookup& types) {
@@ -474,29 +513,66 @@ std::vector<bool> ChangeMapper::KeyMask(const RelationMsg& rel) const {
   return mask;
 }
 
-Result<Json> ChangeMapper::RowObject(const RelationMsg& rel, const TupleData& tuple, bool key_only) const {
+void ChangeMapper::AppendValue(std::string& out, const RelationColumn& col, const TupleColumn& v) const {
+  switch (v.kind) {
+    case TupleColumn::Kind::kNull:
+      out += "null";
+      return;
+    case TupleColumn::Kind::kUnchangedToast:
+      AppendJsonString(out, kUnchangedToastPlaceholder);
+      return;
+    case TupleColumn::Kind::kText:
+    case TupleColumn::Kind::kBinary:  // rejected by the callers
+      break;
+  }
+  switch (col.type_oid) {
+    case kInt2:
+    case kInt4:
+    case kInt8:
+    case kOid:
+      if (IsCanonicalInteger(v.value)) {
+        out += v.value;
+        return;
+      }
+      break;
+    case kBool:
+      if (v.value == "t" || v.value == "f") {
+        out += v.value == "t" ? "true" : "false";
+        return;
+      }
+      break;
+    case kText:
+    case kVarchar:
+    case kBpchar:
+    case kName:
+    case kUuid:
+    case kNumeric:  // as a string, precision kept
+      AppendJsonString(out, v.value);
+      return;
+    default:
+      break;
+  }
+  out += Dump(PgTextToJson(col.type_oid, v.value, options_.types));
+}
+
+Result<std::string> ChangeMapper::RowJson(const RelationMsg& rel, const TupleData& tuple, bool key_only) const {
   OUTBOXD_RETURN_IF_ERROR(CheckColumnCount(rel, tuple));
-  Json obj = Json::object();
+  std::string out = "{";
   for (std::size_t i = 0; i < rel.columns.size(); ++i) {
     const RelationColumn& col = rel.columns[i];
     if (key_only && !col.is_key()) continue;
     const TupleColumn& v = tuple.columns[i];
-    switch (v.kind) {
-      case TupleColumn::Kind::kNull:
-        obj[col.name] = nullptr;
-        break;
-      case TupleColumn::Kind::kUnchangedToast:
-        obj[col.name] = kUnchangedToastPlaceholder;
-        break;
-      case TupleColumn::Kind::kText:
-        obj[col.name] = PgTextToJson(col.type_oid, v.value, options_.types);
-        break;
-      case TupleColumn::Kind::kBinary:
-        return Status::Permanent("column \"" + col.name + "\" of \"" + QualifiedName(rel) +
-                                 "\" is in binary format; outboxd requests text");
+    if (v.kind == TupleColumn::Kind::kBinary) {
+      return Status::Permanent("column \"" + col.name + "\" of \"" + QualifiedName(rel) +
+                               "\" is in binary format; outboxd requests text");
     }
+    if (out.size() > 1) out += ',';
+    AppendJsonString(out, col.name);
+    out += ':';
+    AppendValue(out, col, v);
   }
-  return obj;
+  out += '}';
+  return out;
 }
 
 Result<std::optional<std::string>> ChangeMapper::Key(const RelationMsg& rel, const TupleData& tuple,
@@ -513,7 +589,7 @@ Result<std::optional<std::string>> ChangeMapper::Key(const RelationMsg& rel, con
     }
   }
   const std::vector<bool> mask = KeyMask(rel);
-  Json key = Json::object();
+  std::string key = "{";
   bool any = false;
   for (std::size_t i = 0; i < rel.columns.size(); ++i) {
     if (!mask[i]) continue;
@@ -524,95 +600,101 @@ Result<std::optional<std::string>> ChangeMapper::Key(const RelationMsg& rel, con
         fallback->columns[i].kind == TupleColumn::Kind::kText) {
       v = &fallback->columns[i];
     }
-    switch (v->kind) {
-      case TupleColumn::Kind::kNull:
-        key[col.name] = nullptr;
-        break;
-      case TupleColumn::Kind::kUnchangedToast:
-        key[col.name] = kUnchangedToastPlaceholder;
-        break;
-      case TupleColumn::Kind::kText:
-        key[col.name] = PgTextToJson(col.type_oid, v->value, options_.types);
-        break;
-      case TupleColumn::Kind::kBinary:
-        return Status::Permanent("key column \"" + col.name + "\" of \"" + QualifiedName(rel) +
-                                 "\" is in binary format; outboxd requests text");
+    if (v->kind == TupleColumn::Kind::kBinary) {
+      return Status::Permanent("key column \"" + col.name + "\" of \"" + QualifiedName(rel) +
+                               "\" is in binary format; outboxd requests text");
     }
+    if (key.size() > 1) key += ',';
+    AppendJsonString(key, col.name);
+    key += ':';
+    AppendValue(key, col, *v);
   }
   if (!any) return std::optional<std::string>();
-  return std::optional<std::string>(Dump(key));
+  key += '}';
+  return std::optional<std::string>(std::move(key));
 }
 
-Result<Record> ChangeMapper::Envelope(const RelationMsg& rel, Op op, Json before, Json after,
-                                      std::optional<std::string> key, const TransactionInfo& tx,
-                                      uint64_t index) const {
+Result<Record> ChangeMapper::Envelope(const RelationMsg& rel, Op op, std::string_view before,
+                                      std::string_view after, std::optional<std::string> key,
+                                      const TransactionInfo& tx, uint64_t index) const {
   auto topic = TopicFor(rel);
   if (!topic.ok()) return topic.status();
-  const int64_t ms = CommitMillis(tx);
-  Json value = Json::object();
-  value["before"] = std::move(before);
-  value["after"] = std::move(after);
-  value["op"] = std::string(1, static_cast<char>(op));
-  value["source"] = Json{{"db", options_.database},
-                         {"schema", DisplaySchema(rel)},
-                         {"table", rel.name},
-                         {"lsn", tx.commit_lsn.value()},
-                         {"txId", tx.xid},
-                         {"ts_ms", ms}};
-  value["ts_ms"] = ms;
+  const std::string ms = std::to_string(CommitMillis(tx));
+  std::string value;
+  value.reserve(before.size() + after.size() + 160);
+  value += "{\"before\":";
+  value += before;
+  value += ",\"after\":";
+  value += after;
+  value += ",\"op\":\"";
+  value += static_cast<char>(op);
+  value += "\",\"source\":{\"db\":";
+  AppendJsonString(value, options_.database);
+  value += ",\"schema\":";
+  AppendJsonString(value, DisplaySchema(rel));
+  value += ",\"table\":";
+  AppendJsonString(value, rel.name);
+  value += ",\"lsn\":";
+  value += std::to_string(tx.commit_lsn.value());
+  value += ",\"txId\":";
+  value += std::to_string(tx.xid);
+  value += ",\"ts_ms\":";
+  value += ms;
+  value += "},\"ts_ms\":";
+  value += ms;
+  value += '}';
 
   Record rec;
   rec.topic = std::move(topic).value();
   rec.key = std::move(key);
-  rec.value = Dump(value);
+  rec.value = std::move(value);
   rec.headers.push_back({"id", DeterministicEventId(tx.commit_lsn, index)});
-  rec.timestamp_ms = ms;
+  rec.timestamp_ms = CommitMillis(tx);
   return rec;
 }
 
 Result<Record> ChangeMapper::MapInsert(const InsertMsg& msg, const TransactionInfo& tx, uint64_t index) const {
   const RelationMsg& rel = *msg.relation;
-  auto after = RowObject(rel, msg.new_tuple, false);
+  auto after = RowJson(rel, msg.new_tuple, false);
   if (!after.ok()) return after.status();
   auto key = Key(rel, msg.new_tuple, nullptr);
   if (!key.ok()) return key.status();
-  return Envelope(rel, Op::kCreate, nullptr, std::move(after).value(), std::move(key).value(), tx, index);
+  return Envelope(rel, Op::kCreate, "null", *after, std::move(key).value(), tx, index);
 }
 
 Result<Record> ChangeMapper::MapSnapshotRow(const RelationMsg& rel, const TupleData& row, const TransactionInfo& tx,
                                            uint64_t index) const {
-  auto after = RowObject(rel, row, false);
+  auto after = RowJson(rel, row, false);
   if (!after.ok()) return after.status();
   auto key = Key(rel, row, nullptr);
   if (!key.ok()) return key.status();
-  return Envelope(rel, Op::kRead, nullptr, std::move(after).value(), std::move(key).value(), tx, index);
+  return Envelope(rel, Op::kRead, "null", *after, std::move(key).value(), tx, index);
 }
 
 Result<Record> ChangeMapper::MapUpdate(const UpdateMsg& msg, const TransactionInfo& tx, uint64_t index) const {
   const RelationMsg& rel = *msg.relation;
-  Json before = nullptr;
+  std::string before = "null";
   const TupleData* old = nullptr;
   if (msg.old_kind != UpdateMsg::OldKind::kNone && msg.old_tuple) {
     old = &*msg.old_tuple;
-    auto b = RowObject(rel, *old, msg.old_kind == UpdateMsg::OldKind::kKey);
+    auto b = RowJson(rel, *old, msg.old_kind == UpdateMsg::OldKind::kKey);
     if (!b.ok()) return b.status();
     before = std::move(b).value();
   }
-  auto after = RowObject(rel, msg.new_tuple, false);
+  auto after = RowJson(rel, msg.new_tuple, false);
   if (!after.ok()) return after.status();
   auto key = Key(rel, msg.new_tuple, old);
   if (!key.ok()) return key.status();
-  return Envelope(rel, Op::kUpdate, std::move(before), std::move(after).value(), std::move(key).value(), tx,
-                  index);
+  return Envelope(rel, Op::kUpdate, before, *after, std::move(key).value(), tx, index);
 }
 
 Result<Record> ChangeMapper::MapDelete(const DeleteMsg& msg, const TransactionInfo& tx, uint64_t index) const {
   const RelationMsg& rel = *msg.relation;
-  auto before = RowObject(rel, msg.old_tuple, msg.old_kind == DeleteMsg::OldKind::kKey);
+  auto before = RowJson(rel, msg.old_tuple, msg.old_kind == DeleteMsg::OldKind::kKey);
   if (!before.ok()) return before.status();
   auto key = Key(rel, msg.old_tuple, nullptr);
   if (!key.ok()) return key.status();
-  return Envelope(rel, Op::kDelete, std::move(before).value(), nullptr, std::move(key).value(), tx, index);
+  return Envelope(rel, Op::kDelete, *before, "null", std::move(key).value(), tx, index);
 }
 
 Result<std::vector<Record>> ChangeMapper::MapTruncate(const TruncateMsg& msg, const TransactionInfo& tx,
@@ -620,7 +702,7 @@ Result<std::vector<Record>> ChangeMapper::MapTruncate(const TruncateMsg& msg, co
   std::vector<Record> out;
   out.reserve(msg.relations.size());
   for (std::size_t i = 0; i < msg.relations.size(); ++i) {
-    auto rec = Envelope(*msg.relations[i], Op::kTruncate, nullptr, nullptr, std::nullopt, tx, first_index + i);
+    auto rec = Envelope(*msg.relations[i], Op::kTruncate, "null", "null", std::nullopt, tx, first_index + i);
     if (!rec.ok()) return rec.status();
     out.push_back(std::move(rec).value());
   }

@@ -158,10 +158,14 @@ class ChangeMapper {
 
  private:
   enum class Op : char { kCreate = 'c', kUpdate = 'u', kDelete = 'd', kTruncate = 't', kRead = 'r' };
-  [[nodiscard]] Result<Record> Envelope(const RelationMsg& rel, Op op, Json before, Json after,
-                                        std::optional<std::string> key, const TransactionInfo& tx,
-                                        uint64_t index) const;
-  [[nodiscard]] Result<Json> RowObject(const RelationMsg& rel, const TupleData& tuple, bool key_only) const;
+  // `before` and `after` are JSON texts ("null" or an object).
+  [[nodiscard]] Result<Record> Envelope(const RelationMsg& rel, Op op, std::string_view before,
+                                        std::string_view after, std::optional<std::string> key,
+                                        const TransactionInfo& tx, uint64_t index) const;
+  // The row (or its key columns) as a JSON object text, columns in order.
+  [[nodiscard]] Result<std::string> RowJson(const RelationMsg& rel, const TupleData& tuple, bool key_only) const;
+  // Appends one column value as JSON (as PgTextToJson maps it).
+  void AppendValue(std::string& out, const RelationColumn& col, const TupleColumn& v) const;
   [[nodiscard]] Result<std::optional<std::string>> Key(const RelationMsg& rel, const TupleData& tuple,
                                                        const TupleData* fallback) const;
   std::vector<bool> KeyMask(const RelationMsg& rel) const;

@@ -81,6 +81,53 @@ class ChangeMapperTest : public ::testing::Test {
 
 // --- Envelope ---------------------------------------------------------------
 
+// The envelope is written as text for speed; it must be exactly what the JSON
+// library writes for the same values, escapes and odd inputs included.
+TEST_F(ChangeMapperTest, EnvelopeTextIsWhatTheJsonLibraryWrites) {
+  const std::vector<std::pair<RelationColumn, TupleColumn>> cols = {
+      {Key("id", kInt8), T("-9223372036854775808")},
+      {Col("small", kInt2), T("007")},  // not canonical: the library path
+      {Col("zero", kInt4), T("0")},
+      {Col("flag", kBool), T("t")},
+      {Col("note", kText), T("plain words, digits 123 and {braces}")},
+      {Col("quoted", kVarchar), T("say \"hi\" \\ back\tslash\n")},
+      {Col("accent", kText), T("caf\xc3\xa9 \xe2\x82\xac")},
+      {Col("broken", kText), T("bad \xff byte")},
+      {Col("control \"col\"", kBpchar), T(std::string("nul\x01" "ctl\x7f" "\0end", 13))},
+      {Col("price", kNumeric), T("12345678901234567890.000000000001")},
+      {Col("uid", kUuid), T("5f0c3c1e-0000-4000-8000-000000000001")},
+      {Col("doc", kJsonb), T(R"({"a": [1, 2.5, "x"]})")},
+      {Col("ratio", kFloat8), T("0.1")},
+      {Col("missing", kText), N()},
+      {Col("toasted", kText), U()},
+  };
+  std::vector<RelationColumn> rel_cols;
+  std::vector<TupleColumn> values;
+  Json after = Json::object();
+  for (const auto& [c, v] : cols) {
+    rel_cols.push_back(c);
+    values.push_back(v);
+    if (v.kind == Kind::kNull) {
+      after[c.name] = nullptr;
+    } else if (v.kind == Kind::kUnchangedToast) {
+      after[c.name] = kUnchangedToastPlaceholder;
+    } else {
+      after[c.name] = Map(c.type_oid, v.value);
+    }
+  }
+  auto rel = Relation("public", "every_thing", rel_cols);
+  Record r = Insert(rel, Tuple(values), 5);
+  Json expected = Json::object();
+  expected["before"] = nullptr;
+  expected["after"] = after;
+  expected["op"] = "c";
+  expected["source"] = Json{{"db", "app"}, {"schema", "public"}, {"table", "every_thing"},
+                            {"lsn", kTx.commit_lsn.value()}, {"txId", kTx.xid}, {"ts_ms", kCommitMs}};
+  expected["ts_ms"] = kCommitMs;
+  EXPECT_EQ(expected.dump(-1, ' ', false, Json::error_handler_t::replace), r.value);
+  EXPECT_EQ(R"({"id":-9223372036854775808})", r.key);
+}
+
 TEST_F(ChangeMapperTest, InsertIsACreateWithTheWholeEnvelopeInFieldAndColumnOrder) {
   Record r = Insert(Orders(), Tuple({T("42"), T("first"), T("9.90")}));
   EXPECT_EQ(
