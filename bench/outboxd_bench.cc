@@ -3,7 +3,8 @@
 // them and points OUTBOXD_HARNESS_DIR at them). bench/README.md explains
 // every number.
 //
-// Two scenarios, each printed as a table:
+// Four scenarios, each printed as a table; throughput and latency are poll
+// mode, cdc-throughput and cdc-latency cdc mode ([cdc], row changes):
 //
 //   throughput  N events (default 200000) of ~150-byte JSON payloads. Raw
 //               limit: a table of them drained with batched DELETE ...
@@ -18,18 +19,32 @@
 //               right after each COMMIT; outboxd (woken by NOTIFY) relays
 //               them; every record's LogAppendTime minus its commit time is
 //               its commit-to-ack latency.
+//   cdc-throughput  N row inserts (~200-byte rows) of a table captured by
+//               [cdc] tables, written once in one transaction and once in
+//               transactions of 100 rows, after two pgoutput slots were
+//               created. Raw limit: pg_recvlogical reads one slot to
+//               /dev/null up to the end LSN (start -> exit). Then outboxd
+//               streams the other slot into Kafka: N / (last LogAppendTime -
+//               outboxd start). The run ends when the slot's
+//               confirmed_flush_lsn reaches the end LSN.
+//   cdc-latency one-row transactions into a captured table on an absolute
+//               schedule (default 2000/s for 20 s); LogAppendTime of each
+//               row's change record minus its commit time.
 //
 // Numbers only: the program asserts nothing about them. It exits non-zero
 // when a run could not be measured (a service missing, outboxd exiting, rows
 // not drained in time, records missing). Single-threaded except for the
-// latency writer, which uses its own libpq connection and never throws.
+// latency writer, which uses its own libpq connection and never throws, and
+// the thread that waits for pg_recvlogical.
 
 #include <libpq-fe.h>
+#include <sys/resource.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cinttypes>
 #include <cstdarg>
@@ -38,6 +53,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <exception>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -65,6 +82,8 @@ using SteadyClock = std::chrono::steady_clock;
 struct Options {
   bool throughput = true;
   bool latency = true;
+  bool cdc_throughput = true;
+  bool cdc_latency = true;
   int64_t events = 200000;
   int keys = 1000;
   int payload_bytes = 150;
@@ -76,13 +95,21 @@ struct Options {
   std::string log_dir;  // where to keep outboxd's logs; empty: nowhere
   std::string log_level = "info";
   std::vector<std::pair<std::string, std::string>> kafka_properties;
+  // cdc scenarios
+  int row_bytes = 200;         // approximate size of a captured row as stored
+  int tx_rows = 100;           // rows per transaction in the "small transactions" run
+  double cdc_rate = 2000;      // cdc latency: events (one-row transactions) per second
+  bool cdc_async_commit = false;
+  std::string cdc_status_interval;  // cdc latency: [cdc] status_interval; empty: outboxd's default (10s)  // cdc latency: keep the server's synchronous_commit = off for the writer
+  std::string pg_recvlogical;  // empty: PATH, then the server's version's bindir
 };
 
 void Usage(const char* argv0) {
   std::printf(
       "usage: %s [options]\n"
-      "  --scenario all|throughput|latency   what to run (default all)\n"
-      "  --events N          throughput: events to relay (default 200000)\n"
+      "  --scenario LIST     comma-separated: all, poll, cdc, throughput, latency,\n"
+      "                      cdc-throughput, cdc-latency (default all; poll = throughput,latency)\n"
+      "  --events N          throughput (poll and cdc): events to relay (default 200000)\n"
       "  --keys N            distinct aggregateid values (default 1000)\n"
       "  --payload-bytes N   approximate payload JSON size (default 150)\n"
       "  --batch-size N      outboxd batch_size (default 1000)\n"
@@ -91,7 +118,17 @@ void Usage(const char* argv0) {
       "  --seconds S         latency: duration of the writer (default 20)\n"
       "  --max-in-flight N   outboxd [kafka] max_in_flight (default: outboxd's)\n"
       "  --kafka-property K=V  extra [kafka.properties] entry for outboxd (repeatable)\n"
-      "  --log-dir DIR       keep outboxd's logs there (throughput-cold.log, throughput-warm.log, latency.log)\n"
+      "  --row-bytes N       cdc: approximate size of a captured row as stored (default 200)\n"
+      "  --tx-rows N         cdc throughput: rows per transaction of the many-transactions run (default 100)\n"
+      "  --cdc-rate R        cdc latency: one-row transactions per second (default 2000)\n"
+      "  --cdc-status-interval D  cdc latency: [cdc] status_interval, e.g. 1s (default: outboxd's, 10s)\n"
+      "  --cdc-async-commit  cdc latency: the writer keeps the server's synchronous_commit = off\n"
+      "                      (default: it sets on; off adds up to wal_writer_delay, see bench/README.md)\n"
+      "  --pg-recvlogical P  cdc raw limit: pg_recvlogical binary (default: PATH, then\n"
+      "                      /usr/lib/postgresql/<server major>/bin/pg_recvlogical)\n"
+      "  --log-dir DIR       keep outboxd's logs there (throughput-cold.log, throughput-warm.log, latency.log,\n"
+      "                      cdc-throughput-1tx.log, cdc-throughput-<N>rows.log, cdc-latency.log, and\n"
+      "                      cdc-latency.tsv: every cdc latency event's commit and append time)\n"
       "  --log-level LEVEL   outboxd [log] level (default info)\n"
       "Needs OUTBOXD_HARNESS_DIR with pg/pg.env and kafka/kafka.env (bench/run.sh sets it up).\n",
       argv0);
@@ -123,13 +160,24 @@ Options ParseOptions(int argc, char** argv) {
       Usage(argv[0]);
       std::exit(0);
     } else if (a == "--scenario") {
-      const std::string s = value(i);
-      if (s != "all" && s != "throughput" && s != "latency") {
-        std::fprintf(stderr, "--scenario: all, throughput or latency, got \"%s\"\n", s.c_str());
-        std::exit(64);
+      o.throughput = o.latency = o.cdc_throughput = o.cdc_latency = false;
+      std::istringstream list(value(i));
+      std::string s;
+      while (std::getline(list, s, ',')) {
+        const bool all = s == "all";
+        if (!all && s != "poll" && s != "cdc" && s != "throughput" && s != "latency" && s != "cdc-throughput" &&
+            s != "cdc-latency") {
+          std::fprintf(stderr,
+                       "--scenario: all, poll, cdc, throughput, latency, cdc-throughput or cdc-latency, "
+                       "got \"%s\"\n",
+                       s.c_str());
+          std::exit(64);
+        }
+        o.throughput |= all || s == "poll" || s == "throughput";
+        o.latency |= all || s == "poll" || s == "latency";
+        o.cdc_throughput |= all || s == "cdc" || s == "cdc-throughput";
+        o.cdc_latency |= all || s == "cdc" || s == "cdc-latency";
       }
-      o.throughput = s != "latency";
-      o.latency = s != "throughput";
     } else if (a == "--events") {
       o.events = static_cast<int64_t>(number(i));
     } else if (a == "--keys") {
@@ -146,6 +194,18 @@ Options ParseOptions(int argc, char** argv) {
       o.seconds = static_cast<int>(number(i));
     } else if (a == "--max-in-flight") {
       o.max_in_flight = static_cast<int64_t>(number(i));
+    } else if (a == "--row-bytes") {
+      o.row_bytes = static_cast<int>(number(i));
+    } else if (a == "--tx-rows") {
+      o.tx_rows = static_cast<int>(number(i));
+    } else if (a == "--cdc-rate") {
+      o.cdc_rate = number(i);
+    } else if (a == "--cdc-status-interval") {
+      o.cdc_status_interval = value(i);
+    } else if (a == "--cdc-async-commit") {
+      o.cdc_async_commit = true;
+    } else if (a == "--pg-recvlogical") {
+      o.pg_recvlogical = value(i);
     } else if (a == "--log-level") {
       o.log_level = value(i);
     } else if (a == "--log-dir") {
@@ -214,10 +274,9 @@ std::string CpuModel() {
   return "unknown CPU";
 }
 
-// User + system CPU seconds a process has used so far; nullopt when it is gone.
-std::optional<double> CpuSeconds(pid_t pid) {
-  if (pid <= 0) return std::nullopt;
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+// User + system CPU seconds from a /proc/.../stat file; nullopt when it is gone.
+std::optional<double> CpuSecondsFrom(const std::string& stat_path) {
+  std::ifstream in(stat_path);
   std::string stat;
   if (!std::getline(in, stat)) return std::nullopt;
   const auto paren = stat.rfind(')');
@@ -230,6 +289,13 @@ std::optional<double> CpuSeconds(pid_t pid) {
   if (v.size() < 13) return std::nullopt;
   const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
   return (std::strtod(v[11].c_str(), nullptr) + std::strtod(v[12].c_str(), nullptr)) / ticks;
+}
+
+// User + system CPU seconds a process (all its threads) has used so far;
+// nullopt when it is gone.
+std::optional<double> CpuSeconds(pid_t pid) {
+  if (pid <= 0) return std::nullopt;
+  return CpuSecondsFrom("/proc/" + std::to_string(pid) + "/stat");
 }
 
 // The Kafka broker's pid, from the harness' kafka.pid.
@@ -340,6 +406,21 @@ class DbWatch {
     return static_cast<pid_t>(std::atol(PQgetvalue(res.get(), 0, 0)));
   }
 
+  // pid of the walsender streaming replication slot `slot` (the bench's slot
+  // names are [a-z0-9_]), or -1 while nobody streams it.
+  pid_t SlotActivePid(const std::string& slot) const {
+    auto res = Run("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '" + slot +
+                   "' AND active_pid IS NOT NULL");
+    if (PQntuples(res.get()) != 1) return -1;
+    return static_cast<pid_t>(std::atol(PQgetvalue(res.get(), 0, 0)));
+  }
+
+  // True once the slot's confirmed_flush_lsn is at or past `lsn` ("0/1EB1028").
+  bool SlotConfirmedPast(const std::string& slot, const std::string& lsn) const {
+    return Rows("SELECT 1 FROM pg_replication_slots WHERE slot_name = '" + slot +
+                "' AND confirmed_flush_lsn >= '" + lsn + "'::pg_lsn") == 1;
+  }
+
  private:
   PgResult Run(const std::string& sql) const {
     auto res = conn_.Exec(sql);
@@ -392,8 +473,8 @@ std::string PayloadSql(const std::string& n_sql, int keys, int bytes, bool with_
          " % 100000) / 100.0, 2), 'lines', 3, 'note', repeat('x', " + std::to_string(pad) + "))";
 }
 
-std::string OutboxdToml(const Options& o, const TestDatabase& db, const std::string& table,
-                        const std::string& extra_outbox_keys) {
+// [postgres], [kafka] and [log]: the part of the config both modes share.
+std::string CommonToml(const Options& o, const TestDatabase& db) {
   std::string t;
   t += "[postgres]\nconninfo = " + Quote(db.conninfo()) + "\n\n";
   t += "[kafka]\nbootstrap_servers = " + Quote(SharedServices().kafka_bootstrap) + "\n";
@@ -403,6 +484,12 @@ std::string OutboxdToml(const Options& o, const TestDatabase& db, const std::str
     for (const auto& [k, v] : o.kafka_properties) t += Quote(k) + " = " + Quote(v) + "\n";
   }
   t += "\n[log]\nlevel = " + Quote(o.log_level) + "\n\n";
+  return t;
+}
+
+std::string OutboxdToml(const Options& o, const TestDatabase& db, const std::string& table,
+                        const std::string& extra_outbox_keys) {
+  std::string t = CommonToml(o, db);
   t += "[[outbox]]\ntable = " + Quote(table) + "\n";
   t += "batch_size = " + std::to_string(o.batch_size) + "\n";
   t += "headers = { type = \"type\" }\n";
@@ -723,6 +810,11 @@ struct Writer {
   int payload_bytes = 150;
   double rate = 1000;
   int64_t count = 0;
+  // The INSERT to run, $1 = the event number; empty: an outbox event into
+  // `table` (the poll latency scenario).
+  std::string sql;
+  // Run once after connecting, e.g. "SET synchronous_commit = on"; empty: nothing.
+  std::string session_sql;
 
   std::vector<double> commit_ms;  // by event number
   double max_behind_ms = 0;       // how far the writer fell behind its schedule
@@ -736,9 +828,18 @@ struct Writer {
       error = conn.status().message();
       return;
     }
-    const std::string sql = "INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) VALUES ('" +
-                            aggregatetype + "', 'order-' || ($1::bigint % " + std::to_string(keys) +
-                            "), 'OrderCreated', " + PayloadSql("$1::bigint", keys, payload_bytes, true) + ")";
+    if (!session_sql.empty()) {
+      PgResult set(PQexec(conn->get(), session_sql.c_str()));
+      if (!set || PQresultStatus(set.get()) != PGRES_COMMAND_OK) {
+        error = session_sql + ": " + PQerrorMessage(conn->get());
+        return;
+      }
+    }
+    if (sql.empty()) {
+      sql = "INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) VALUES ('" + aggregatetype +
+            "', 'order-' || ($1::bigint % " + std::to_string(keys) + "), 'OrderCreated', " +
+            PayloadSql("$1::bigint", keys, payload_bytes, true) + ")";
+    }
     // Prepared once, like an application's statement cache.
     PgResult prep(PQprepare(conn->get(), "ins", sql.c_str(), 1, nullptr));
     if (!prep || PQresultStatus(prep.get()) != PGRES_COMMAND_OK) {
@@ -909,6 +1010,508 @@ int RunLatency(const Options& o, const TestDatabase& db) {
   return (missing == 0 && unparsed == 0) ? 0 : 1;
 }
 
+// ---------------------------------------------------------------------------
+// CDC (issue 3): row changes of a captured table, streamed from a pgoutput
+// slot. Raw limit: pg_recvlogical reading the same changes from an identical
+// slot to /dev/null.
+
+// Names of one cdc run. Slots are cluster-wide and named [a-z0-9_], so slot
+// and publication names carry the bench's pid; the topic prefix is unique.
+struct CdcNames {
+  std::string table;         // "public.cdc_1tx"
+  std::string publication;
+  std::string slot;          // outboxd's
+  std::string raw_slot;      // pg_recvlogical's
+  std::string topic_prefix;
+  std::string topic;         // <topic_prefix>.public.cdc_<kind>
+};
+
+CdcNames MakeCdcNames(const std::string& kind) {
+  const std::string tag = kind + "_" + std::to_string(::getpid());
+  CdcNames n;
+  n.table = "public.cdc_" + kind;
+  n.publication = "bench_" + tag;
+  n.slot = "bench_outboxd_" + tag;
+  n.raw_slot = "bench_raw_" + tag;
+  n.topic_prefix = UniqueTopic("benchcdc");
+  n.topic = n.topic_prefix + ".public.cdc_" + kind;
+  return n;
+}
+
+// An order-like table; a row is about --row-bytes as stored.
+std::string CdcTableDdl(const std::string& table) {
+  return "CREATE TABLE " + table +
+         " (id bigint PRIMARY KEY, customer_id bigint NOT NULL, status text NOT NULL,"
+         "  amount numeric(12,2) NOT NULL, currency text NOT NULL,"
+         "  created_at timestamptz NOT NULL DEFAULT now(), note text NOT NULL)";
+}
+
+const char* const kCdcColumns = "(id, customer_id, status, amount, currency, note)";
+
+// The values of row `n_sql` (an SQL expression) for kCdcColumns.
+std::string CdcRowValuesSql(const std::string& n_sql, const Options& o) {
+  // Tuple header, id, customer_id, status, amount, currency and created_at
+  // take about 70 bytes as stored; `note` pads the row to --row-bytes.
+  const int pad = std::max(0, o.row_bytes - 70);
+  return n_sql + ", " + n_sql + " % " + std::to_string(o.keys) + ", 'CREATED', round((" + n_sql +
+         " % 100000) / 100.0, 2), 'EUR', repeat('x', " + std::to_string(pad) + ")";
+}
+
+std::string CdcFillSql(const std::string& table, const Options& o, const std::string& from_sql,
+                       const std::string& to_sql) {
+  return "INSERT INTO " + table + " " + kCdcColumns + " SELECT " + CdcRowValuesSql("i", o) +
+         " FROM generate_series(" + from_sql + ", " + to_sql + ") i";
+}
+
+// Rows 1..o.events: one INSERT (one transaction) when tx_rows >= o.events,
+// else a DO block committing every tx_rows rows (one statement, so the
+// server does the loop and the writes take no client round trips).
+std::string CdcWritesSql(const std::string& table, const Options& o, int64_t tx_rows) {
+  const std::string last = std::to_string(o.events);
+  if (tx_rows >= o.events) return CdcFillSql(table, o, "1", last);
+  const std::string per = std::to_string(tx_rows);
+  const int64_t txs = (o.events + tx_rows - 1) / tx_rows;
+  return "DO $$ BEGIN FOR b IN 0.." + std::to_string(txs - 1) + " LOOP " +
+         CdcFillSql(table, o, "b::bigint * " + per + " + 1", "least((b::bigint + 1) * " + per + ", " + last + ")") +
+         "; COMMIT; END LOOP; END $$";
+}
+
+// status_interval of the throughput runs: the bench sees the end by the
+// slot's confirmed_flush_lsn, which moves once per status_interval.
+constexpr const char* kCdcThroughputStatusInterval = "100ms";
+
+std::string CdcToml(const Options& o, const TestDatabase& db, const CdcNames& n, bool create,
+                    const std::string& status_interval) {
+  std::string t = CommonToml(o, db);
+  t += "[cdc]\nslot = " + Quote(n.slot) + "\npublication = " + Quote(n.publication) + "\n";
+  t += std::string("create = ") + (create ? "true" : "false") + "\n";
+  t += "tables = [" + Quote(n.table) + "]\ntopic_prefix = " + Quote(n.topic_prefix) + "\n";
+  if (!status_interval.empty()) t += "status_interval = " + Quote(status_interval) + "\n";
+  return t;
+}
+
+std::string PgRecvlogicalPath(const Options& o, const TestDatabase& db) {
+  if (!o.pg_recvlogical.empty()) return o.pg_recvlogical;
+  if (const char* path = std::getenv("PATH")) {
+    std::istringstream dirs(path);
+    std::string dir;
+    while (std::getline(dirs, dir, ':')) {
+      const std::string candidate = (dir.empty() ? "." : dir) + "/pg_recvlogical";
+      if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    }
+  }
+  const long version = std::atol(db.QueryString("SHOW server_version_num").c_str());
+  return "/usr/lib/postgresql/" + std::to_string(version / 10000) + "/bin/pg_recvlogical";
+}
+
+// CPU seconds per thread name of a process ("rdk:broker1" ...), busiest
+// first: "outboxd 1.20 s, rdk:broker1 0.40 s". Cumulative since the start.
+std::string ThreadCpu(pid_t pid) {
+  std::map<std::string, double> by_name;
+  std::error_code ec;
+  const std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& entry : std::filesystem::directory_iterator(task_dir, ec)) {
+    std::ifstream comm_in(entry.path() / "comm");
+    std::string comm;
+    std::getline(comm_in, comm);
+    // The thread's own times: /proc/PID/task/TID/stat (/proc/TID/stat has the whole process').
+    const auto cpu = CpuSecondsFrom(entry.path() / "stat");
+    if (!comm.empty() && cpu) by_name[comm] += *cpu;
+  }
+  std::vector<std::pair<double, std::string>> sorted;
+  for (const auto& [name, cpu] : by_name) sorted.emplace_back(cpu, name);
+  std::sort(sorted.rbegin(), sorted.rend());
+  std::string out;
+  for (const auto& [cpu, name] : sorted) {
+    if (cpu < 0.005) continue;
+    out += (out.empty() ? "" : ", ") + name + Fmt(" %.2f s", cpu);
+  }
+  return out.empty() ? "n/a" : out;
+}
+
+// Records in a topic (fresh, no transactions): sum of last offset + 1.
+int64_t TopicRecordCount(const std::string& topic, int partitions) {
+  int64_t n = 0;
+  for (int p = 0; p < partitions; ++p) {
+    for (const KcatRecord& r : ReadRecords(topic, p, "-1", 1)) n += r.offset + 1;
+  }
+  return n;
+}
+
+// "value 594 B, key 10 B": the size of the topic's first record.
+std::string RecordSize(const std::string& topic) {
+  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-p", "0", "-o",
+                                "beginning", "-c", "1", "-e", "-q", "-f", "%S %K\\n"},
+                               seconds(60));
+  long value = -1, key = -1;
+  std::istringstream in(r.output);
+  if (r.exit_code != 0 || !(in >> value >> key)) return "n/a";
+  return Fmt("value %ld B, key %ld B", value, key);
+}
+
+// pg_recvlogical reading a slot up to an LSN, into /dev/null.
+struct RawStream {
+  double seconds = 0;         // start -> exit
+  double cpu_self = -1;       // pg_recvlogical's user + system CPU seconds
+  double cpu_walsender = -1;  // its walsender's, last sample before it exited
+};
+
+RawStream StreamWithPgRecvlogical(const Options& o, const TestDatabase& db, const DbWatch& watch,
+                                  const CdcNames& n, const std::string& end_lsn) {
+  const std::vector<std::string> args = {PgRecvlogicalPath(o, db), "-d", db.conninfo(), "--slot", n.raw_slot,
+                                         "--start", "--no-loop", "-o", "proto_version=1",
+                                         "-o", "publication_names=" + n.publication, "-o", "messages=true",
+                                         "--endpos", end_lsn, "-f", "/dev/null"};
+  RawStream raw;
+  CommandResult result;
+  std::exception_ptr error;
+  std::atomic<bool> done{false};
+  rusage before{};
+  ::getrusage(RUSAGE_CHILDREN, &before);
+  const auto t0 = SteadyClock::now();
+  std::thread reader([&] {
+    try {
+      result = RunCommand(args, std::chrono::minutes(10));
+    } catch (...) {
+      error = std::current_exception();
+    }
+    raw.seconds = Seconds(SteadyClock::now() - t0);
+    done = true;
+  });
+  // The walsender lives as long as pg_recvlogical's connection: find it once,
+  // then read its CPU time from /proc (no more queries) until the end.
+  pid_t walsender = -1;
+  while (!done) {
+    if (walsender <= 0) {
+      walsender = watch.SlotActivePid(n.raw_slot);
+    } else if (auto c = CpuSeconds(walsender)) {
+      raw.cpu_walsender = *c;
+    }
+    std::this_thread::sleep_for(milliseconds(walsender <= 0 ? 2 : 5));
+  }
+  reader.join();
+  if (error) std::rethrow_exception(error);
+  rusage after{};
+  ::getrusage(RUSAGE_CHILDREN, &after);
+  const auto secs = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  raw.cpu_self = secs(after.ru_utime) - secs(before.ru_utime) + secs(after.ru_stime) - secs(before.ru_stime);
+  if (result.exit_code != 0) {
+    throw HarnessError(Fmt("pg_recvlogical exited with %d: ", result.exit_code) + result.output);
+  }
+  return raw;
+}
+
+// One cdc throughput run: both slots are created, then o.events rows are
+// written in transactions of tx_rows rows; then pg_recvlogical reads its slot
+// to the end, then outboxd streams its slot into Kafka.
+struct CdcDrain {
+  int64_t transactions = 0;
+  double write_seconds = 0;
+  std::string end_lsn;
+  RawStream raw;
+  double t0_wall = 0;         // outboxd started, CLOCK_REALTIME ms
+  double confirmed_wall = 0;  // its slot's confirmed_flush_lsn was seen at the end
+  TopicSpan span;
+  std::string record_size;
+  ProcessMemory mem;
+  std::string threads;
+  std::vector<std::pair<std::string, std::string>> cpu_rows;
+
+  double start_to_last_ack() const { return (static_cast<double>(span.last_ts) - t0_wall) / 1e3; }
+  double first_to_last_append() const {
+    return static_cast<double>(std::max<int64_t>(1, span.last_ts - span.first_ts)) / 1e3;
+  }
+  double start_to_confirmed() const { return (confirmed_wall - t0_wall) / 1e3; }
+};
+
+CdcDrain RunCdcDrain(const Options& o, const TestDatabase& db, const std::string& kind, int64_t tx_rows) {
+  const CdcNames n = MakeCdcNames(kind);
+  db.Exec(CdcTableDdl(n.table));
+  KafkaAdmin admin(SharedServices().kafka_bootstrap);
+  admin.CreateTopic(n.topic, o.partitions, {{"message.timestamp.type", "LogAppendTime"}});
+  OutboxdProcess outboxd(CdcToml(o, db, n, /*create=*/false, kCdcThroughputStatusInterval));
+  // Both slots exist before the first write, so both hold the same changes.
+  const CommandResult init = OutboxdProcess::RunCommand({"init", "-c", outboxd.config_path()});
+  if (init.exit_code != 0) throw HarnessError("outboxd init failed:\n" + init.output);
+  db.Exec("SELECT pg_create_logical_replication_slot('" + n.raw_slot + "', 'pgoutput')");
+
+  CdcDrain d;
+  d.transactions = (o.events + tx_rows - 1) / tx_rows;
+  Progress(Fmt("cdc throughput (%s): writing %" PRId64 " rows in %" PRId64 " transaction(s) into %s", kind.c_str(),
+               o.events, d.transactions, n.table.c_str()));
+  const auto w0 = SteadyClock::now();
+  db.Exec(CdcWritesSql(n.table, o, tx_rows));
+  d.write_seconds = Seconds(SteadyClock::now() - w0);
+  // At or past the end of the last commit record. pg_recvlogical --endpos
+  // stops at the first change past it; the fence below makes sure there is
+  // one (without it, an end LSN between two records, e.g. after a page
+  // header, would keep it waiting for the next WAL record). outboxd ignores
+  // the fence (no message_prefix).
+  d.end_lsn = db.QueryString("SELECT pg_current_wal_insert_lsn()");
+  db.Exec("SELECT pg_logical_emit_message(true, 'outboxd-bench-fence', '')");
+  db.Exec("CHECKPOINT");  // neither reader should meet the checkpointer
+  const DbWatch watch(db);
+
+  Progress(Fmt("cdc throughput (%s): pg_recvlogical reads slot %s up to %s", kind.c_str(), n.raw_slot.c_str(),
+               d.end_lsn.c_str()));
+  d.raw = StreamWithPgRecvlogical(o, db, watch, n, d.end_lsn);
+
+  Progress(Fmt("cdc throughput (%s): outboxd streams slot %s into %s", kind.c_str(), n.slot.c_str(), n.topic.c_str()));
+  const auto running = [&] {
+    if (!outboxd.Running()) Fail(outboxd, "outboxd exited during the cdc throughput run (" + kind + ")");
+  };
+  CpuMeter cpu;
+  CpuMeter walsender_cpu;
+  bool walsender_added = false;
+  d.t0_wall = WallMs();
+  outboxd.Start();
+  const auto t0 = SteadyClock::now();
+  cpu.Add("outboxd", outboxd.pid());
+  cpu.Add("Kafka broker", BrokerPid());
+  cpu.Start();
+  const bool confirmed = WaitUntil(
+      [&] {
+        running();
+        if (!walsender_added) {
+          if (pid_t w = watch.SlotActivePid(n.slot); w > 0) {
+            walsender_cpu.Add("walsender of outboxd", w);
+            walsender_cpu.Start();
+            walsender_added = true;
+          }
+        }
+        return watch.SlotConfirmedPast(n.slot, d.end_lsn);
+      },
+      std::chrono::minutes(10), milliseconds(20));
+  d.confirmed_wall = WallMs();
+  const double wall = Seconds(SteadyClock::now() - t0);
+  cpu.Stop();
+  walsender_cpu.Stop();
+  if (!confirmed) Fail(outboxd, "outboxd did not confirm " + d.end_lsn + " on slot " + n.slot + " within 10 minutes");
+  d.mem = ReadProcessMemory(outboxd.pid());
+  d.threads = ThreadCpu(outboxd.pid());
+  StopOutboxd(outboxd);
+  SaveLog(o, outboxd, "cdc-throughput-" + kind + ".log");
+  d.cpu_rows = cpu.Rows(wall);
+  for (const auto& r : walsender_cpu.Rows(wall)) d.cpu_rows.push_back(r);
+  d.cpu_rows.push_back(cpu.MachineRow());
+  d.span = ReadTopicSpan(n.topic, o.partitions, "");
+  d.record_size = RecordSize(n.topic);
+  return d;
+}
+
+int RunCdcThroughput(const Options& o, const TestDatabase& db) {
+  // The row size, from a sample of the same rows.
+  db.Exec(CdcTableDdl("public.cdc_sample"));
+  db.Exec(CdcFillSql("public.cdc_sample", o, "1", std::to_string(std::min<int64_t>(o.events, 10000))));
+  const std::string avg_row = db.QueryString("SELECT round(avg(pg_column_size(t.*))) FROM public.cdc_sample t");
+  db.Exec("DROP TABLE public.cdc_sample");
+
+  const std::string small_kind = std::to_string(o.tx_rows) + "rows";
+  const CdcDrain big = RunCdcDrain(o, db, "1tx", o.events);
+  const CdcDrain small = RunCdcDrain(o, db, small_kind, o.tx_rows);
+
+  Table t(Fmt("CDC THROUGHPUT  %" PRId64 " row inserts of a captured table, topic %d partitions (LogAppendTime), "
+              "status_interval %s",
+              o.events, o.partitions, kCdcThroughputStatusInterval));
+  t.Row("event size", Fmt("row %s B as stored; Kafka record %s", avg_row.c_str(), big.record_size.c_str()));
+  bool all_there = true;
+  double worst_ratio = INFINITY;
+  for (const CdcDrain* r : {&big, &small}) {
+    const std::string k = r == &big ? "1 tx: " : Fmt("%d rows/tx: ", o.tx_rows);
+    const double raw_rate = static_cast<double>(o.events) / r->raw.seconds;
+    const double rate = static_cast<double>(o.events) / r->start_to_last_ack();
+    worst_ratio = std::min(worst_ratio, rate / raw_rate);
+    t.Row(k + "written (not measured)", Fmt("%" PRId64 " transaction(s) in %.2f s, end LSN %s", r->transactions,
+                                            r->write_seconds, r->end_lsn.c_str()));
+    t.Row(k + "raw limit: pg_recvlogical -> /dev/null",
+          Rate(o.events, r->raw.seconds) + Fmt("  (%.2f s, start -> exit at --endpos)", r->raw.seconds));
+    t.Row(k + "raw: CPU pg_recvlogical / its walsender",
+          Fmt("%.2f s / %.2f s (%.0f%% / %.0f%% of one core)", r->raw.cpu_self, r->raw.cpu_walsender,
+              100 * r->raw.cpu_self / r->raw.seconds, 100 * r->raw.cpu_walsender / r->raw.seconds));
+    t.Row(k + "outboxd: start -> last ack", Rate(o.events, r->start_to_last_ack()) +
+                                                Fmt("  (%.2f s to the last LogAppendTime)", r->start_to_last_ack()));
+    t.Row(k + "ratio outboxd / pg_recvlogical", Fmt("%.2f  (goal >= 0.6: %s)", rate / raw_rate,
+                                                    rate / raw_rate >= 0.6 ? "met" : "NOT met"));
+    t.Row(k + "outboxd: first -> last append",
+          Rate(o.events, r->first_to_last_append()) + Fmt("  (%.2f s)", r->first_to_last_append()));
+    t.Row(k + "outboxd: start -> slot confirmed",
+          Rate(o.events, r->start_to_confirmed()) + Fmt("  (%.2f s wall)", r->start_to_confirmed()));
+    t.Row(k + "timeline from outboxd start",
+          Fmt("first append +%.0f ms, last append +%.0f ms, confirmed_flush_lsn seen +%.0f ms",
+              static_cast<double>(r->span.first_ts) - r->t0_wall, static_cast<double>(r->span.last_ts) - r->t0_wall,
+              r->confirmed_wall - r->t0_wall));
+    t.Row(k + "records in topic",
+          Fmt("%" PRId64 " (%s per partition)%s", r->span.records, r->span.per_partition.c_str(),
+              r->span.records == o.events ? "" : "  DIFFERS from the rows written"));
+    t.Row(k + "outboxd peak RSS (VmHWM)", Mib(r->mem.peak_rss_kb));
+    for (const auto& [m, v] : r->cpu_rows) t.Row(k + m, v);
+    t.Row(k + "outboxd CPU by thread", r->threads);
+    all_there = all_there && r->span.records == o.events;
+  }
+  t.Row("goal ratio >= 0.6 of pg_recvlogical (both runs)", worst_ratio >= 0.6 ? "met" : "NOT met");
+  t.Print();
+  return all_there ? 0 : 1;
+}
+
+int RunCdcLatency(const Options& o, const TestDatabase& db) {
+  const CdcNames n = MakeCdcNames("lat");
+  db.Exec(CdcTableDdl(n.table));
+  KafkaAdmin admin(SharedServices().kafka_bootstrap);
+  admin.CreateTopic(n.topic, o.partitions, {{"message.timestamp.type", "LogAppendTime"}});
+  // outboxd's defaults otherwise (status_interval 10s unless --cdc-status-interval).
+  OutboxdProcess outboxd(CdcToml(o, db, n, /*create=*/true, o.cdc_status_interval));
+  const DbWatch watch(db);
+  const auto running = [&] {
+    if (!outboxd.Running()) Fail(outboxd, "outboxd exited during the cdc latency run");
+  };
+  outboxd.Start();
+  if (!WaitUntil([&] { running(); return watch.SlotActivePid(n.slot) > 0; }, seconds(60))) {
+    Fail(outboxd, "outboxd did not start streaming slot " + n.slot);
+  }
+
+  // Warm-up rows (negative ids, not counted): the producer learns the topic
+  // and connects. The first one's latency is reported on its own.
+  Progress("cdc latency: warm-up");
+  constexpr int kWarmup = 50;
+  double first_commit_ms = 0;
+  for (int i = 1; i <= kWarmup; ++i) {
+    db.Exec("INSERT INTO " + n.table + " " + kCdcColumns + " VALUES (" + CdcRowValuesSql(std::to_string(-i), o) + ")");
+    if (i == 1) first_commit_ms = WallMs();
+  }
+  const auto relayed = [&](int64_t count) {
+    return [&, count] {
+      running();
+      return TopicRecordCount(n.topic, o.partitions) >= count;
+    };
+  };
+  if (!WaitUntil(relayed(kWarmup), seconds(60), milliseconds(200))) {
+    Fail(outboxd, "warm-up rows were not relayed within 60 s");
+  }
+  std::this_thread::sleep_for(seconds(1));
+
+  Writer w;
+  w.conninfo = db.conninfo();
+  w.table = n.table;
+  w.rate = o.cdc_rate;
+  w.count = static_cast<int64_t>(std::llround(o.cdc_rate * o.seconds));
+  w.sql = "INSERT INTO " + n.table + " " + kCdcColumns + " VALUES (" + CdcRowValuesSql("$1::bigint", o) + ")";
+  // The walsender sends only WAL that is flushed. With the harness server's
+  // synchronous_commit = off a commit is flushed by the WAL writer, up to
+  // wal_writer_delay (200 ms) later, and that delay would be most of what is
+  // measured; PostgreSQL's default (on) flushes at COMMIT (cheap here: fsync
+  // is off).
+  w.session_sql = o.cdc_async_commit ? "" : "SET synchronous_commit = on";
+  Progress(Fmt("cdc latency: %" PRId64 " one-row transactions at %.0f/s for %d s", w.count, o.cdc_rate, o.seconds));
+  CpuMeter cpu;
+  cpu.Add("outboxd", outboxd.pid());
+  cpu.Add("Kafka broker", BrokerPid());
+  if (pid_t ws = watch.SlotActivePid(n.slot); ws > 0) cpu.Add("walsender of outboxd", ws);
+  cpu.Start();
+  const auto start = SteadyClock::now() + milliseconds(100);
+  std::thread writer([&] { w.Run(start); });
+  writer.join();
+  const double writer_seconds = Seconds(SteadyClock::now() - start);
+  cpu.Stop();
+  if (!w.error.empty()) Fail(outboxd, "latency writer failed: " + w.error);
+  if (!WaitUntil(relayed(kWarmup + w.count), seconds(120), milliseconds(500))) {
+    Fail(outboxd, "outboxd did not relay every row within 120 s");
+  }
+  const ProcessMemory mem = ReadProcessMemory(outboxd.pid());
+  const std::string threads = ThreadCpu(outboxd.pid());
+  StopOutboxd(outboxd);
+  SaveLog(o, outboxd, "cdc-latency.log");
+
+  // Every record: "LogAppendTime<TAB>key", the key being {"id":N}.
+  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", n.topic, "-o",
+                                "beginning", "-e", "-q", "-f", "%T\\t%k\\n"},
+                               seconds(300));
+  if (r.exit_code != 0) throw HarnessError("kcat could not read " + n.topic + ": " + r.output);
+  std::vector<double> ack_ms(static_cast<std::size_t>(w.count), -1);
+  int64_t duplicates = 0, unparsed = 0;
+  double first_ack_ms = -1;
+  std::istringstream lines(r.output);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto tab = line.find('\t');
+    const auto id = line.find("\"id\":");
+    if (tab == std::string::npos || id == std::string::npos) {
+      if (!line.empty()) ++unparsed;
+      continue;
+    }
+    const double ts = std::strtod(line.c_str(), nullptr);
+    const long long k = std::strtoll(line.c_str() + id + 5, nullptr, 10);
+    if (k < 0) {
+      if (k == -1) first_ack_ms = ts;
+      continue;
+    }
+    if (k >= w.count) {
+      ++unparsed;
+      continue;
+    }
+    double& a = ack_ms[static_cast<std::size_t>(k)];
+    if (a >= 0) {
+      ++duplicates;
+      a = std::min(a, ts);
+    } else {
+      a = ts;
+    }
+  }
+  std::vector<double> latency;
+  latency.reserve(ack_ms.size());
+  int64_t missing = 0;
+  std::ofstream tsv;  // every event, to look at the tail over time
+  if (!o.log_dir.empty()) {
+    tsv.open(o.log_dir + "/cdc-latency.tsv", std::ios::trunc);
+    tsv << "n\tcommit_ms\tappend_ms\tlatency_ms\n";
+  }
+  for (std::size_t i = 0; i < ack_ms.size(); ++i) {
+    if (tsv.is_open()) {
+      tsv << i << '\t' << Fmt("%.3f", w.commit_ms[i]) << '\t' << Fmt("%.0f", ack_ms[i]) << '\t'
+          << Fmt("%.3f", ack_ms[i] - w.commit_ms[i]) << '\n';
+    }
+    if (ack_ms[i] < 0) {
+      ++missing;
+      continue;
+    }
+    latency.push_back(ack_ms[i] - w.commit_ms[i]);
+  }
+  std::sort(latency.begin(), latency.end());
+  const double p99 = Percentile(latency, 0.99);
+  int64_t over_25 = 0;
+  for (double l : latency) over_25 += l >= 25 ? 1 : 0;
+
+  Table t(Fmt("CDC LATENCY  %.0f one-row transactions/s for %d s, row changes of a captured table, "
+              "status_interval %s, writer synchronous_commit = %s",
+              o.cdc_rate, o.seconds,
+              o.cdc_status_interval.empty() ? "10s (default)" : o.cdc_status_interval.c_str(),
+              o.cdc_async_commit ? "off" : "on"));
+  t.Row("rows written (achieved rate)",
+        Fmt("%" PRId64 " (%.0f/s)", w.count, static_cast<double>(w.count) / writer_seconds));
+  t.Row("writer behind schedule", Fmt("max %.1f ms, %" PRId64 " inserts > 10 ms late", w.max_behind_ms, w.behind_10ms));
+  t.Row("latencies measured (commit -> LogAppendTime)",
+        Fmt("%zu (missing %" PRId64 ", duplicates %" PRId64 ")", latency.size(), missing, duplicates));
+  t.Row("p50", Fmt("%.1f ms", Percentile(latency, 0.50)));
+  t.Row("p90", Fmt("%.1f ms", Percentile(latency, 0.90)));
+  t.Row("p99", Fmt("%.1f ms  (goal < 25 ms: %s)", p99, p99 < 25 ? "met" : "NOT met"));
+  t.Row("p99.9", Fmt("%.1f ms", Percentile(latency, 0.999)));
+  t.Row("max", Fmt("%.1f ms", latency.empty() ? NAN : latency.back()));
+  t.Row("min", Fmt("%.1f ms", latency.empty() ? NAN : latency.front()));
+  t.Row("events >= 25 ms", Fmt("%" PRId64 " (%.2f%%)", over_25,
+                               latency.empty() ? 0.0
+                                               : 100.0 * static_cast<double>(over_25) / static_cast<double>(latency.size())));
+  t.Row("first row after outboxd start (not above)",
+        first_ack_ms < 0 ? "n/a" : Fmt("%.1f ms", first_ack_ms - first_commit_ms));
+  t.Row("outboxd peak RSS (VmHWM)", Mib(mem.peak_rss_kb));
+  t.Rows(cpu.Rows(writer_seconds));
+  t.Row(cpu.MachineRow().first, cpu.MachineRow().second);
+  t.Row("outboxd CPU by thread (whole run)", threads);
+  t.Row("goal p99 < 25 ms at 2000 events/s", o.cdc_rate < 2000 ? Fmt("not checked (rate %.0f/s)", o.cdc_rate)
+                                                                 : (p99 < 25 ? "met" : "NOT met"));
+  if (unparsed > 0) t.Row("unparseable records", std::to_string(unparsed));
+  t.Print();
+  return (missing == 0 && unparsed == 0) ? 0 : 1;
+}
+
 int Main(int argc, char** argv) {
   const Options o = ParseOptions(argc, argv);
   const ServiceInfo& services = SharedServices();
@@ -930,6 +1533,8 @@ int Main(int argc, char** argv) {
   int rc = 0;
   if (o.throughput) rc |= RunThroughput(o, db);
   if (o.latency) rc |= RunLatency(o, db);
+  if (o.cdc_throughput) rc |= RunCdcThroughput(o, db);
+  if (o.cdc_latency) rc |= RunCdcLatency(o, db);
   return rc;
 }
 

@@ -3,6 +3,10 @@
 #
 #   bench/run.sh [BENCH OPTIONS]       e.g. bench/run.sh --events 500000 --scenario throughput
 #
+# Without --scenario it runs all four scenarios: poll mode (throughput,
+# latency) and cdc mode (cdc-throughput, cdc-latency); --scenario poll or
+# --scenario cdc picks one mode (bench/README.md).
+#
 # builds outboxd and outboxd_bench (cmake -S . -B build -G Ninja), starts a
 # throwaway PostgreSQL and a single-node Kafka broker with tests/harness/pg.sh
 # and kafka.sh in a temporary directory, runs build/bench/outboxd_bench with
