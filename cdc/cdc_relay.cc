@@ -328,6 +328,9 @@ Status CdcRelay::Connect(bool first) {
       log->warn("{}; waiting for it to be released", st.message());
       reconnect_at_ = Clock::now() + std::min(reconnect_backoff_.Next(), kHeldSlotRetryMax);
       stream_.Close();
+      // A standby is healthy while it waits: ready, as far as systemd goes.
+      if (!ready_signalled_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
+      ready_signalled_ = true;
       return Status::Ok();
     }
     if (stream_.last_failure() == StreamFailure::kSlotMissing) {
@@ -340,10 +343,9 @@ Status CdcRelay::Connect(bool first) {
   reconnect_backoff_.Reset();
   next_status_ = Clock::now();
   reported_lsn_ = Lsn();
-  if (!streamed_once_) {
-    streamed_once_ = true;
-    if (on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
-  }
+  streamed_once_ = true;
+  if (!ready_signalled_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
+  ready_signalled_ = true;
   return Status::Ok();
 }
 

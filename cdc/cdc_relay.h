@@ -68,8 +68,9 @@ class CdcRelay {
   [[nodiscard]] Status Run(int stop_fd);
 
   enum class Lifecycle { kReady, kStopping };
-  // Called on the Run() thread: kReady once streaming first started,
-  // kStopping when a stop was requested.
+  // Called on the Run() thread: kReady once streaming first started (or a
+  // standby started waiting for the slot), kStopping when a stop was
+  // requested.
   void OnLifecycle(std::function<void(Lifecycle)> handler) { on_lifecycle_ = std::move(handler); }
 
  private:
@@ -179,6 +180,7 @@ class CdcRelay {
   std::vector<Failure> failures_;  // filled by OnDelivery, handled after Poll
 
   bool stopping_ = false;
+  bool ready_signalled_ = false;
   std::function<void(Lifecycle)> on_lifecycle_;
   uint64_t published_ = 0;
   uint64_t dead_lettered_ = 0;
