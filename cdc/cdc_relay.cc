@@ -709,7 +709,11 @@ Status CdcRelay::Produce(Record record, Position pos) {
     case StatusCode::kPermanent:
       if (pos.kind == EntryKind::kEvent) {
         // Refused before it left: the replay of the rewind sets it aside.
-        poisoned_[{pos.lsn.value(), pos.index}] = {"PRODUCE_REFUSED", st.message()};
+        // The Publisher's message is "<librdkafka error name>: <description>".
+        const std::string& m = st.message();
+        const auto colon = m.find(": ");
+        poisoned_[{pos.lsn.value(), pos.index}] = {colon == std::string::npos ? "PRODUCE_REFUSED" : m.substr(0, colon),
+                                                   colon == std::string::npos ? m : m.substr(colon + 2)};
         Rewind("event " + std::to_string(pos.index) + " of the transaction committed at " + pos.lsn.ToString() +
                " was refused: " + st.message());
         return Status::Ok();

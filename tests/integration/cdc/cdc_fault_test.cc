@@ -1,0 +1,705 @@
+// Faults users live through in cdc mode: outboxd killed with SIGKILL while it
+// streams, the Kafka broker down for a minute (longer than wal_sender_timeout),
+// PostgreSQL restarted and the walsender terminated, and a second outboxd
+// started on the same slot. Nothing committed may be lost, a duplicate is a
+// byte-identical copy with the same "id" header, and the slot's
+// confirmed_flush_lsn never passes what Kafka acknowledged.
+//
+// The tests trust nothing outboxd says about positions: a writer thread
+// inserts rows into public.orders (captured through [cdc] tables) and reads
+// pg_current_wal_insert_lsn() just before and just after each COMMIT, which
+// bound the transaction's commit record from below and its end from above.
+
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/pg.h"
+#include "tests/harness/test_env.h"
+
+namespace outboxd::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::milliseconds;
+
+// "X/Y" as PostgreSQL prints a pg_lsn → (X << 32) | Y. Throws on anything else.
+uint64_t ParseLsn(const std::string& text) {
+  const auto slash = text.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == text.size()) {
+    throw HarnessError("not an LSN: \"" + text + "\"");
+  }
+  const uint64_t hi = std::stoull(text.substr(0, slash), nullptr, 16);
+  const uint64_t lo = std::stoull(text.substr(slash + 1), nullptr, 16);
+  return (hi << 32) | lo;
+}
+
+std::string LsnText(uint64_t lsn) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%X/%X", static_cast<unsigned>(lsn >> 32), static_cast<unsigned>(lsn));
+  return buf;
+}
+
+// What row `id` holds: known before the insert, so a commit whose outcome
+// the writer could not see still has a known content.
+int64_t RowN(int64_t id) { return id * 3; }
+std::string RowNote(int64_t id) { return "order-" + std::to_string(id); }
+
+constexpr char kOrdersDdl[] = "CREATE TABLE public.orders (id bigint PRIMARY KEY, n int, note text)";
+
+// A row whose commit the writer saw (or found afterwards).
+struct CommittedRow {
+  int64_t id = 0;
+  // pg_current_wal_insert_lsn() inside the transaction just before COMMIT: at
+  // or below the commit record's start. 0 when unknown (commit outcome found
+  // only after a lost connection).
+  uint64_t before_commit = 0;
+  // pg_current_wal_insert_lsn() right after COMMIT returned: at or above the
+  // commit record's end.
+  uint64_t after_commit = 0;
+};
+
+// Inserts rows into public.orders, `rows_per_txn` per transaction with ids
+// 1, 2, 3, ..., from its own thread, until stopped. Survives a server restart:
+// a transaction whose COMMIT outcome it could not see is looked up after
+// reconnecting and written again only if it is not there. Thread-safe.
+class OrderWriter {
+ public:
+  OrderWriter(std::string conninfo, int rows_per_txn, milliseconds pause)
+      : conninfo_(std::move(conninfo)), rows_per_txn_(rows_per_txn), pause_(pause) {}
+  ~OrderWriter() { Stop(); }
+  OrderWriter(const OrderWriter&) = delete;
+  OrderWriter& operator=(const OrderWriter&) = delete;
+
+  void Start() { thread_ = std::thread([this] { Run(); }); }
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Returns once the writer is between transactions and keeps it there until
+  // Resume(): what is committed when Pause() returns is all there is.
+  void Pause() {
+    std::unique_lock<std::mutex> lock(mu_);
+    paused_ = true;
+    cv_.wait(lock, [&] { return !in_txn_; });
+  }
+  void Resume() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      paused_ = false;
+    }
+    cv_.notify_all();
+  }
+
+  std::size_t count() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return rows_.size();
+  }
+  // The row committed as number `index` (0-based, commit order), if any yet.
+  std::optional<CommittedRow> Row(std::size_t index) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (index >= rows_.size()) return std::nullopt;
+    return rows_[index];
+  }
+  std::vector<CommittedRow> Rows() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return rows_;
+  }
+  // Statements that failed (connection lost, server restarting, ...).
+  int64_t failures() const { return failures_; }
+  std::string last_error() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_error_;
+  }
+
+ private:
+  void Run() {
+    PgConn conn;
+    int64_t next_id = 1;
+    bool outcome_unknown = false;  // the transaction of [next_id, next_id + k) may have committed
+    const int k = rows_per_txn_;
+    auto fail = [&](const Status& st) {
+      ++failures_;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        last_error_ = st.message();
+      }
+      conn.reset();  // a fresh session: no half-open transaction left behind
+    };
+    auto lsn_now = [&]() -> std::optional<uint64_t> {
+      auto r = conn.Exec("SELECT pg_current_wal_insert_lsn()::text");
+      if (!r.ok()) {
+        fail(r.status());
+        return std::nullopt;
+      }
+      return ParseLsn(PQgetvalue(r->get(), 0, 0));
+    };
+    auto record = [&](uint64_t before, uint64_t after) {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int64_t id = next_id; id < next_id + k; ++id) rows_.push_back({id, before, after});
+    };
+
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !paused_; });
+        if (stop_) break;
+        in_txn_ = true;
+      }
+      auto leave_txn = [&] {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          in_txn_ = false;
+        }
+        cv_.notify_all();
+      };
+      if (!conn.healthy()) {
+        auto c = PgConn::Connect(conninfo_, std::nullopt, "cdc-fault-writer");
+        if (!c.ok()) {
+          fail(c.status());
+          leave_txn();
+          std::this_thread::sleep_for(100ms);  // server restarting: retry
+          continue;
+        }
+        conn = std::move(*c);
+      }
+      const std::string range = std::to_string(next_id) + " AND " + std::to_string(next_id + k - 1);
+      if (outcome_unknown) {
+        auto r = conn.Exec("SELECT count(*) FROM public.orders WHERE id BETWEEN " + range);
+        if (!r.ok()) {
+          fail(r.status());
+          leave_txn();
+          continue;
+        }
+        const int64_t found = std::stoll(PQgetvalue(r->get(), 0, 0));
+        if (found == k) {
+          const auto after = lsn_now();  // still an upper bound of that commit's end
+          if (!after) {
+            leave_txn();
+            continue;
+          }
+          record(0, *after);
+          next_id += k;
+          outcome_unknown = false;
+          leave_txn();
+          continue;
+        }
+        if (found != 0) {  // a transaction is atomic: cannot happen
+          std::lock_guard<std::mutex> lock(mu_);
+          last_error_ = "partial transaction found for ids " + range;
+        }
+        outcome_unknown = false;  // not committed: write it again
+      }
+      std::string insert = "INSERT INTO public.orders (id, n, note) VALUES ";
+      for (int64_t id = next_id; id < next_id + k; ++id) {
+        insert += (id == next_id ? "(" : ",(") + std::to_string(id) + "," + std::to_string(RowN(id)) + ",'" +
+                  RowNote(id) + "')";
+      }
+      if (auto r = conn.Exec("BEGIN"); !r.ok()) {
+        fail(r.status());
+        leave_txn();
+        continue;
+      }
+      if (auto r = conn.Exec(insert); !r.ok()) {
+        fail(r.status());
+        leave_txn();
+        continue;
+      }
+      const auto before = lsn_now();
+      if (!before) {
+        leave_txn();
+        continue;
+      }
+      if (auto r = conn.Exec("COMMIT"); !r.ok()) {
+        outcome_unknown = true;
+        fail(r.status());
+        leave_txn();
+        continue;
+      }
+      const auto after = lsn_now();
+      if (!after) {
+        outcome_unknown = true;  // committed, but without an upper bound yet
+        leave_txn();
+        continue;
+      }
+      record(*before, *after);
+      next_id += k;
+      leave_txn();
+      if (pause_.count() > 0) std::this_thread::sleep_for(pause_);  // pacing, not waiting
+    }
+  }
+
+  const std::string conninfo_;
+  const int rows_per_txn_;
+  const milliseconds pause_;
+  std::thread thread_;
+  std::atomic<int64_t> failures_{0};
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;      // guarded by mu_
+  bool paused_ = false;    // guarded by mu_
+  bool in_txn_ = false;    // guarded by mu_
+  std::vector<CommittedRow> rows_;  // guarded by mu_, commit order
+  std::string last_error_;          // guarded by mu_
+};
+
+// One captured table, its slot and its topic, on one database.
+class CdcCapture {
+ public:
+  CdcCapture(const TestDatabase& db, std::string bootstrap)
+      : db_(db),
+        bootstrap_(std::move(bootstrap)),
+        slot_("s_" + Lower(db.name())),
+        publication_("p_" + Lower(db.name())),
+        topic_prefix_(UniqueTopic("cdcfault")) {}
+
+  const std::string& slot() const { return slot_; }
+  std::string topic() const { return topic_prefix_ + ".public.orders"; }
+  const std::string& bootstrap() const { return bootstrap_; }
+
+  // `kafka_extra`: more keys of the [kafka] section.
+  std::string Config(const std::string& kafka_extra = "") const {
+    return "[postgres]\nconninfo = \"" + db_.conninfo() + "\"\n"
+           "[kafka]\nbootstrap_servers = \"" + bootstrap_ + "\"\nshutdown_timeout = \"5s\"\n" + kafka_extra +
+           "[log]\nlevel = \"info\"\n"
+           "[cdc]\nslot = \"" + slot_ + "\"\npublication = \"" + publication_ + "\"\ncreate = true\n"
+           "tables = [\"public.orders\"]\ntopic_prefix = \"" + topic_prefix_ + "\"\n"
+           "status_interval = \"500ms\"\n";
+  }
+
+  // One row of pg_replication_slots for the slot; nullopt when the slot is not
+  // there or the server cannot be asked right now (restarting).
+  struct Slot {
+    uint64_t confirmed_flush = 0;  // 0 while NULL
+    std::optional<int64_t> active_pid;
+  };
+  std::optional<Slot> ReadSlot() const {
+    try {
+      const auto rows = db_.Query(
+          "SELECT confirmed_flush_lsn::text, active_pid FROM pg_replication_slots WHERE slot_name = '" + slot_ + "'");
+      if (rows.size() != 1) return std::nullopt;
+      Slot s;
+      if (rows[0][0]) s.confirmed_flush = ParseLsn(*rows[0][0]);
+      if (rows[0][1]) s.active_pid = std::stoll(*rows[0][1]);
+      return s;
+    } catch (const HarnessError&) {
+      return std::nullopt;
+    }
+  }
+  uint64_t ConfirmedFlush() const {
+    const auto s = ReadSlot();
+    if (!s) throw HarnessError("slot " + slot_ + " cannot be read");
+    return s->confirmed_flush;
+  }
+  // The walsender streaming the slot, once there is one.
+  [[nodiscard]] std::optional<int64_t> WaitActive(milliseconds deadline) const {
+    std::optional<int64_t> pid;
+    (void)WaitUntil(
+        [&] {
+          const auto s = ReadSlot();
+          pid = s ? s->active_pid : std::nullopt;
+          return pid.has_value();
+        },
+        deadline);
+    return pid;
+  }
+  [[nodiscard]] bool WaitInactive(milliseconds deadline) const {
+    return WaitUntil([&] { const auto s = ReadSlot(); return s && !s->active_pid; }, deadline);
+  }
+
+  // Waits until the writer has committed `more` rows beyond what it had at
+  // the call and the slot confirmed past the end of the last of them: outboxd
+  // streamed (and Kafka acknowledged) that far.
+  [[nodiscard]] bool WaitStreamed(const OrderWriter& writer, std::size_t more, milliseconds deadline) const {
+    const std::size_t index = writer.count() + more - 1;
+    return WaitUntil(
+        [&] {
+          const auto row = writer.Row(index);
+          if (!row) return false;
+          const auto s = ReadSlot();
+          return s && s->confirmed_flush > row->after_commit;
+        },
+        deadline, 100ms);
+  }
+
+  // Once nothing is written any more: waits until the slot confirmed the WAL
+  // position after the last commit (the spec's "drained").
+  [[nodiscard]] bool WaitDrained(milliseconds deadline) const {
+    std::optional<uint64_t> target;
+    return WaitUntil(
+        [&] {
+          try {
+            if (!target) target = ParseLsn(db_.QueryString("SELECT pg_current_wal_lsn()::text"));
+          } catch (const HarnessError&) {
+            return false;
+          }
+          const auto s = ReadSlot();
+          return s && s->confirmed_flush >= *target;
+        },
+        deadline, 100ms);
+  }
+
+  std::vector<KafkaRecord> Consume(std::size_t expected_at_least, milliseconds deadline) const {
+    return ConsumeTopic(bootstrap_, topic(), expected_at_least, deadline);
+  }
+
+ private:
+  static std::string Lower(std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  }
+
+  const TestDatabase& db_;
+  std::string bootstrap_;
+  std::string slot_;
+  std::string publication_;
+  std::string topic_prefix_;
+};
+
+std::string HeaderValue(const KafkaRecord& r, const std::string& name) {
+  for (const auto& [k, v] : r.headers) {
+    if (k == name) return v;
+  }
+  return "<missing header " + name + ">";
+}
+
+// How often `needle` occurs in `text`.
+std::size_t Count(const std::string& text, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
+  return n;
+}
+
+// The order id a record is about (its key {"id":N}); -1 when the key is not that.
+int64_t RecordOrderId(const KafkaRecord& r) {
+  if (!r.key) return -1;
+  const auto key = nlohmann::json::parse(*r.key, nullptr, /*allow_exceptions=*/false);
+  if (!key.is_object() || !key.contains("id") || !key["id"].is_number_integer()) return -1;
+  return key["id"].get<int64_t>();
+}
+
+// Distinct order ids in `records`.
+std::set<int64_t> OrderIds(const std::vector<KafkaRecord>& records) {
+  std::set<int64_t> ids;
+  for (const auto& r : records) ids.insert(RecordOrderId(r));
+  ids.erase(-1);
+  return ids;
+}
+
+// Every committed row is in Kafka as an insert event carrying what was
+// written; every duplicate has its first copy's "id" header and value.
+// Prints counts.
+void ExpectAllDelivered(const std::vector<CommittedRow>& committed, const std::vector<KafkaRecord>& records,
+                        const std::string& what) {
+  struct First {
+    std::string id_header;
+    std::optional<std::string> value;
+  };
+  std::map<int64_t, First> first;
+  std::size_t malformed = 0, wrong_content = 0, differing_duplicates = 0;
+  for (const auto& r : records) {
+    const int64_t id = RecordOrderId(r);
+    if (id < 0) {
+      if (++malformed <= 3) ADD_FAILURE() << "record without an {\"id\":N} key at offset " << r.offset;
+      continue;
+    }
+    const auto [it, inserted] = first.try_emplace(id, First{HeaderValue(r, "id"), r.value});
+    if (!inserted) {
+      if (it->second.id_header != HeaderValue(r, "id") || it->second.value != r.value) {
+        if (++differing_duplicates <= 3) {
+          ADD_FAILURE() << "duplicate of order " << id << " differs from its first copy:\n  first: id "
+                        << it->second.id_header << " value " << it->second.value.value_or("<null>")
+                        << "\n  again: id " << HeaderValue(r, "id") << " value " << r.value.value_or("<null>");
+        }
+      }
+      continue;
+    }
+    const auto value = nlohmann::json::parse(r.value.value_or(""), nullptr, /*allow_exceptions=*/false);
+    const bool ok = value.is_object() && value.value("op", "") == "c" && value.contains("after") &&
+                    value["after"].is_object() && value["after"].value("id", int64_t{-1}) == id &&
+                    value["after"].value("n", int64_t{-1}) == RowN(id) &&
+                    value["after"].value("note", "") == RowNote(id) && HeaderValue(r, "id").size() == 36;
+    if (!ok && ++wrong_content <= 3) {
+      ADD_FAILURE() << "record of order " << id << " does not carry the inserted row: id header "
+                    << HeaderValue(r, "id") << " value " << r.value.value_or("<null>");
+    }
+  }
+  std::size_t missing = 0;
+  std::vector<int64_t> missing_examples;
+  for (const auto& row : committed) {
+    if (first.count(row.id) == 0) {
+      ++missing;
+      if (missing_examples.size() < 10) missing_examples.push_back(row.id);
+    }
+  }
+  std::string examples;
+  for (int64_t id : missing_examples) examples += " " + std::to_string(id);
+  EXPECT_EQ(0u, missing) << what << ": of " << committed.size() << " committed rows; e.g. ids" << examples;
+  EXPECT_EQ(0u, malformed + wrong_content + differing_duplicates);
+  std::cout << "[ stats    ] " << what << ": " << committed.size() << " events, " << records.size()
+            << " records, " << (records.size() - first.size() - malformed) << " duplicates, "
+            << (first.size() > committed.size() ? first.size() - committed.size() : 0)
+            << " rows of commits the writer did not see\n";
+}
+
+// The spec's contract at one moment: every row whose commit certainly ended
+// before the slot's confirmed_flush_lsn `confirmed` is in Kafka.
+void ExpectConfirmedRowsInKafka(const CdcCapture& capture, const std::vector<CommittedRow>& committed,
+                                uint64_t confirmed, const std::string& when) {
+  std::vector<int64_t> must;
+  for (const auto& row : committed) {
+    if (row.after_commit < confirmed) must.push_back(row.id);
+  }
+  const auto records = capture.Consume(must.size(), 30s);
+  const auto present = OrderIds(records);
+  std::size_t missing = 0;
+  std::string examples;
+  for (int64_t id : must) {
+    if (present.count(id) == 0 && ++missing <= 10) examples += " " + std::to_string(id);
+  }
+  std::cout << "[ contract ] " << when << ": confirmed_flush_lsn " << LsnText(confirmed) << ", " << must.size()
+            << " of " << committed.size() << " committed rows certainly before it, " << records.size()
+            << " records in Kafka\n";
+  EXPECT_EQ(0u, missing) << when << ": confirmed_flush_lsn " << LsnText(confirmed)
+                         << " passed rows Kafka does not have, e.g. ids" << examples;
+}
+
+// ---------------------------------------------------------------------------
+
+TEST(CdcFault, SigkillWhileStreamingFourTimesLosesNothing) {
+  TestDatabase db;
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, SharedServices().kafka_bootstrap);
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  OutboxdProcess outboxd(capture.Config());
+  outboxd.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
+
+  OrderWriter writer(db.conninfo(), 10, 10ms);
+  writer.Start();  // until stopped
+  for (int round = 1; round <= 4; ++round) {
+    if (round > 1) outboxd.Start();
+    // Kill it in the middle of the flow, once it streamed more in this round.
+    ASSERT_TRUE(capture.WaitStreamed(writer, 1500, 120s))
+        << "round " << round << ", writer: " << writer.last_error() << "\n" << outboxd.Log();
+    outboxd.Kill();
+    ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(10s));
+    // The walsender notices the lost client and may still apply a last
+    // status update it had read: the position to check is the final one.
+    ASSERT_TRUE(capture.WaitInactive(30s)) << "round " << round;
+    const uint64_t confirmed = capture.ConfirmedFlush();
+    ExpectConfirmedRowsInKafka(capture, writer.Rows(), confirmed, "after kill " + std::to_string(round));
+  }
+  writer.Stop();
+
+  outboxd.Start();
+  ASSERT_TRUE(capture.WaitDrained(180s)) << outboxd.Log();
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  const auto committed = writer.Rows();
+  EXPECT_EQ(0, writer.failures()) << writer.last_error();
+  ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "4 kills");
+}
+
+TEST(CdcFault, KafkaDownSixtySecondsConfirmsNothingAndKeepsTheStream) {
+  ServiceControl services;
+  services.StartPostgres();
+  services.StartKafka();
+  TestDatabase db(services.info());
+  db.Exec(kOrdersDdl);
+  // Separate statements: ALTER SYSTEM cannot run inside a transaction block.
+  db.Exec("ALTER SYSTEM SET wal_sender_timeout = '5s'");
+  db.Exec("SELECT pg_reload_conf()");
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryString("SHOW wal_sender_timeout") == "5s"; }, 10s));
+  CdcCapture capture(db, services.kafka_bootstrap());
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  // A small in-flight bound, reached early in the outage: outboxd then stops
+  // reading the stream, and must still answer the server in time.
+  OutboxdProcess outboxd(capture.Config("max_in_flight = 2000\n"));
+  outboxd.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
+  OrderWriter writer(db.conninfo(), 5, 10ms);
+  writer.Start();  // until stopped
+  ASSERT_TRUE(capture.WaitStreamed(writer, 300, 60s)) << outboxd.Log();
+  const auto walsender = capture.ReadSlot().value().active_pid;
+  ASSERT_TRUE(walsender.has_value());
+
+  const std::size_t log_at_stop = outboxd.LogSize();
+  services.StopKafkaKeepData();
+  // Every transaction committed from here on can only be acknowledged after
+  // the outage; the first one's pre-commit position bounds the slot.
+  writer.Pause();
+  const std::size_t first_unpublishable = writer.count();
+  writer.Resume();
+  ASSERT_TRUE(WaitUntil([&] { return writer.Row(first_unpublishable).has_value(); }, 10s)) << writer.last_error();
+  const uint64_t bound = writer.Row(first_unpublishable)->before_commit;
+  ASSERT_NE(0u, bound);
+  const uint64_t confirmed_at_stop = capture.ConfirmedFlush();
+
+  std::set<int64_t> walsenders;
+  uint64_t highest_confirmed = 0;
+  int samples = 0, inactive_samples = 0;
+  const auto outage_end = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < outage_end) {
+    std::this_thread::sleep_for(1s);  // sampling interval during the outage itself
+    const auto s = capture.ReadSlot();
+    ASSERT_TRUE(s.has_value());
+    ++samples;
+    highest_confirmed = std::max(highest_confirmed, s->confirmed_flush);
+    EXPECT_LE(s->confirmed_flush, bound)
+        << "confirmed_flush_lsn " << LsnText(s->confirmed_flush) << " passed " << LsnText(bound)
+        << ", the position before the first commit of the outage, after " << samples << " s";
+    if (s->active_pid) {
+      walsenders.insert(*s->active_pid);
+    } else {
+      ++inactive_samples;
+    }
+    ASSERT_TRUE(outboxd.Running()) << outboxd.Log();
+  }
+  const std::size_t written_in_outage = writer.count() - first_unpublishable;
+  // Log lines are not part of the contract; the walsender pid above is what
+  // is asserted. This count only helps reading a failure.
+  const std::size_t reconnect_lines = Count(outboxd.Log().substr(log_at_stop), "reconnecting");
+  const int64_t outage_hwm_kb = ProcessRssKb(outboxd.pid()).second;
+  std::cout << "[ outage   ] bound " << LsnText(bound) << ", confirmed at stop " << LsnText(confirmed_at_stop)
+            << ", highest during outage " << LsnText(highest_confirmed) << ", " << written_in_outage
+            << " rows written during the outage, walsender pids seen " << walsenders.size()
+            << ", samples without a walsender " << inactive_samples << ", \"reconnecting\" log lines "
+            << reconnect_lines << "\n";
+  // The stream outlived wal_sender_timeout: outboxd kept answering keepalives
+  // (status every 500 ms) while it could not publish.
+  EXPECT_EQ(std::set<int64_t>{*walsender}, walsenders) << "the walsender changed during the outage";
+  EXPECT_EQ(0, inactive_samples) << "the slot was released during the outage";
+  EXPECT_GT(written_in_outage, 1000u) << "the writer stalled: " << writer.last_error();
+
+  services.StartKafkaAgain();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 300, 180s)) << outboxd.Log();
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(180s)) << outboxd.Log();
+  const int64_t hwm_kb = ProcessRssKb(outboxd.pid()).second;
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  const auto committed = writer.Rows();
+  std::cout << "[ stats    ] peak RSS: " << outage_hwm_kb << " kB at the end of the outage, " << hwm_kb
+            << " kB at the end\n";
+  EXPECT_LT(hwm_kb, 256 * 1024) << "memory not bounded during the outage";
+  EXPECT_EQ(0, writer.failures()) << writer.last_error();
+  ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "60 s Kafka outage");
+}
+
+TEST(CdcFault, PostgresRestartAndTerminatedWalsenderLoseNothing) {
+  ServiceControl services;
+  services.StartPostgres();
+  TestDatabase db(services.info());
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, SharedServices().kafka_bootstrap);
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  OutboxdProcess outboxd(capture.Config());
+  outboxd.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
+  OrderWriter writer(db.conninfo(), 10, 10ms);
+  writer.Start();  // until stopped; reconnects after the restart
+  ASSERT_TRUE(capture.WaitStreamed(writer, 500, 60s)) << outboxd.Log();
+
+  services.RestartPostgres();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 500, 120s))
+      << "writer: " << writer.last_error() << "\n" << outboxd.Log();
+
+  // Terminate the walsender, as an operator or a failover would.
+  const auto walsender = capture.WaitActive(30s);
+  ASSERT_TRUE(walsender.has_value());
+  ASSERT_EQ("t", db.QueryString("SELECT pg_terminate_backend(" + std::to_string(*walsender) + ")"));
+  ASSERT_TRUE(capture.WaitStreamed(writer, 500, 120s)) << outboxd.Log();
+  const auto new_walsender = capture.WaitActive(30s);
+  EXPECT_NE(walsender, new_walsender);
+  ASSERT_TRUE(outboxd.Running()) << outboxd.Log();
+
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(120s)) << outboxd.Log();
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  const auto committed = writer.Rows();
+  std::cout << "[ stats    ] writer statements failed during the restart: " << writer.failures() << "\n";
+  ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "restart + terminate");
+}
+
+TEST(CdcFault, SecondOutboxdWaitsForTheSlotAndTakesOver) {
+  TestDatabase db;
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, SharedServices().kafka_bootstrap);
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  OutboxdProcess first(capture.Config());
+  first.Start();
+  const auto first_walsender = capture.WaitActive(60s);
+  ASSERT_TRUE(first_walsender.has_value()) << first.Log();
+  OrderWriter writer(db.conninfo(), 10, 10ms);
+  writer.Start();  // until stopped
+  ASSERT_TRUE(capture.WaitStreamed(writer, 300, 60s)) << first.Log();
+
+  OutboxdProcess second(capture.Config());
+  second.Start();
+  // The slot is taken: the second one must keep trying, not exit, and not
+  // disturb the first one's stream.
+  EXPECT_FALSE(WaitUntil([&] { return !second.Running(); }, 10s))
+      << "exit code " << second.WaitExit(0ms) << "\n" << second.Log();
+  ASSERT_TRUE(second.Running());
+  EXPECT_EQ(first_walsender, capture.ReadSlot().value().active_pid);
+  ASSERT_TRUE(capture.WaitStreamed(writer, 300, 60s)) << first.Log();
+
+  first.Kill();
+  ASSERT_EQ(128 + SIGKILL, first.WaitExit(10s));
+  const std::size_t written_before_takeover = writer.count();
+  // Retries back off to at most 30 s.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        const auto s = capture.ReadSlot();
+        return s && s->active_pid && s->active_pid != first_walsender;
+      },
+      90s, 200ms))
+      << second.Log();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 500, 120s)) << second.Log();
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(120s)) << second.Log();
+  second.Terminate();
+  ASSERT_EQ(0, second.WaitExit(30s)) << second.Log();
+
+  const auto committed = writer.Rows();
+  const auto records = capture.Consume(committed.size(), 120s);
+  const auto present = OrderIds(records);
+  std::size_t after_takeover = 0;
+  for (std::size_t i = written_before_takeover; i < committed.size(); ++i) {
+    after_takeover += present.count(committed[i].id);
+  }
+  std::cout << "[ takeover ] " << committed.size() - written_before_takeover
+            << " rows written after the first outboxd was killed, " << after_takeover
+            << " of them in Kafka; the second outboxd logged \"waiting for it to be released\" "
+            << Count(second.Log(), "waiting for it to be released") << " times\n";
+  EXPECT_EQ(committed.size() - written_before_takeover, after_takeover);
+  EXPECT_EQ(0, writer.failures()) << writer.last_error();
+  ExpectAllDelivered(committed, records, "takeover");
+}
+
+}  // namespace
+}  // namespace outboxd::testing
