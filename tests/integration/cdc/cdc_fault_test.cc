@@ -313,13 +313,15 @@ class CdcCapture {
     if (!s) throw HarnessError("slot " + slot_ + " cannot be read");
     return s->confirmed_flush;
   }
-  // The walsender streaming the slot, once there is one.
+  // The walsender streaming the slot, once there is one. A slot being
+  // created is active too, before its consistent point (confirmed_flush_lsn
+  // still NULL): what commits before that point is not the slot's to stream.
   [[nodiscard]] std::optional<int64_t> WaitActive(milliseconds deadline) const {
     std::optional<int64_t> pid;
     (void)WaitUntil(
         [&] {
           const auto s = ReadSlot();
-          pid = s ? s->active_pid : std::nullopt;
+          pid = s && s->confirmed_flush != 0 ? s->active_pid : std::nullopt;
           return pid.has_value();
         },
         deadline);

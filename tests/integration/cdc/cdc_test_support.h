@@ -129,13 +129,16 @@ class CdcTest : public ::testing::Test {
                            "' AND " + where);
   }
 
-  // Starts outboxd and waits until it streams from the slot (the slot is
-  // active), so that changes written afterwards are captured. False when
-  // outboxd exited or the deadline passed.
+  // Starts outboxd and waits until it streams from the slot, so that changes
+  // written afterwards are captured. False when outboxd exited or the
+  // deadline passed. A slot is also active while it is being created, before
+  // its consistent point (confirmed_flush_lsn still NULL); what commits before
+  // that point is not the slot's to stream, hence both conditions.
   [[nodiscard]] bool StartStreaming(OutboxdProcess& outboxd,
                                     std::chrono::milliseconds deadline = std::chrono::seconds(60)) const {
     outboxd.Start();
-    return WaitUntil([&] { return SlotCount("active") == 1 || !outboxd.Running(); }, deadline) &&
+    return WaitUntil([&] { return SlotCount("active AND confirmed_flush_lsn IS NOT NULL") == 1 || !outboxd.Running(); },
+                     deadline) &&
            outboxd.Running();
   }
 
