@@ -21,19 +21,28 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DOUTBOXD_BUILD_TES
  && /build/daemon/outboxd --version
 
 FROM debian:bookworm-slim
-# Runtime libraries of the build above (Debian bookworm package names). When
-# outboxd links a new library (prometheus-cpp arrives with the metrics issue:
-# libprometheus-cpp-core1.0, libprometheus-cpp-pull1.0), add its package here;
-# the ldd check below fails the build until then. ca-certificates: TLS to
-# PostgreSQL (sslrootcert=system is not in bookworm's libpq 15, so point
-# sslrootcert at a file) and to Kafka (librdkafka uses the system CA store).
+# Runtime libraries of the build above (Debian bookworm package names): every
+# library outboxd links directly is listed here, not left to arrive as some
+# other package's dependency. tests/integration/package_test.cc checks this
+# list against `ldd` of the built binary (every library it loads must come from
+# one of these packages or their dependencies), so a new library fails the
+# suite before it fails an image. libcivetweb1, libprometheus-cpp-core1.0:
+# the HTTP listener and /metrics. ca-certificates: TLS to PostgreSQL
+# (sslrootcert=system is not in bookworm's libpq 15, so point sslrootcert at a
+# file) and to Kafka (librdkafka uses the system CA store). curl: the
+# HEALTHCHECK.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates \
+      curl \
+      libcivetweb1 \
       libfmt9 \
+      libgcc-s1 \
       libpq5 \
+      libprometheus-cpp-core1.0 \
       librdkafka1 \
       libspdlog1.10 \
+      libstdc++6 \
       libsystemd0 \
       libtomlplusplus3 \
  && rm -rf /var/lib/apt/lists/*
@@ -48,8 +57,14 @@ COPY config/examples/ /usr/share/doc/outboxd/examples/
 RUN if ldd /usr/local/bin/outboxd | grep 'not found'; then exit 1; fi \
  && outboxd --version
 USER 10001:10001
-# No HEALTHCHECK yet: outboxd has no HTTP endpoint so far. /healthz and /readyz
-# arrive with the metrics issue ([http] listen); add the check then.
+# /metrics, /healthz and /readyz: the config must listen where the check
+# looks, e.g. [http] listen = "0.0.0.0:9464" (all interfaces, so that
+# Prometheus can scrape the container). Another port: run with
+# -e OUTBOXD_HEALTHZ_URL=http://127.0.0.1:PORT/healthz.
+ENV OUTBOXD_HEALTHZ_URL=http://127.0.0.1:9464/healthz
+EXPOSE 9464
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD curl -fsS --max-time 4 -o /dev/null "$OUTBOXD_HEALTHZ_URL" || exit 1
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["outboxd"]
 CMD ["run", "-c", "/etc/outboxd/outboxd.toml"]

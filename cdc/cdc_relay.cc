@@ -1,9 +1,12 @@
 #include "cdc/cdc_relay.h"
 
 #include <poll.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "cdc/slot_status.h"
@@ -58,15 +61,24 @@ CdcRelay::CdcRelay(const Config& config)
 
 CdcRelay::~CdcRelay() = default;
 
-Result<std::unique_ptr<CdcRelay>> CdcRelay::Create(const Config& config) {
+Result<std::unique_ptr<CdcRelay>> CdcRelay::Create(const Config& config, Metrics* metrics) {
   if (!config.cdc) return Status::InvalidConfig("no [cdc] section");
   std::unique_ptr<CdcRelay> relay(new CdcRelay(config));
+  if (metrics == nullptr) {
+    relay->own_metrics_ = std::make_unique<Metrics>();
+    metrics = relay->own_metrics_.get();
+  }
+  relay->metrics_ = metrics;
+  relay->sources_.push_back({&metrics->Source(SlotSource(config.cdc->slot))});
   for (const OutboxTableConfig& t : config.outboxes) {
     if (t.source != OutboxSource::kCdc) continue;
     auto router = Router::Create(t);
     if (!router.ok()) return router.status().Prefixed(t.config_location);
     relay->outbox_routers_.emplace(Qualified(t.table), std::move(router).value());
     relay->outbox_configs_.emplace(Qualified(t.table), &t);
+    if (relay->outbox_sources_.emplace(Qualified(t.table), static_cast<uint32_t>(relay->sources_.size())).second) {
+      relay->sources_.push_back({&metrics->Source(TableSource(Qualified(t.table)))});
+    }
   }
   if (config.cdc->message_prefix) {
     auto router = Router::Create(MessageRouting(*config.cdc));
@@ -78,6 +90,8 @@ Result<std::unique_ptr<CdcRelay>> CdcRelay::Create(const Config& config) {
   auto publisher = Publisher::Create(config.kafka, [self](const DeliveryReport& r) { self->OnDelivery(r); });
   if (!publisher.ok()) return publisher.status();
   relay->publisher_ = std::move(publisher).value();
+  relay->health_ = &metrics->AddRelay("cdc");
+  relay->slot_metrics_ = &metrics->Slot(config.cdc->slot);
   return relay;
 }
 
@@ -113,6 +127,7 @@ Status CdcRelay::CheckSlot(bool first) {
     OUTBOXD_RETURN_IF_ERROR(DeleteSlotState(ctl_, cdc_.state_table, cdc_.slot));
     recorded->reset();
     checkpoint_.Reset();  // reports of the unfinished snapshot's records are stale now
+    ForgetInFlight();
     stalled_.reset();
   }
   std::optional<Lsn> recorded_lsn;
@@ -177,6 +192,12 @@ Status CdcRelay::TakeSnapshot() {
   acked_lsn_ = exported->consistent_point;
 
   OUTBOXD_RETURN_IF_ERROR(BeginSnapshotTransaction(ctl_, exported->snapshot_name));
+  // Snapshot rows have no commit time: they stay out of commit-to-ack.
+  snapshotting_ = true;
+  struct EndOfSnapshot {
+    bool& flag;
+    ~EndOfSnapshot() { flag = false; }
+  } end_of_snapshot{snapshotting_};
   const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
@@ -192,6 +213,7 @@ Status CdcRelay::TakeSnapshot() {
       auto rows = cursor->Next(1000);
       if (!rows.ok()) return rows.status();
       if (rows->empty()) break;
+      health_->Beat();
       for (const TupleData& row : *rows) {
         OUTBOXD_RETURN_IF_ERROR(WaitForRoom());
         auto record = mapper_->MapSnapshotRow(*rel, row, *tx_, index);
@@ -224,6 +246,7 @@ Status CdcRelay::TakeSnapshot() {
 Status CdcRelay::WaitForRoom() {
   OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
   while (ReadingPaused()) {
+    health_->Beat();
     pollfd fds[2] = {{stop_fd_, POLLIN, 0}, {publisher_->WakeupFd(), POLLIN, 0}};
     ::poll(fds, 2, 100);
     if (fds[0].revents & POLLIN) return Status::Retriable("stop requested during the initial snapshot");
@@ -328,6 +351,7 @@ Status CdcRelay::Connect(bool first) {
       log->warn("{}; waiting for it to be released", st.message());
       reconnect_at_ = Clock::now() + std::min(reconnect_backoff_.Next(), kHeldSlotRetryMax);
       stream_.Close();
+      standby_ = true;
       // A standby is healthy while it waits: ready, as far as systemd goes.
       if (!ready_signalled_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
       ready_signalled_ = true;
@@ -344,6 +368,10 @@ Status CdcRelay::Connect(bool first) {
   next_status_ = Clock::now();
   reported_lsn_ = Lsn();
   streamed_once_ = true;
+  standby_ = false;
+  if (lost_connection_) sources_[0].metrics->Reconnected();
+  lost_connection_ = false;
+  next_sample_ = Clock::now();
   if (!ready_signalled_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
   ready_signalled_ = true;
   return Status::Ok();
@@ -352,6 +380,8 @@ Status CdcRelay::Connect(bool first) {
 void CdcRelay::Disconnect(const Status& why) {
   const milliseconds delay = reconnect_backoff_.Next();
   Logger("cdc")->warn("{}; reconnecting in {} ms", why.message(), delay.count());
+  if (streamed_once_) lost_connection_ = true;
+  standby_ = false;
   stream_.Close();
   ctl_.reset();
   tx_.reset();
@@ -366,15 +396,27 @@ void CdcRelay::Disconnect(const Status& why) {
 void CdcRelay::OnDelivery(const DeliveryReport& report) {
   const Position* pos = checkpoint_.PositionOf(report.token);
   if (pos == nullptr) return;  // of a generation forgotten by a rewind
+  MetricsSource& source = sources_[pos->source];
+  if (source.in_flight > 0) --source.in_flight;
   if (report.outcome == DeliveryOutcome::kPersisted) {
     checkpoint_.MarkAcked(report.token);
     if (pos->kind == EntryKind::kDeadLetter) {
       ++dead_lettered_;
+      source.metrics->DeadLettered();
     } else {
       ++published_;
+      if (pos->published != nullptr) pos->published->Increment();
+      if (pos->commit_time_us > 0) {
+        const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count();
+        source.metrics->ObserveCommitToAck(static_cast<double>(now_us - pos->commit_time_us) / 1e6);
+      }
+      source.metrics->Delivered();
     }
     return;
   }
+  source.metrics->PublishError(report.error_name);
   failures_.push_back({*pos, report});
   checkpoint_.MarkFailed(report.token);
 }
@@ -495,6 +537,7 @@ const CdcRelay::RelationRole& CdcRelay::RoleOf(const RelationMsg& rel) {
   role.name = QualifiedName(rel);
   role.captured = std::find(captured_.begin(), captured_.end(), role.name) != captured_.end();
   if (auto o = outbox_configs_.find(role.name); o != outbox_configs_.end()) role.outbox = o->second;
+  if (auto o = outbox_sources_.find(role.name); o != outbox_sources_.end()) role.source = o->second;
   return roles_[rel.oid] = std::move(role);
 }
 
@@ -524,9 +567,11 @@ Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame
         if constexpr (std::is_same_v<T, BeginMsg>) {
           tx_ = TransactionInfo::From(m);
           tx_index_ = 0;
+          tx_events_ = 0;
           return Status::Ok();
         } else if constexpr (std::is_same_v<T, CommitMsg>) {
           if (!tx_) return not_in_tx("commit");
+          if (tx_events_ > 0) sources_[0].metrics->ObserveBatch(tx_events_);
           const auto ticket = checkpoint_.Add({m.end_lsn, 0, EntryKind::kCommit});
           checkpoint_.MarkAcked(ticket);
           tx_.reset();
@@ -601,7 +646,7 @@ CdcRelay::Routed CdcRelay::RouteInsert(const InsertMsg& msg, uint64_t index) {
   const RelationRole& role = RoleOf(*msg.relation);
   const OutboxTableConfig& config = *role.outbox;
   const std::string& name = role.name;
-  Routed routed{Record{}, &config.dead_letter_topic, "outbox table " + name, Status::Ok()};
+  Routed routed{Record{}, &config.dead_letter_topic, "outbox table " + name, Status::Ok(), role.source};
   auto row = OutboxInsertToRow(msg);
   if (!row.ok()) {
     routed.error = row.status();
@@ -650,10 +695,14 @@ std::optional<CdcRelay::Routed> CdcRelay::RouteMessage(const LogicalMsg& msg, co
 
 Status CdcRelay::Emit(Routed routed, uint64_t index) {
   if (rewinding_) return Status::Ok();  // produced again by the replay
-  const Position pos{tx_->commit_lsn, index, EntryKind::kEvent};
+  ++tx_events_;
+  Position pos{tx_->commit_lsn, index, EntryKind::kEvent};
+  pos.source = routed.metrics_source;
+  pos.commit_time_us = snapshotting_ ? 0 : tx_->commit_time_us;
   if (!routed.record.timestamp_ms) routed.record.timestamp_ms = tx_->commit_time_us / 1000;
   std::optional<std::pair<std::string, std::string>> refused;  // error name, message
   if (!routed.error.ok()) {
+    sources_[pos.source].metrics->PublishError("UNROUTABLE");
     refused.emplace("UNROUTABLE", routed.error.message());
   } else if (auto it = poisoned_.find({pos.lsn.value(), pos.index}); it != poisoned_.end()) {
     refused.emplace(it->second.error_name, it->second.error_message);
@@ -668,8 +717,9 @@ Status CdcRelay::Emit(Routed routed, uint64_t index) {
   }
   Logger("cdc")->warn("{} goes to dead-letter topic \"{}\": {}: {}", event, **routed.dead_letter_topic,
                       refused->first, refused->second);
-  return Produce(DeadLetter(routed, pos, refused->first, refused->second),
-                 {pos.lsn, pos.index, EntryKind::kDeadLetter});
+  Position dead_letter = pos;
+  dead_letter.kind = EntryKind::kDeadLetter;
+  return Produce(DeadLetter(routed, pos, refused->first, refused->second), dead_letter);
 }
 
 Record CdcRelay::DeadLetter(const Routed& routed, const Position& pos, const std::string& error_name,
@@ -698,9 +748,15 @@ Record CdcRelay::DeadLetter(const Routed& routed, const Position& pos, const std
 
 Status CdcRelay::Produce(Record record, Position pos) {
   Status st = publisher_->Produce(record, checkpoint_.next_ticket());
+  MetricsSource& source = sources_[pos.source];
   if (st.ok()) {
+    if (pos.kind == EntryKind::kEvent) pos.published = &source.metrics->Published(record.topic);
+    ++source.in_flight;
     checkpoint_.Add(pos);
     return st;
+  }
+  if (st.code() != StatusCode::kRetriable) {
+    source.metrics->PublishError(st.message().substr(0, st.message().find(':')));
   }
   switch (st.code()) {
     case StatusCode::kRetriable:  // librdkafka's queue is full: try again after some reports
@@ -721,6 +777,50 @@ Status CdcRelay::Produce(Record record, Position pos) {
       return st.Prefixed("could not write to the dead-letter topic");
     default:
       return st;
+  }
+}
+
+// --- Metrics and health -----------------------------------------------------------
+
+void CdcRelay::ForgetInFlight() {
+  for (MetricsSource& s : sources_) s.in_flight = 0;
+}
+
+Status CdcRelay::SampleMetrics(Clock::time_point now) {
+  if (now < next_sample_) return Status::Ok();
+  next_sample_ = now + kSampleInterval;
+  if (Clock::now() - publisher_->last_answer() > kSampleInterval) {
+    publisher_->ProbeKafka(milliseconds(500));
+  }
+  if (!ctl_.healthy()) return Status::Ok();
+  auto r = ctl_.Exec(
+      "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint, "
+      "(confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+      {cdc_.slot});
+  if (!r.ok()) return r.status().Prefixed("could not read the lag of replication slot \"" + cdc_.slot + "\"");
+  if (PQntuples(r->get()) != 1) return Status::Ok();  // no slot (yet): nothing to show
+  auto set = [&](prometheus::Gauge& g, int column) {
+    if (!PQgetisnull(r->get(), 0, column)) g.Set(std::strtod(PQgetvalue(r->get(), 0, column), nullptr));
+  };
+  set(slot_metrics_->lag_bytes, 0);
+  set(slot_metrics_->wal_retained_bytes, 1);
+  set(slot_metrics_->confirmed_lsn, 2);
+  return Status::Ok();
+}
+
+void CdcRelay::UpdateHealth(const Status& halt) {
+  health_->Beat();
+  health_->SetPostgresConnected(ctl_.healthy());
+  health_->SetKafkaAnswered(publisher_->last_answer());
+  health_->SetKafkaQueue(publisher_->OutstandingCount());
+  for (const MetricsSource& s : sources_) s.metrics->SetInFlight(s.in_flight);
+  if (stopping_) {
+    health_->SetRunning(false, halt.ok() ? "stopping" : "stopping: " + halt.message());
+  } else if (stream_.streaming() || standby_ || rewinding_) {
+    health_->SetRunning(true);
+  } else {
+    health_->SetRunning(false, streamed_once_ ? "not streaming replication slot \"" + cdc_.slot + "\" (reconnecting)"
+                                              : "starting: replication slot \"" + cdc_.slot + "\" not streamed yet");
   }
 }
 
@@ -764,6 +864,7 @@ Status CdcRelay::Run(int stop_fd) {
     ReleaseAcknowledged();
     if (rewinding_ && publisher_->OutstandingCount() == 0) {
       checkpoint_.Reset();
+      ForgetInFlight();
       rewinding_ = false;
     }
 
@@ -785,6 +886,7 @@ Status CdcRelay::Run(int stop_fd) {
       }
     }
     if (!halt.ok() && !stopping_) {
+      sources_[0].metrics->SetHalted(true);
       log->error("{}", halt.message());
       stopping_ = true;
       stop_deadline = Clock::now() + config_.kafka.shutdown_timeout;
@@ -795,6 +897,12 @@ Status CdcRelay::Run(int stop_fd) {
       if (st.ok() && stream_.flush_pending()) st = stream_.FlushPending();
       if (!st.ok()) Disconnect(st);
     }
+    if (!stopping_) {
+      st = SampleMetrics(Clock::now());
+      if (!st.ok() && !ctl_.healthy()) Disconnect(st);
+      if (!st.ok() && ctl_.healthy()) log->warn("{}", st.message());
+    }
+    UpdateHealth(halt);
 
     now = Clock::now();
     if (stopping_ && (checkpoint_.pending() == 0 || now >= stop_deadline)) break;
@@ -839,6 +947,7 @@ Status CdcRelay::Run(int stop_fd) {
               "published again on the next start",
               checkpoint_.pending(), acked_lsn_.ToString());
   }
+  UpdateHealth(halt);
   log->info("slot \"{}\": {} events published, {} dead-lettered; confirmed up to {}", cdc_.slot, published_,
             dead_lettered_, acked_lsn_.ToString());
   stream_.Close();

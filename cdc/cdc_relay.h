@@ -26,7 +26,10 @@
 //   are produced again with the same ids. An event Kafka refuses for good goes
 //   to the dead-letter topic on that replay, or stops the relay.
 //
-// Run() owns the loop; one thread; not thread-safe.
+// Run() owns the loop; one thread; not thread-safe. It updates its Metrics
+// handles from that thread: source "slot:<slot>" for messages and row changes,
+// "table:<schema.table>" per cdc outbox table, relay health "cdc", and the
+// slot's lag, sampled every kSampleInterval on the control connection.
 
 #include <chrono>
 #include <functional>
@@ -46,6 +49,7 @@
 #include "common/status.h"
 #include "config/config.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/metrics.h"
 #include "pipeline/publisher.h"
 #include "pipeline/router.h"
 
@@ -55,9 +59,15 @@ class CdcRelay {
  public:
   using Clock = std::chrono::steady_clock;
 
+  // How often the slot's lag is read and, when nothing was acknowledged
+  // meanwhile, Kafka is asked for metadata (for /readyz).
+  static constexpr std::chrono::seconds kSampleInterval{10};
+
   // Validates routing without a database; `config` (with a [cdc] section)
-  // must outlive the relay.
-  [[nodiscard]] static Result<std::unique_ptr<CdcRelay>> Create(const Config& config);
+  // must outlive the relay, and so must `metrics` unless it is null (then
+  // the relay keeps private ones).
+  [[nodiscard]] static Result<std::unique_ptr<CdcRelay>> Create(const Config& config,
+                                                                Metrics* metrics = nullptr);
   ~CdcRelay();
 
   // Streams until `stop_fd` becomes readable, then stops reading, waits up
@@ -81,6 +91,12 @@ class CdcRelay {
                          // rows); commit markers: its end LSN
     uint64_t index = 0;  // events: index in the transaction
     EntryKind kind = EntryKind::kEvent;
+    // Events and dead-letter records, for the metrics: index into sources_,
+    // the published counter of the event's topic, its commit time (Unix
+    // microseconds; 0 for snapshot rows).
+    uint32_t source = 0;
+    prometheus::Counter* published = nullptr;
+    int64_t commit_time_us = 0;
   };
   // An event Kafka refused for good: on replay it goes to the dead-letter topic.
   struct Poisoned {
@@ -95,6 +111,7 @@ class CdcRelay {
     const std::optional<std::string>* dead_letter_topic;  // of its source; never null
     std::string source;                                   // "table s.t" / "message prefix p", for logs
     Status error;
+    uint32_t metrics_source = 0;                          // index into sources_
   };
 
   explicit CdcRelay(const Config& config);
@@ -133,13 +150,38 @@ class CdcRelay {
     std::string name;  // "schema.table"
     bool captured = false;                         // [cdc] tables: row-change events
     const OutboxTableConfig* outbox = nullptr;     // a cdc outbox table: inserts are events
+    uint32_t source = 0;                           // index into sources_
   };
   const RelationRole& RoleOf(const RelationMsg& rel);
   bool ReadingPaused() const;
+  // Reads the slot's lag; asks Kafka for metadata when it has not answered
+  // for a while.
+  [[nodiscard]] Status SampleMetrics(Clock::time_point now);
+  // Publishes the per-turn gauges and the relay's health.
+  void UpdateHealth(const Status& halt);
+  // The checkpoint forgot its events: nothing is in flight for the metrics.
+  void ForgetInFlight();
   std::chrono::milliseconds NextWait(Clock::time_point now) const;
 
   const Config& config_;
   const CdcConfig& cdc_;
+  std::unique_ptr<Metrics> own_metrics_;  // when Create() was given none
+  Metrics* metrics_ = nullptr;            // never null
+  RelayHealth* health_ = nullptr;         // owned by *metrics_
+  SlotMetrics* slot_metrics_ = nullptr;   // owned by *metrics_
+  // The `source` label values of this relay: [0] is "slot:<slot>", then one
+  // per cdc outbox table, with their events in flight.
+  struct MetricsSource {
+    SourceMetrics* metrics;
+    int64_t in_flight = 0;
+  };
+  std::vector<MetricsSource> sources_;
+  std::map<std::string, uint32_t> outbox_sources_;  // "schema.table" → index into sources_
+  Clock::time_point next_sample_{};
+  bool lost_connection_ = false;  // count the next stream start as a reconnect
+  bool standby_ = false;          // waiting for another process to release the slot
+  bool snapshotting_ = false;     // inside TakeSnapshot()
+  uint64_t tx_events_ = 0;        // events of tx_ produced so far (batch size)
   std::unique_ptr<Publisher> publisher_;
   std::map<std::string, Router> outbox_routers_;  // "schema.table" of cdc outbox tables
   std::map<std::string, const OutboxTableConfig*> outbox_configs_;

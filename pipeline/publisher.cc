@@ -196,6 +196,17 @@ int Publisher::Flush(std::chrono::milliseconds timeout) {
 
 int Publisher::OutstandingCount() const { return rk_ ? rd_kafka_outq_len(rk_) : 0; }
 
+bool Publisher::ProbeKafka(std::chrono::milliseconds timeout) {
+  if (rk_ == nullptr) return false;
+  const rd_kafka_metadata_t* md = nullptr;
+  if (rd_kafka_metadata(rk_, 0, nullptr, &md, static_cast<int>(timeout.count())) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return false;
+  }
+  rd_kafka_metadata_destroy(md);
+  last_answer_ = std::chrono::steady_clock::now();
+  return true;
+}
+
 void Publisher::DrainWakeup() {
   char buf[256];
   while (::read(wake_read_.get(), buf, sizeof buf) > 0) {
@@ -220,6 +231,7 @@ void Publisher::OnDelivery(rd_kafka_t* rk, const rd_kafka_message_t* msg, void* 
     r.error_message = rd_kafka_err2str(msg->err);
   }
   if (r.outcome == DeliveryOutcome::kFatal) self->fatal_raised_ = true;
+  if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) self->last_answer_ = std::chrono::steady_clock::now();
   r.possibly_persisted = rd_kafka_message_status(msg) != RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
   r.partition = msg->partition;
   r.offset = msg->offset;

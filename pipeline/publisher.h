@@ -83,8 +83,16 @@ class Publisher {
   // The librdkafka handle, for tests that inject errors; owned by the
   // Publisher and replaced by Recreate().
   rd_kafka_t* native_handle() const { return rk_; }
-  // Messages handed to librdkafka and not yet reported.
+  // Messages handed to librdkafka and not yet reported (rd_kafka_outq_len:
+  // also what outboxd_kafka_queue_messages shows).
   int OutstandingCount() const;
+
+  // Asks the cluster for broker metadata (no topics), waiting up to
+  // `timeout`; true when a broker answered.
+  bool ProbeKafka(std::chrono::milliseconds timeout);
+  // The last time Kafka answered: a delivery was acknowledged or ProbeKafka()
+  // succeeded. The clock's epoch when it never has.
+  std::chrono::steady_clock::time_point last_answer() const { return last_answer_; }
 
  private:
   Publisher(KafkaConfig config, DeliveryHandler on_delivery);
@@ -102,6 +110,7 @@ class Publisher {
   UniqueFd wake_read_;
   UniqueFd wake_write_;
   bool fatal_raised_ = false;
+  std::chrono::steady_clock::time_point last_answer_{};
   std::unordered_set<std::string> known_topics_;  // topics looked up by this producer
 };
 

@@ -1,6 +1,7 @@
 #include "relay/outbox_relay.h"
 
 #include <poll.h>
+#include <prometheus/counter.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -65,7 +66,16 @@ struct OutboxRelay::Stream {
   std::optional<OutboxTable> table;  // resolved on every connect
   std::string name() const { return table ? table->name() : config->table; }
 
-  Checkpoint<OutboxPosition> checkpoint;
+  // A produced row: its position, the published counter of its topic and
+  // when it was claimed (for outboxd_commit_to_ack_seconds).
+  struct Tracked {
+    long long value;
+    prometheus::Counter* published;
+    Clock::time_point claimed_at;
+  };
+  Checkpoint<Tracked> checkpoint;
+  SourceMetrics* metrics = nullptr;       // from the first connect (needs the resolved name)
+  TableMetrics* table_metrics = nullptr;
   // Positions produced in this epoch and not yet deleted/marked: the sweep
   // must not produce them again.
   std::unordered_set<long long> claimed;
@@ -108,8 +118,13 @@ struct OutboxRelay::Stream {
 OutboxRelay::OutboxRelay(const Config& config) : config_(config) {}
 OutboxRelay::~OutboxRelay() = default;
 
-Result<std::unique_ptr<OutboxRelay>> OutboxRelay::Create(const Config& config) {
+Result<std::unique_ptr<OutboxRelay>> OutboxRelay::Create(const Config& config, Metrics* metrics) {
   std::unique_ptr<OutboxRelay> relay(new OutboxRelay(config));
+  if (metrics == nullptr) {
+    relay->own_metrics_ = std::make_unique<Metrics>();
+    metrics = relay->own_metrics_.get();
+  }
+  relay->metrics_ = metrics;
   for (std::size_t i = 0; i < config.outboxes.size(); ++i) {
     const OutboxTableConfig& t = config.outboxes[i];
     if (t.source != OutboxSource::kPoll) continue;  // captured by the cdc relay
@@ -122,6 +137,7 @@ Result<std::unique_ptr<OutboxRelay>> OutboxRelay::Create(const Config& config) {
       Publisher::Create(config.kafka, [raw](const DeliveryReport& r) { raw->OnDelivery(r); });
   if (!publisher.ok()) return publisher.status();
   relay->publisher_ = std::move(publisher).value();
+  relay->health_ = &metrics->AddRelay("poll");
   return relay;
 }
 
@@ -136,6 +152,10 @@ Status OutboxRelay::Connect(bool first) {
     auto table = OutboxTable::Resolve(conn_, *s->config, s->router);
     if (!table.ok()) return table.status();
     s->table = std::move(table).value();
+    if (s->metrics == nullptr) {
+      s->metrics = &metrics_->Source(TableSource(s->table->name()));
+      s->table_metrics = &metrics_->Table(s->table->name());
+    }
     if (s->config->notify_channel) channels.insert(*s->config->notify_channel);
   }
   for (const std::string& ch : channels) {
@@ -169,6 +189,10 @@ Status OutboxRelay::Connect(bool first) {
   if (!resolved_once_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
   resolved_once_ = true;
   connected_at_ = Clock::now();
+  if (!first) {
+    for (auto& s : streams_) s->metrics->Reconnected();
+  }
+  next_sample_ = Clock::now();  // count pending rows right away
   log->info("connected to PostgreSQL{}", first ? "" : " again");
   return Status::Ok();
 }
@@ -197,13 +221,22 @@ void OutboxRelay::OnDelivery(const DeliveryReport& r) {
   if (s.outstanding > 0) --s.outstanding;
   if (!s.checkpoint.IsTracked(ticket)) return;  // from before a rewind
   if (r.outcome == DeliveryOutcome::kPersisted) {
+    const Stream::Tracked tracked = *s.checkpoint.PositionOf(ticket);
     if (s.checkpoint.MarkAcked(ticket)) {
       s.kafka_backoff.Reset();
       ++s.published;
-      if (dead_letter) ++s.dead_lettered;
+      if (dead_letter) {
+        ++s.dead_lettered;
+        s.metrics->DeadLettered();
+      } else {
+        if (tracked.published != nullptr) tracked.published->Increment();
+        s.metrics->ObserveCommitToAck(std::chrono::duration<double>(Clock::now() - tracked.claimed_at).count());
+        s.metrics->Delivered();
+      }
     }
     return;
   }
+  s.metrics->PublishError(r.error_name);
   failures_.push_back({index, ticket, dead_letter, r});
 }
 
@@ -213,7 +246,7 @@ void OutboxRelay::HandleFailures() {
   failures.swap(failures_);
   for (const Failure& f : failures) {
     Stream& s = *streams_[f.stream];
-    const OutboxPosition* pos = s.checkpoint.PositionOf(f.ticket);
+    const Stream::Tracked* pos = s.checkpoint.PositionOf(f.ticket);
     if (pos == nullptr) continue;  // made stale by an earlier rewind
     const std::string what = "row " + s.config->order_by + "=" + std::to_string(pos->value) +
                              " of \"" + s.name() + "\"";
@@ -269,7 +302,7 @@ void OutboxRelay::HandleFailures() {
 Status OutboxRelay::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
                                  const std::string& reason_name, const std::string& reason,
                                  const std::optional<std::string>& original_topic) {
-  const OutboxPosition pos = *s.checkpoint.PositionOf(ticket);
+  const Stream::Tracked pos = *s.checkpoint.PositionOf(ticket);
   Record dl;
   dl.topic = *s.config->dead_letter_topic;
   if (s.config->key) {
@@ -303,6 +336,7 @@ Status OutboxRelay::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
   if (st.code() == StatusCode::kRetriable) {
     Rewind(s, "could not queue a dead-letter record: " + st.message(), /*back_off=*/true);
   } else {
+    s.metrics->PublishError(st.message().substr(0, st.message().find(':')));
     s.checkpoint.MarkFailed(ticket);
     Halt(s, "row " + std::to_string(pos.value) + " could not be written to the dead-letter topic: " +
                 st.message());
@@ -331,6 +365,7 @@ void OutboxRelay::Rewind(Stream& s, const std::string& why, bool back_off) {
 }
 
 void OutboxRelay::Halt(Stream& s, const std::string& why) {
+  if (s.metrics != nullptr) s.metrics->SetHalted(true);
   if (!s.halted) {
     Logger("relay")->error(
         "\"{}\" halted: {}. The row stays unsent; fix it or configure dead_letter_topic, then "
@@ -348,7 +383,7 @@ void OutboxRelay::HandleFatalProducer() {
 }
 
 Status OutboxRelay::ReleaseAcknowledged(Stream& s) {
-  for (const OutboxPosition& p : s.checkpoint.TakeReleasable()) s.unreleased.push_back(p.value);
+  for (const Stream::Tracked& p : s.checkpoint.TakeReleasable()) s.unreleased.push_back(p.value);
   if (s.unreleased.empty() || !s.table) return Status::Ok();
   auto r = conn_.Exec(s.table->checkpoint_sql(), {PgInt64Array(s.unreleased)});
   if (!r.ok()) {
@@ -377,6 +412,7 @@ std::vector<OutboxRelay::ClaimedRow> OutboxRelay::RowsOf(const Stream& s, const 
 
 Status OutboxRelay::ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows, bool* completed) {
   *completed = false;
+  const Clock::time_point claimed_at = Clock::now();
   for (const ClaimedRow& claimed_row : rows) {
     if (s.halted) return Status::Ok();
     const OutboxPosition pos{claimed_row.pos};
@@ -390,11 +426,11 @@ Status OutboxRelay::ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows, 
       if (st.ok()) ++s.outstanding;
       if (st.ok() || st.code() != StatusCode::kRetriable) {
         // Tracked from here on: acknowledged, failed, or handed to dead letter.
-        s.checkpoint.Add(pos);
+        s.checkpoint.Add({pos.value, &s.metrics->Published(routed->topic), claimed_at});
       }
     } else {
       st = routed.status();
-      s.checkpoint.Add(pos);
+      s.checkpoint.Add({pos.value, nullptr, claimed_at});
     }
     if (st.code() == StatusCode::kRetriable) {
       s.more = false;  // librdkafka's queue is full; wait for deliveries
@@ -409,6 +445,7 @@ Status OutboxRelay::ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows, 
     // Permanent: the row cannot be published as it is.
     const std::string name = routed.ok() ? st.message().substr(0, st.message().find(':'))
                                          : std::string("ROUTING");
+    s.metrics->PublishError(routed.ok() ? name : std::string("UNROUTABLE"));
     if (s.config->dead_letter_topic) {
       if (!ToDeadLetter(s, ticket, row, name, st.message(),
                         routed.ok() ? std::optional<std::string>(routed->topic) : std::nullopt)
@@ -521,6 +558,7 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
       : conn_.Exec(s.table->claim_first_sql(), {std::to_string(limit)});
   if (!r.ok()) return r.status().Prefixed("could not claim rows from \"" + s.name() + "\"");
   const std::size_t n = static_cast<std::size_t>(PQntuples(r->get()));
+  if (n > 0) s.metrics->ObserveBatch(n);
   s.more = n == limit;
   s.notified = false;
   s.next_poll = now + s.config->poll_interval;
@@ -573,6 +611,47 @@ void OutboxRelay::ReadNotifications() {
       if (s->config->notify_channel && *s->config->notify_channel == n->relname) s->notified = true;
     }
     PQfreemem(n);
+  }
+}
+
+Status OutboxRelay::SampleMetrics(Clock::time_point now) {
+  if (now < next_sample_) return Status::Ok();
+  next_sample_ = now + kSampleInterval;
+  if (Clock::now() - publisher_->last_answer() > kSampleInterval) {
+    publisher_->ProbeKafka(std::chrono::milliseconds(500));
+  }
+  for (auto& s : streams_) {
+    if (!conn_.healthy()) break;
+    if (!s->table || s->table_metrics == nullptr) continue;
+    auto r = conn_.Exec(s->table->stats_sql());
+    if (!r.ok()) return r.status().Prefixed("could not count the pending rows of \"" + s->name() + "\"");
+    const PGresult* res = r->get();
+    const long long count = std::strtoll(PQgetvalue(res, 0, 0), nullptr, 10);
+    const long long min = PQgetisnull(res, 0, 1) ? 0 : std::strtoll(PQgetvalue(res, 0, 1), nullptr, 10);
+    const long long max = PQgetisnull(res, 0, 2) ? 0 : std::strtoll(PQgetvalue(res, 0, 2), nullptr, 10);
+    s->table_metrics->Sample(count, min, max, Clock::now());
+  }
+  return Status::Ok();
+}
+
+void OutboxRelay::UpdateHealth() {
+  health_->Beat();
+  health_->SetPostgresConnected(conn_.healthy());
+  health_->SetKafkaAnswered(publisher_->last_answer());
+  health_->SetKafkaQueue(publisher_->OutstandingCount());
+  const Stream* halted = nullptr;
+  for (const auto& s : streams_) {
+    if (s->metrics != nullptr) s->metrics->SetInFlight(static_cast<int64_t>(s->outstanding));
+    if (s->halted && halted == nullptr) halted = s.get();
+  }
+  if (stopping_) {
+    health_->SetRunning(false, "stopping");
+  } else if (!resolved_once_) {
+    health_->SetRunning(false, "starting: the outbox tables were not checked yet");
+  } else if (halted != nullptr) {
+    health_->SetRunning(false, "table \"" + halted->name() + "\" is halted by a row that cannot be delivered");
+  } else {
+    health_->SetRunning(true);
   }
 }
 
@@ -644,6 +723,12 @@ Status OutboxRelay::Run(int stop_fd) {
       }
     }
     ReadNotifications();
+    if (!stopping_) {
+      Status st = SampleMetrics(now);
+      if (!st.ok() && !conn_.healthy()) Disconnect(st);
+      if (!st.ok() && conn_.healthy()) log->warn("{}", st.message());
+    }
+    UpdateHealth();
 
     if (stopping_) {
       bool settled = true;
@@ -679,6 +764,7 @@ Status OutboxRelay::Run(int stop_fd) {
     }
   }
 
+  UpdateHealth();
   std::size_t left = 0;
   for (auto& s : streams_) {
     if (conn_.healthy()) {

@@ -15,7 +15,9 @@
 //
 // Run() owns the loop and returns when asked to stop (the stop fd becomes
 // readable) or on an error it cannot recover from. One thread; not
-// thread-safe.
+// thread-safe. It updates its Metrics handles (source "table:<schema.table>"
+// per table, relay health "poll") from that thread; pending rows and the
+// Kafka probe are sampled every kSampleInterval on the relay's connection.
 
 #include <chrono>
 #include <functional>
@@ -30,6 +32,7 @@
 #include "common/status.h"
 #include "config/config.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/metrics.h"
 #include "pipeline/publisher.h"
 #include "pipeline/router.h"
 #include "relay/outbox_table.h"
@@ -40,9 +43,15 @@ class OutboxRelay {
  public:
   using Clock = std::chrono::steady_clock;
 
+  // How often pending rows are counted and, when nothing was acknowledged
+  // meanwhile, Kafka is asked for metadata (for /readyz).
+  static constexpr std::chrono::seconds kSampleInterval{10};
+
   // Validates what can be validated without a database (topic templates,
-  // librdkafka properties); `config` must outlive the relay.
-  [[nodiscard]] static Result<std::unique_ptr<OutboxRelay>> Create(const Config& config);
+  // librdkafka properties); `config` must outlive the relay, and so must
+  // `metrics` unless it is null (then the relay keeps private ones).
+  [[nodiscard]] static Result<std::unique_ptr<OutboxRelay>> Create(const Config& config,
+                                                                   Metrics* metrics = nullptr);
   ~OutboxRelay();
 
   // Runs until `stop_fd` becomes readable (the caller drains it), then stops
@@ -98,9 +107,18 @@ class OutboxRelay {
   void Halt(Stream& s, const std::string& why);
   void ReadNotifications();
   std::size_t TotalPending() const;
+  // Counts pending rows of every table; asks Kafka for metadata when it has
+  // not answered for a while.
+  [[nodiscard]] Status SampleMetrics(Clock::time_point now);
+  // Publishes the per-turn gauges and the relay's health.
+  void UpdateHealth();
   std::chrono::milliseconds NextWait(Clock::time_point now) const;
 
   const Config& config_;
+  std::unique_ptr<Metrics> own_metrics_;  // when Create() was given none
+  Metrics* metrics_ = nullptr;            // never null
+  RelayHealth* health_ = nullptr;         // owned by *metrics_
+  Clock::time_point next_sample_{};
   std::unique_ptr<Publisher> publisher_;
   std::vector<std::unique_ptr<Stream>> streams_;
   PgConn conn_;

@@ -131,6 +131,7 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
   const std::string from = " FROM " + qtable + " WHERE true" + unsent;
   t.claim_after_sql_ = "SELECT " + select + from + " AND " + qorder + " > $1::bigint ORDER BY " +
                        qorder + " LIMIT $2::int";
+  t.stats_sql_ = "SELECT count(*), min(" + qorder + "), max(" + qorder + ")" + from;
   t.claim_first_sql_ = "SELECT " + select + from + " ORDER BY " + qorder + " LIMIT $1::int";
   t.sweep_sql_ = "SELECT " + qorder + from + " AND " + qorder + " <= $1::bigint ORDER BY " + qorder +
                  " LIMIT $2::int";

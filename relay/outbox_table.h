@@ -39,6 +39,9 @@ class OutboxTable {
   const std::string& fetch_sql() const { return fetch_sql_; }
   // DELETE or UPDATE (mark sent) of the rows whose positions are in $1.
   const std::string& checkpoint_sql() const { return checkpoint_sql_; }
+  // SELECT count(*), min(position), max(position) of the unsent rows (for
+  // the pending-rows metrics).
+  const std::string& stats_sql() const { return stats_sql_; }
 
   // Converts one result row of the claim or fetch queries: column 0 is the
   // position, the rest are the router's columns (bytea decoded to raw bytes).
@@ -50,7 +53,8 @@ class OutboxTable {
   unsigned oid_ = 0;
   std::vector<std::string> columns_;   // router columns, in select order
   std::vector<bool> is_bytea_;         // per router column
-  std::string claim_after_sql_, claim_first_sql_, sweep_sql_, fetch_sql_, checkpoint_sql_;
+  std::string claim_after_sql_, claim_first_sql_, sweep_sql_, fetch_sql_, checkpoint_sql_,
+      stats_sql_;
 };
 
 }  // namespace outboxd

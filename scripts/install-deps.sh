@@ -10,12 +10,14 @@ build_pkgs=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libpq-dev librdkafka-dev libtomlplusplus-dev prometheus-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libsystemd-dev
+  libcivetweb-dev   # the [http] listener (/metrics, /healthz, /readyz)
   libgtest-dev libgmock-dev
 )
 # Real services and clients the tests and the demo talk to.
 test_pkgs=(
   postgresql postgresql-client kcat maven openjdk-17-jre-headless
   procps util-linux iproute2 python3
+  curl prometheus   # the metrics test scrapes /metrics and runs promtool (the service is not started)
   clang-14 libclang-rt-14-dev   # libFuzzer targets (tests/fuzz)
 )
 
@@ -34,5 +36,24 @@ if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   export DEBIAN_FRONTEND=noninteractive
   "${sudo_cmd[@]}" apt-get update -q
-  "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Only promtool is wanted from the prometheus package: keep its service
+  # from starting (a policy-rc.d that refuses it, unless the system already
+  # has one, as containers do) and from starting at boot.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=false
+  if [[ " ${missing[*]} " == *" prometheus "* && ! -e $policy ]]; then
+    printf '#!/bin/sh\nfor a; do [ "$a" = prometheus ] && exit 101; done\nexit 0\n' |
+      "${sudo_cmd[@]}" tee "$policy" >/dev/null
+    "${sudo_cmd[@]}" chmod 755 "$policy"
+    own_policy=true
+  fi
+  status=0
+  "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
+  if $own_policy; then
+    "${sudo_cmd[@]}" rm -f "$policy"
+    if [[ -d /run/systemd/system ]]; then
+      "${sudo_cmd[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+  fi
+  exit "$status"
 fi
