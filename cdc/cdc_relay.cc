@@ -116,19 +116,9 @@ Status CdcRelay::CheckSlot(bool first) {
     return recorded.status();
   }
   if (*recorded && !(*recorded)->snapshot_done && !streamed_once_) {
-    // outboxd created the slot for an initial snapshot that did not finish:
-    // nothing was confirmed from it, so it is dropped and taken again.
-    log->warn("the initial snapshot of replication slot \"{}\" did not finish; dropping the slot (nothing was "
-              "confirmed from it) to take the snapshot again",
-              cdc_.slot);
-    auto dropped = ctl_.Exec(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", {cdc_.slot});
-    if (!dropped.ok()) return dropped.status().Prefixed("could not drop replication slot \"" + cdc_.slot + "\"");
-    OUTBOXD_RETURN_IF_ERROR(DeleteSlotState(ctl_, cdc_.state_table, cdc_.slot));
-    recorded->reset();
-    checkpoint_.Reset();  // reports of the unfinished snapshot's records are stale now
-    ForgetInFlight();
-    stalled_.reset();
+    OUTBOXD_RETURN_IF_ERROR(RecoverUnfinishedSnapshot(**recorded));
+    recorded = ReadSlotState(ctl_, cdc_.state_table, cdc_.slot);
+    if (!recorded.ok()) return recorded.status();
   }
   std::optional<Lsn> recorded_lsn;
   if (*recorded) recorded_lsn = (*recorded)->confirmed;
@@ -153,7 +143,9 @@ Status CdcRelay::CheckSlot(bool first) {
                 "creates the slot itself",
                 cdc_.slot);
     }
+    health_->SetInLongCall(true);  // creating a slot waits for running transactions to end
     auto slot_ran = EnsureSlot(ctl_, cdc_.slot, create_slot);
+    health_->SetInLongCall(false);
     if (!slot_ran.ok()) return slot_ran.status();
     ran->insert(ran->end(), slot_ran->begin(), slot_ran->end());
   }
@@ -171,16 +163,76 @@ Status CdcRelay::CheckSlot(bool first) {
     recorded_lsn_ = confirmed;
   } else {
     recorded_lsn_ = *recorded_lsn;
-    if (*recorded) snapshot_done_ = (*recorded)->snapshot_done;
+    // After a reconnect the relay knows better than the row, which is
+    // written only at the next position report.
+    if (*recorded && !streamed_once_) snapshot_done_ = (*recorded)->snapshot_done;
   }
   // Never report a flush position below what the slot already has.
   acked_lsn_ = std::max(acked_lsn_, confirmed);
   return Status::Ok();
 }
 
+Status CdcRelay::LockSnapshot() {
+  auto locked = ctl_.Exec("SELECT pg_try_advisory_lock(1868724325, hashtext($1))", {cdc_.slot});
+  if (!locked.ok()) return locked.status().Prefixed("could not lock the initial snapshot of slot \"" + cdc_.slot + "\"");
+  if (std::string_view(PQgetvalue(locked->get(), 0, 0)) != "t") {
+    return Status::Retriable("the initial snapshot of replication slot \"" + cdc_.slot +
+                             "\" is being taken by another outboxd instance");
+  }
+  return Status::Ok();
+}
+
+Status CdcRelay::RecoverUnfinishedSnapshot(const SlotState& recorded) {
+  auto log = Logger("cdc");
+  // Whoever takes a snapshot holds this lock on its control session until it
+  // ends: a standby must not touch a snapshot in progress.
+  OUTBOXD_RETURN_IF_ERROR(LockSnapshot());
+  auto slot = ReadSlotStatus(ctl_, cdc_.slot);
+  if (!slot.ok()) return slot.status();
+  const std::string name = "replication slot \"" + cdc_.slot + "\"";
+  if (!*slot) {
+    // Stopped before the slot was created: nothing was captured yet.
+    log->warn("the initial snapshot of {} was never started; taking it now", name);
+    return DeleteSlotState(ctl_, cdc_.state_table, cdc_.slot);
+  }
+  if (cdc_.snapshot == SnapshotMode::kNever) {
+    log->warn("the initial snapshot of {} did not finish; snapshot = \"never\" now: streaming the slot without it",
+              name);
+    return WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, {recorded.confirmed, true});
+  }
+  if (!outbox_configs_.empty() || cdc_.message_prefix) {
+    // A new snapshot needs a new slot, and dropping this one would lose the
+    // outbox events and messages it holds since its consistent point.
+    return Status::Permanent(
+        "the initial snapshot of " + name + " did not finish, and the slot holds outbox events and messages "
+        "committed since " + recorded.confirmed.ToString() + " that a new slot would skip. To publish them, set " +
+        "[cdc] snapshot = \"never\" and restart (the rows of `tables` that the snapshot did not deliver must then "
+        "be published by other means); or, if nothing was written since, drop the slot and its row in " +
+        cdc_.state_table + " and start again");
+  }
+  // Only row changes of `tables` come from this slot, and a new snapshot
+  // gives every row's current state: drop the slot, take it again.
+  log->warn("the initial snapshot of {} did not finish; dropping the slot (nothing was confirmed from it) to take "
+            "the snapshot again",
+            name);
+  auto dropped = ctl_.Exec("SELECT pg_drop_replication_slot($1)", {cdc_.slot});
+  if (!dropped.ok()) return dropped.status().Prefixed("could not drop " + name);
+  OUTBOXD_RETURN_IF_ERROR(DeleteSlotState(ctl_, cdc_.state_table, cdc_.slot));
+  checkpoint_.Reset();  // reports of the unfinished snapshot's records are stale now
+  ForgetInFlight();
+  stalled_.reset();
+  return Status::Ok();
+}
+
 Status CdcRelay::TakeSnapshot() {
   auto log = Logger("cdc");
+  OUTBOXD_RETURN_IF_ERROR(LockSnapshot());
+  // The intent first: a stop between here and the end of the snapshot is
+  // found at the next start (RecoverUnfinishedSnapshot).
+  OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, {Lsn(), /*snapshot_done=*/false}));
+  health_->SetInLongCall(true);  // creating a slot waits for running transactions to end
   auto exported = stream_.CreateSlotExportingSnapshot(cdc_.slot);
+  health_->SetInLongCall(false);
   if (!exported.ok()) return exported.status();
   log->info("ran: CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT (consistent point {})", cdc_.slot,
             exported->consistent_point.ToString());
@@ -216,16 +268,17 @@ Status CdcRelay::TakeSnapshot() {
       health_->Beat();
       for (const TupleData& row : *rows) {
         OUTBOXD_RETURN_IF_ERROR(WaitForRoom());
-        auto record = mapper_->MapSnapshotRow(*rel, row, *tx_, index);
+        const uint64_t id_index = kSnapshotIndexFlag | index;
+        auto record = mapper_->MapSnapshotRow(*rel, row, *tx_, id_index);
         Routed routed{Record{}, &cdc_.dead_letter_topic, "snapshot of table " + table, Status::Ok()};
         if (record.ok()) {
           routed.record = std::move(record).value();
         } else {
           routed.error = record.status();
-          routed.record.headers.push_back({"id", DeterministicEventId(tx_->commit_lsn, index)});
+          routed.record.headers.push_back({"id", DeterministicEventId(tx_->commit_lsn, id_index)});
         }
-        OUTBOXD_RETURN_IF_ERROR(Emit(std::move(routed), index));
-        if (rewinding_) return Status::Retriable("the initial snapshot was interrupted");
+        OUTBOXD_RETURN_IF_ERROR(Emit(std::move(routed), id_index));
+        if (rewinding_) return snapshot_failed_;
         ++index;
         ++rows_read;
       }
@@ -249,12 +302,12 @@ Status CdcRelay::WaitForRoom() {
     health_->Beat();
     pollfd fds[2] = {{stop_fd_, POLLIN, 0}, {publisher_->WakeupFd(), POLLIN, 0}};
     ::poll(fds, 2, 100);
-    if (fds[0].revents & POLLIN) return Status::Retriable("stop requested during the initial snapshot");
+    if (fds[0].revents & POLLIN) return Status::Retriable("stop requested while waiting for Kafka");
     publisher_->DrainWakeup();
     publisher_->Poll(milliseconds(0));
-    if (publisher_->fatal_error_raised()) return Status::Fatal("the Kafka producer failed during the snapshot");
+    if (publisher_->fatal_error_raised()) return Status::Fatal("the Kafka producer failed while waiting for room");
     OUTBOXD_RETURN_IF_ERROR(HandleFailures());
-    if (rewinding_) return Status::Retriable("a delivery failed during the initial snapshot");
+    if (rewinding_) return snapshot_failed_.ok() ? Status::Retriable("a delivery failed") : snapshot_failed_;
     ReleaseAcknowledged();
     OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
   }
@@ -455,6 +508,13 @@ Status CdcRelay::HandleFailures() {
 }
 
 void CdcRelay::Rewind(const std::string& why) {
+  if (!snapshot_done_ && snapshot_failed_.ok()) {
+    // The snapshot's rows cannot be replayed from the slot: stop, and take
+    // the snapshot again at the next start (RecoverUnfinishedSnapshot).
+    snapshot_failed_ = Status::Permanent("the initial snapshot of replication slot \"" + cdc_.slot +
+                                         "\" could not be delivered: " + why +
+                                         "; it is taken again when outboxd starts next");
+  }
   if (!rewinding_) {
     Logger("cdc")->warn("{}; streaming again from {} once the deliveries in flight are reported", why,
                         acked_lsn_.ToString());
@@ -505,6 +565,7 @@ bool CdcRelay::ReadingPaused() const {
 Status CdcRelay::ReadStream() {
   for (std::size_t n = 0; n < kFramesPerTurn && stream_.streaming(); ++n) {
     OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
+    if (!stream_.streaming()) break;  // it rewound
     if (ReadingPaused()) break;
     auto msg = stream_.Read();
     if (!msg.ok()) return msg.status();
@@ -618,13 +679,13 @@ Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame
           if (!message_router_) return Status::Ok();
           // Not part of a transaction: its own LSN stands for the commit.
           const TransactionInfo alone{m.lsn, frame.server_time_us, 0};
-          auto routed = RouteMessage(m, alone, 0);
+          auto routed = RouteMessage(m, alone, kNonTransactionalIndexFlag);
           if (!routed) return Status::Ok();
           Logger("cdc")->debug("non-transactional message at {} (published even if its transaction rolled back)",
                                m.lsn.ToString());
           std::optional<TransactionInfo> outer = std::move(tx_);
           tx_ = alone;
-          Status st = Emit(std::move(*routed), 0);
+          Status st = Emit(std::move(*routed), kNonTransactionalIndexFlag);
           tx_ = std::move(outer);
           if (st.ok() && !tx_) {
             const auto ticket = checkpoint_.Add({m.lsn, 0, EntryKind::kCommit});
@@ -747,6 +808,9 @@ Record CdcRelay::DeadLetter(const Routed& routed, const Position& pos, const std
 }
 
 Status CdcRelay::Produce(Record record, Position pos) {
+  // One record waits for queue space at a time, and goes first.
+  if (stalled_) OUTBOXD_RETURN_IF_ERROR(WaitForRoom());
+  if (rewinding_) return Status::Ok();
   Status st = publisher_->Produce(record, checkpoint_.next_ticket());
   MetricsSource& source = sources_[pos.source];
   if (st.ok()) {
@@ -861,6 +925,7 @@ Status CdcRelay::Run(int stop_fd) {
     }
     Status st = HandleFailures();
     if (!st.ok() && halt.ok()) halt = st;
+    if (!snapshot_failed_.ok() && halt.ok()) halt = snapshot_failed_;
     ReleaseAcknowledged();
     if (rewinding_ && publisher_->OutstandingCount() == 0) {
       checkpoint_.Reset();

@@ -44,6 +44,7 @@
 #include "cdc/lsn.h"
 #include "cdc/pgoutput_decoder.h"
 #include "cdc/replication_stream.h"
+#include "cdc/slot_status.h"
 #include "common/backoff.h"
 #include "common/pg.h"
 #include "common/status.h"
@@ -122,6 +123,12 @@ class CdcRelay {
   // Creates the slot on the replication connection and publishes every row
   // of the captured tables as of its consistent point (op "r").
   [[nodiscard]] Status TakeSnapshot();
+  // The session advisory lock held while a snapshot is taken (Retriable
+  // when another instance holds it).
+  [[nodiscard]] Status LockSnapshot();
+  // A snapshot that did not finish (state row snapshot_done = false): take it
+  // again from a new slot when that loses nothing, else stop and say why.
+  [[nodiscard]] Status RecoverUnfinishedSnapshot(const SlotState& recorded);
   // Serves delivery reports until reading may go on; Retriable when a stop
   // was requested or a delivery failed meanwhile.
   [[nodiscard]] Status WaitForRoom();
@@ -198,6 +205,7 @@ class CdcRelay {
   bool snapshot_pending_ = false;  // create the slot with an exported snapshot and read it
   bool snapshot_done_ = true;      // the initial snapshot is acknowledged
   bool snapshot_recorded_ = true;  // snapshot_done_ is what the state table says
+  Status snapshot_failed_;         // a rewind before the snapshot was acknowledged: stop
   int stop_fd_ = -1;
   Backoff reconnect_backoff_{std::chrono::milliseconds(100), std::chrono::seconds(30)};
   Clock::time_point reconnect_at_{};

@@ -86,6 +86,14 @@ inline constexpr std::string_view kUnchangedToastPlaceholder = "__outboxd_unchan
 // index 3 → "00000016-b374-8d84-8800-000000000003".
 std::string DeterministicEventId(Lsn commit_lsn, uint64_t index);
 
+// Flags in `index` that keep ids of events that are not "change n of the
+// transaction committed at LSN" apart from those: rows of the initial
+// snapshot (LSN = the slot's consistent point, which may also be the commit
+// LSN of the first streamed transaction) and non-transactional messages
+// (LSN = the message's end, which may be the next commit's LSN).
+inline constexpr uint64_t kSnapshotIndexFlag = uint64_t{1} << 55;
+inline constexpr uint64_t kNonTransactionalIndexFlag = uint64_t{1} << 54;
+
 // Resolves a type oid to the TypeMsg pgoutput sent for it (non-built-in
 // types), or nullptr. Used to recognise arrays of unknown element types: a
 // type whose name starts with '_' is mapped as an array of strings.

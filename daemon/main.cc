@@ -255,7 +255,12 @@ int Run(const std::string& path) {
     pollfd fds[2] = {{signal_fd.get(), POLLIN, 0}, {done_fd.get(), POLLIN, 0}};
     if (::poll(fds, 2, timeout_ms) < 0) {
       if (errno == EINTR) continue;
-      log->error("poll failed: {}", std::strerror(errno));
+      log->error("poll failed: {}; stopping", std::strerror(errno));
+      if (!stop_sent) stop_all();
+      stop_sent = true;
+      for (auto& w : workers) {
+        if (w->thread.joinable()) w->thread.join();
+      }
       break;
     }
     if (fds[0].revents & POLLIN) {

@@ -216,7 +216,7 @@ Metrics::Report Metrics::Liveness() const {
   for (const auto& relay : relays_) {
     const RelayHealth::Clock::time_point beat{RelayHealth::Clock::duration(relay->heartbeat_.load())};
     const auto age = std::chrono::duration_cast<std::chrono::seconds>(now - beat);
-    if (age >= kStaleAfter) {
+    if (age >= kStaleAfter && !relay->in_long_call_.load(std::memory_order_relaxed)) {
       r.body += relay->name() + ": the relay loop has not turned for " + std::to_string(age.count()) + " s\n";
     }
   }
@@ -242,7 +242,7 @@ Metrics::Report Metrics::Readiness() const {
     } else {
       const auto age =
           std::chrono::duration_cast<std::chrono::seconds>(now - RelayHealth::Clock::time_point(RelayHealth::Clock::duration(kafka)));
-      if (age >= kStaleAfter) {
+      if (age >= kStaleAfter && !relay->in_long_call_.load(std::memory_order_relaxed)) {
         r.body += relay->name() + ": Kafka has not answered for " + std::to_string(age.count()) + " s\n";
       }
     }

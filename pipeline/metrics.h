@@ -114,6 +114,13 @@ class RelayHealth {
   const std::string& name() const { return name_; }
   // The loop turned; relays call this every turn (at least once a second).
   void Beat() { heartbeat_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed); }
+  // While set, the loop is inside one long call it cannot beat from (creating
+  // a replication slot waits for every running transaction to end): it
+  // counts as turning.
+  void SetInLongCall(bool in_call) {
+    Beat();
+    in_long_call_.store(in_call, std::memory_order_relaxed);
+  }
   void SetPostgresConnected(bool connected) { postgres_.store(connected, std::memory_order_relaxed); }
   // Whether the relay's stream/tables are running; `problem` says why not.
   // Cheap (no lock) while running, so callers may call it every turn.
@@ -131,6 +138,7 @@ class RelayHealth {
 
   std::string name_;
   std::atomic<Clock::rep> heartbeat_;
+  std::atomic<bool> in_long_call_{false};
   std::atomic<bool> postgres_{false};
   std::atomic<bool> running_{false};
   std::atomic<Clock::rep> kafka_{0};

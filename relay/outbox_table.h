@@ -20,6 +20,9 @@
 
 namespace outboxd {
 
+// outboxd_outbox_pending_rows counts unsent rows up to this many.
+inline constexpr long long kPendingCountCap = 100000;
+
 class OutboxTable {
  public:
   [[nodiscard]] static Result<OutboxTable> Resolve(const PgConn& conn,

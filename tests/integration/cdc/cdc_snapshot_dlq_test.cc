@@ -88,17 +88,21 @@ TEST_F(CdcSnapshotTest, InitialSnapshotPublishesExistingRowsThenStreamsWithoutAG
   EXPECT_EQ(0, outboxd.WaitExit(30s));
 }
 
+// What a crash in the middle of the initial snapshot leaves: the slot
+// outboxd created, and its state row saying the snapshot is not done.
+void LeaveAnUnfinishedSnapshot(TestDatabase& db, const std::string& slot, const std::string& publication) {
+  db.Exec("CREATE PUBLICATION " + publication + " FOR TABLE public.orders");
+  db.Exec("SELECT pg_create_logical_replication_slot('" + slot + "', 'pgoutput')");
+  db.Exec("CREATE TABLE public.outboxd_slot_state (slot_name name PRIMARY KEY, confirmed_lsn pg_lsn NOT NULL, "
+          "snapshot_done boolean NOT NULL DEFAULT true, updated_at timestamptz NOT NULL DEFAULT now())");
+  db.Exec("INSERT INTO public.outboxd_slot_state (slot_name, confirmed_lsn, snapshot_done) "
+          "SELECT slot_name, confirmed_flush_lsn, false FROM pg_replication_slots WHERE slot_name = '" +
+          slot + "'");
+}
+
 TEST_F(CdcSnapshotTest, AnUnfinishedSnapshotIsTakenAgainFromANewSlot) {
   CreateOrders(500);
-  // What a crash in the middle of the snapshot leaves: the slot outboxd
-  // created, and its state row saying the snapshot is not done.
-  db_->Exec("CREATE PUBLICATION " + publication_ + " FOR TABLE public.orders");
-  db_->Exec("SELECT pg_create_logical_replication_slot('" + slot_ + "', 'pgoutput')");
-  db_->Exec("CREATE TABLE public.outboxd_slot_state (slot_name name PRIMARY KEY, confirmed_lsn pg_lsn NOT NULL, "
-            "snapshot_done boolean NOT NULL DEFAULT true, updated_at timestamptz NOT NULL DEFAULT now())");
-  db_->Exec("INSERT INTO public.outboxd_slot_state (slot_name, confirmed_lsn, snapshot_done) "
-            "SELECT slot_name, confirmed_flush_lsn, false FROM pg_replication_slots WHERE slot_name = '" +
-            slot_ + "'");
+  LeaveAnUnfinishedSnapshot(*db_, slot_, publication_);
   const uint64_t old_position = *ConfirmedFlushLsn();
   db_->Exec("INSERT INTO public.orders VALUES (900, 'after the old slot, before the new one')");
 
@@ -117,6 +121,37 @@ TEST_F(CdcSnapshotTest, AnUnfinishedSnapshotIsTakenAgainFromANewSlot) {
   EXPECT_NE(std::string::npos, outboxd.Log().find("did not finish")) << outboxd.Log();
   outboxd.Terminate();
   EXPECT_EQ(0, outboxd.WaitExit(30s));
+}
+
+// When the slot also carries outbox messages, a new slot would skip the ones
+// committed since the old slot's start: outboxd refuses and says what to do,
+// and with snapshot = "never" it streams them.
+TEST_F(CdcSnapshotTest, AnUnfinishedSnapshotOfASlotWithMessagesIsNotDroppedInSilence) {
+  CreateOrders(10);
+  LeaveAnUnfinishedSnapshot(*db_, slot_, publication_);
+  const std::string type = UniqueTopic("snapmsg");
+  db_->Exec("SELECT pg_logical_emit_message(true, 'outbox', '{\"id\":\"kept-1\",\"aggregatetype\":\"" + type +
+            "\",\"aggregateid\":\"k\",\"payload\":{}}')");
+  CdcToml toml = Toml();
+  toml.tables = {"public.orders"};
+  toml.message_prefix = "outbox";
+  toml.cdc_extra = "snapshot = \"initial\"";
+  OutboxdProcess refused(toml.Build());
+  refused.Start();
+  EXPECT_EQ(kExitUnavailable, refused.WaitExit(60s)) << refused.Log();
+  EXPECT_NE(std::string::npos, refused.Log().find("did not finish")) << refused.Log();
+  EXPECT_NE(std::string::npos, refused.Log().find("snapshot = \"never\"")) << refused.Log();
+  EXPECT_EQ(1, SlotCount()) << "the slot and the message it holds are kept";
+
+  toml.cdc_extra = "snapshot = \"never\"";
+  OutboxdProcess streams(toml.Build());
+  ASSERT_TRUE(StartStreaming(streams)) << streams.Log();
+  auto records = Consume("outbox.event." + type, 1);
+  ASSERT_EQ(1u, records.size()) << streams.Log();
+  EXPECT_EQ("kept-1", HeaderValue(records[0], "id"));
+  EXPECT_TRUE(WaitUntil([&] { return SnapshotDone() == std::optional<std::string>("true"); }, 30s));
+  streams.Terminate();
+  EXPECT_EQ(0, streams.WaitExit(30s));
 }
 
 class CdcDeadLetterTest : public CdcTest {

@@ -306,6 +306,14 @@ TEST(DeterministicEventIdTest, SpellsTheLsnAndIndexAsAVersion8Uuid) {
   EXPECT_EQ("00000000-0000-8000-8000-000000000000", DeterministicEventId(Lsn(), 0));
 }
 
+TEST(DeterministicEventIdTest, SnapshotRowsAndNonTransactionalMessagesHaveTheirOwnIds) {
+  const Lsn lsn(0x16'B374D848);
+  EXPECT_EQ("00000016-b374-8d84-8880-000000000000", DeterministicEventId(lsn, kSnapshotIndexFlag));
+  EXPECT_EQ("00000016-b374-8d84-8840-000000000000", DeterministicEventId(lsn, kNonTransactionalIndexFlag));
+  EXPECT_NE(DeterministicEventId(lsn, 0), DeterministicEventId(lsn, kSnapshotIndexFlag | 0));
+  EXPECT_NE(DeterministicEventId(lsn, 7), DeterministicEventId(lsn, kNonTransactionalIndexFlag | 7));
+}
+
 TEST(DeterministicEventIdTest, IsIdenticalOnReplay) {
   EXPECT_EQ(DeterministicEventId(Lsn(0x1'00000010), 12), DeterministicEventId(Lsn(0x1'00000010), 12));
 }
