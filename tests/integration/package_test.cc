@@ -205,6 +205,13 @@ TEST(PackageTest, RuntimeStageProvidesEveryLibraryOfTheBinary) {
   std::set<std::string> seen_needed;
   for (const auto& lib : libs) {
     SCOPED_TRACE(lib.path);
+#ifdef OUTBOXD_SANITIZED
+    // The sanitizer runtimes of a test build; the image is built without them.
+    if (lib.soname.rfind("libasan", 0) == 0 || lib.soname.rfind("libubsan", 0) == 0) {
+      seen_needed.insert(lib.soname);
+      continue;
+    }
+#endif
     const std::string package = OwningPackage(lib.path);
     ASSERT_FALSE(package.empty()) << "no Debian package ships " << lib.path << " (built by hand?)";
     EXPECT_TRUE(closure.count(package))
