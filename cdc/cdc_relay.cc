@@ -12,6 +12,7 @@
 #include "cdc/slot_status.h"
 #include "cdc/snapshot.h"
 #include "common/logging.h"
+#include "pipeline/dead_letter.h"
 
 namespace outboxd {
 
@@ -34,10 +35,6 @@ std::string Qualified(const std::string& table) {
 
 std::string QualifiedName(const RelationMsg& rel) {
   return (rel.namespace_name.empty() ? std::string("pg_catalog") : rel.namespace_name) + "." + rel.name;
-}
-
-bool IsSizeError(const std::string& name) {
-  return name == "MSG_SIZE_TOO_LARGE" || name == "RECORD_LIST_TOO_LARGE" || name == "INVALID_MSG_SIZE";
 }
 
 // The Router for pg_logical_emit_message() events: an [[outbox]] block with
@@ -785,26 +782,18 @@ Status CdcRelay::Emit(Routed routed, uint64_t index) {
 
 Record CdcRelay::DeadLetter(const Routed& routed, const Position& pos, const std::string& error_name,
                             const std::string& error_message) const {
-  Record dl;
-  dl.topic = **routed.dead_letter_topic;
-  dl.key = routed.record.key;
-  dl.timestamp_ms = routed.record.timestamp_ms;
+  DeadLetterOrigin origin;
+  origin.key = routed.record.key;
+  origin.value = routed.record.value;
+  origin.timestamp_ms = routed.record.timestamp_ms;
   for (const Header& h : routed.record.headers) {
-    if (h.name == "id") dl.headers.push_back(h);
+    if (h.name == "id") origin.id = h.value;
   }
-  dl.headers.push_back({"outboxd.error", error_name});
-  dl.headers.push_back({"outboxd.error.message", error_message});
-  dl.headers.push_back({"outboxd.source", routed.source});
-  dl.headers.push_back({"outboxd.lsn", pos.lsn.ToString()});
-  dl.headers.push_back({"outboxd.index", std::to_string(pos.index)});
-  if (!routed.record.topic.empty()) dl.headers.push_back({"outboxd.original.topic", routed.record.topic});
-  if (IsSizeError(error_name)) {
-    dl.headers.push_back({"outboxd.value.omitted", "true"});
-    if (routed.record.value) dl.headers.push_back({"outboxd.value.size", std::to_string(routed.record.value->size())});
-  } else {
-    dl.value = routed.record.value;
-  }
-  return dl;
+  if (!routed.record.topic.empty()) origin.original_topic = routed.record.topic;
+  origin.where = {{"outboxd.source", routed.source},
+                  {"outboxd.lsn", pos.lsn.ToString()},
+                  {"outboxd.index", std::to_string(pos.index)}};
+  return DeadLetterRecord(**routed.dead_letter_topic, origin, error_name, error_message);
 }
 
 Status CdcRelay::Produce(Record record, Position pos) {
@@ -820,7 +809,7 @@ Status CdcRelay::Produce(Record record, Position pos) {
     return st;
   }
   if (st.code() != StatusCode::kRetriable) {
-    source.metrics->PublishError(st.message().substr(0, st.message().find(':')));
+    source.metrics->PublishError(publisher_->last_produce_error());
   }
   switch (st.code()) {
     case StatusCode::kRetriable:  // librdkafka's queue is full: try again after some reports
@@ -829,11 +818,7 @@ Status CdcRelay::Produce(Record record, Position pos) {
     case StatusCode::kPermanent:
       if (pos.kind == EntryKind::kEvent) {
         // Refused before it left: the replay of the rewind sets it aside.
-        // The Publisher's message is "<librdkafka error name>: <description>".
-        const std::string& m = st.message();
-        const auto colon = m.find(": ");
-        poisoned_[{pos.lsn.value(), pos.index}] = {colon == std::string::npos ? "PRODUCE_REFUSED" : m.substr(0, colon),
-                                                   colon == std::string::npos ? m : m.substr(colon + 2)};
+        poisoned_[{pos.lsn.value(), pos.index}] = {publisher_->last_produce_error(), st.message()};
         Rewind("event " + std::to_string(pos.index) + " of the transaction committed at " + pos.lsn.ToString() +
                " was refused: " + st.message());
         return Status::Ok();

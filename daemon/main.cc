@@ -153,38 +153,28 @@ int Run(const std::string& path) {
 
   std::unique_ptr<OutboxRelay> poll_relay;
   std::unique_ptr<CdcRelay> cdc_relay;
+  // Creates a relay, hooks it to systemd's notifications and gives it a
+  // worker thread; false (after logging) when it cannot be created.
+  Status created;
+  auto add = [&](auto& relay, const char* name, auto result) {
+    if (!result.ok()) {
+      created = result.status();
+      log->error("{}: {}", path, created.message());
+      return false;
+    }
+    relay = std::move(result).value();
+    using Lifecycle = typename std::decay_t<decltype(*relay)>::Lifecycle;
+    relay->OnLifecycle([on_ready, on_stopping](Lifecycle l) { l == Lifecycle::kReady ? on_ready() : on_stopping(); });
+    auto w = std::make_unique<Worker>();
+    w->name = name;
+    w->run = [r = relay.get()](int fd) { return r->Run(fd); };
+    workers.push_back(std::move(w));
+    return true;
+  };
   bool any_poll = false;
   for (const auto& t : config->outboxes) any_poll |= t.source == OutboxSource::kPoll;
-  if (any_poll) {
-    auto relay = OutboxRelay::Create(*config, &metrics);
-    if (!relay.ok()) {
-      log->error("{}: {}", path, relay.status().message());
-      return ExitCodeFor(relay.status());
-    }
-    poll_relay = std::move(relay).value();
-    poll_relay->OnLifecycle([on_ready, on_stopping](OutboxRelay::Lifecycle l) {
-      l == OutboxRelay::Lifecycle::kReady ? on_ready() : on_stopping();
-    });
-    auto w = std::make_unique<Worker>();
-    w->name = "poll";
-    w->run = [r = poll_relay.get()](int fd) { return r->Run(fd); };
-    workers.push_back(std::move(w));
-  }
-  if (config->cdc) {
-    auto relay = CdcRelay::Create(*config, &metrics);
-    if (!relay.ok()) {
-      log->error("{}: {}", path, relay.status().message());
-      return ExitCodeFor(relay.status());
-    }
-    cdc_relay = std::move(relay).value();
-    cdc_relay->OnLifecycle([on_ready, on_stopping](CdcRelay::Lifecycle l) {
-      l == CdcRelay::Lifecycle::kReady ? on_ready() : on_stopping();
-    });
-    auto w = std::make_unique<Worker>();
-    w->name = "cdc";
-    w->run = [r = cdc_relay.get()](int fd) { return r->Run(fd); };
-    workers.push_back(std::move(w));
-  }
+  if (any_poll && !add(poll_relay, "poll", OutboxRelay::Create(*config, &metrics))) return ExitCodeFor(created);
+  if (config->cdc && !add(cdc_relay, "cdc", CdcRelay::Create(*config, &metrics))) return ExitCodeFor(created);
   ready_left->store(static_cast<int>(workers.size()));
 
   // Listening before the relays start, so that probes see them come up. An

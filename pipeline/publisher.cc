@@ -173,7 +173,8 @@ Status Publisher::Produce(const Record& record, uint64_t token) {
       RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))), RD_KAFKA_V_END);
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::Ok();
   rd_kafka_headers_destroy(headers);  // not taken over on failure
-  const std::string what = std::string(rd_kafka_err2name(err)) + ": " + rd_kafka_err2str(err);
+  last_produce_error_ = rd_kafka_err2name(err);
+  const std::string what = last_produce_error_ + ": " + rd_kafka_err2str(err);
   if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return Status::Retriable(what);
   switch (ClassifyKafkaError(err)) {
     case DeliveryOutcome::kPermanent: return Status::Permanent(what);

@@ -62,6 +62,9 @@ class Publisher {
   // try again). Permanent: librdkafka refused this record (e.g. larger than
   // message.max.bytes). Fatal: the producer must be recreated.
   [[nodiscard]] Status Produce(const Record& record, uint64_t token);
+  // The librdkafka error name ("MSG_SIZE_TOO_LARGE") of the last Produce()
+  // that failed.
+  const std::string& last_produce_error() const { return last_produce_error_; }
 
   // Serves delivery reports and errors; waits up to `timeout` for one.
   void Poll(std::chrono::milliseconds timeout);
@@ -110,6 +113,7 @@ class Publisher {
   UniqueFd wake_read_;
   UniqueFd wake_write_;
   bool fatal_raised_ = false;
+  std::string last_produce_error_;
   std::chrono::steady_clock::time_point last_answer_{};
   std::unordered_set<std::string> known_topics_;  // topics looked up by this producer
 };

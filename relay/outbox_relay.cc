@@ -12,6 +12,7 @@
 #include <set>
 
 #include "common/logging.h"
+#include "pipeline/dead_letter.h"
 
 namespace outboxd {
 
@@ -48,11 +49,6 @@ constexpr long long kMaxTrackedJump = 1000;
 // long, which covers that moment with a wide margin.
 constexpr std::chrono::seconds kMinHoleLife(2);
 constexpr std::size_t kMaxHoles = 10000;
-
-bool IsSizeError(const std::string& name) {
-  return name == "MSG_SIZE_TOO_LARGE" || name == "RECORD_LIST_TOO_LARGE" ||
-         name == "INVALID_MSG_SIZE";
-}
 
 }  // namespace
 
@@ -303,29 +299,15 @@ Status OutboxRelay::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
                                  const std::string& reason_name, const std::string& reason,
                                  const std::optional<std::string>& original_topic) {
   const Stream::Tracked pos = *s.checkpoint.PositionOf(ticket);
-  Record dl;
-  dl.topic = *s.config->dead_letter_topic;
+  DeadLetterOrigin origin;
   if (s.config->key) {
-    if (const auto* k = row.Find(*s.config->key)) dl.key = *k;
+    if (const auto* k = row.Find(*s.config->key)) origin.key = *k;
   }
-  if (const auto* id = row.Find(s.config->id); id && id->has_value()) {
-    dl.headers.push_back({"id", *id});
-  }
-  dl.headers.push_back({"outboxd.error", reason_name});
-  dl.headers.push_back({"outboxd.error.message", reason});
-  dl.headers.push_back({"outboxd.table", s.name()});
-  dl.headers.push_back({"outboxd.position", std::to_string(pos.value)});
-  if (original_topic) dl.headers.push_back({"outboxd.original.topic", *original_topic});
-  const auto* payload = row.Find(s.config->payload);
-  if (IsSizeError(reason_name)) {
-    // The payload is what made it fail; the headers say where to find it.
-    dl.headers.push_back({"outboxd.value.omitted", "true"});
-    if (payload && payload->has_value()) {
-      dl.headers.push_back({"outboxd.value.size", std::to_string((*payload)->size())});
-    }
-  } else if (payload) {
-    dl.value = *payload;
-  }
+  if (const auto* id = row.Find(s.config->id)) origin.id = *id;
+  if (const auto* payload = row.Find(s.config->payload)) origin.value = *payload;
+  origin.original_topic = original_topic;
+  origin.where = {{"outboxd.table", s.name()}, {"outboxd.position", std::to_string(pos.value)}};
+  const Record dl = DeadLetterRecord(*s.config->dead_letter_topic, origin, reason_name, reason);
   Logger("relay")->warn("row {}={} of \"{}\" goes to dead-letter topic \"{}\": {}: {}",
                         s.config->order_by, pos.value, s.name(), dl.topic, reason_name, reason);
   Status st = publisher_->Produce(dl, Token(s.index, true, ticket));
@@ -336,7 +318,7 @@ Status OutboxRelay::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
   if (st.code() == StatusCode::kRetriable) {
     Rewind(s, "could not queue a dead-letter record: " + st.message(), /*back_off=*/true);
   } else {
-    s.metrics->PublishError(st.message().substr(0, st.message().find(':')));
+    s.metrics->PublishError(publisher_->last_produce_error());
     s.checkpoint.MarkFailed(ticket);
     Halt(s, "row " + std::to_string(pos.value) + " could not be written to the dead-letter topic: " +
                 st.message());
@@ -443,8 +425,7 @@ Status OutboxRelay::ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows, 
     const uint64_t ticket = s.checkpoint.next_ticket() - 1;
     if (st.code() == StatusCode::kFatal) return Status::Ok();  // the loop recreates the producer
     // Permanent: the row cannot be published as it is.
-    const std::string name = routed.ok() ? st.message().substr(0, st.message().find(':'))
-                                         : std::string("ROUTING");
+    const std::string name = routed.ok() ? publisher_->last_produce_error() : std::string("ROUTING");
     s.metrics->PublishError(routed.ok() ? name : std::string("UNROUTABLE"));
     if (s.config->dead_letter_topic) {
       if (!ToDeadLetter(s, ticket, row, name, st.message(),
