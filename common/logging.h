@@ -7,7 +7,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -22,6 +24,24 @@ enum class LogOutputFormat { kText, kJson };
 
 // The logger for a subsystem, created on first use with the current settings.
 std::shared_ptr<spdlog::logger> Logger(const std::string& name);
+
+// Lets a warning that can repeat every loop turn through at most once per
+// interval. Not thread-safe: one per place that warns.
+class LogThrottle {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit LogThrottle(Clock::duration interval) : interval_(interval) {}
+  // True the first time and then once `interval` has passed since the last true.
+  bool Allow(Clock::time_point now) {
+    if (last_ && now - *last_ < interval_) return false;
+    last_ = now;
+    return true;
+  }
+
+ private:
+  Clock::duration interval_;
+  std::optional<Clock::time_point> last_;
+};
 
 // Escapes a string for inclusion in a JSON string literal.
 std::string JsonEscape(std::string_view s);

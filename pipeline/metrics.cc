@@ -71,6 +71,21 @@ void SourceMetrics::SetHalted(bool halted) { halted_.Set(halted ? 1 : 0); }
 
 // --- TableMetrics ---------------------------------------------------------------
 
+TableMetrics::TableMetrics(Metrics& m, const std::string& table)
+    : pending_(m.pending_rows_.Add({{"table", table}})),
+      age_(m.oldest_pending_age_.Add({{"table", table}})),
+      gaps_(m.gaps_.Add({{"table", table}})),
+      oldest_gap_age_(m.oldest_gap_age_.Add({{"table", table}})),
+      late_rows_(m.late_rows_.Add({{"table", table}})),
+      sweep_rows_(m.sweep_rows_.Add({{"table", table}})) {}
+
+void TableMetrics::SetGaps(std::size_t ranges, double oldest_age_seconds) {
+  gaps_.Set(static_cast<double>(ranges));
+  oldest_gap_age_.Set(oldest_age_seconds);
+}
+void TableMetrics::LateRows(std::size_t n) { late_rows_.Increment(static_cast<double>(n)); }
+void TableMetrics::SweepRows(std::size_t n) { sweep_rows_.Increment(static_cast<double>(n)); }
+
 void TableMetrics::Sample(int64_t count, int64_t min_position, int64_t max_position,
                           std::chrono::steady_clock::time_point now) {
   pending_.Set(static_cast<double>(count));
@@ -130,6 +145,22 @@ Metrics::Metrics(const std::string& version)
                               .Name("outboxd_outbox_oldest_pending_age_seconds")
                               .Help("Time since outboxd first saw the oldest unsent row pending (0 when none)")
                               .Register(*registry_)),
+      gaps_(BuildGauge()
+                .Name("outboxd_poll_gaps")
+                .Help("Ranges of positions below the cursor a late row may still fill")
+                .Register(*registry_)),
+      oldest_gap_age_(BuildGauge()
+                          .Name("outboxd_poll_oldest_gap_age_seconds")
+                          .Help("Age of the oldest gap still watched (0 when none)")
+                          .Register(*registry_)),
+      late_rows_(BuildCounter()
+                     .Name("outboxd_poll_late_rows_total")
+                     .Help("Rows that committed below the cursor, read from a gap and published in order")
+                     .Register(*registry_)),
+      sweep_rows_(BuildCounter()
+                      .Name("outboxd_poll_sweep_rows_total")
+                      .Help("Rows only the safety sweep found: published late, key order at risk")
+                      .Register(*registry_)),
       slot_lag_(BuildGauge()
                     .Name("outboxd_replication_slot_lag_bytes")
                     .Help("pg_current_wal_lsn() - confirmed_flush_lsn of the slot (sampled every 10 s)")
@@ -188,7 +219,7 @@ TableMetrics& Metrics::Table(const std::string& table) {
   std::lock_guard lock(mu_);
   auto& slot = tables_[table];
   if (!slot) {
-    slot.reset(new TableMetrics(pending_rows_.Add({{"table", table}}), oldest_pending_age_.Add({{"table", table}})));
+    slot.reset(new TableMetrics(*this, table));
   }
   return *slot;
 }

@@ -75,23 +75,35 @@ class SourceMetrics {
   prometheus::Gauge& halted_;
 };
 
-// Pending rows and the age of the oldest one of a poll outbox table. The
-// relay samples the table and feeds Sample(); the age is measured from the
-// first sample that saw the oldest pending row (outboxd cannot know when a
-// row was inserted without a timestamp column).
+// Pending rows and the age of the oldest one of a poll outbox table, and its
+// gaps (relay/gap_tracker.h). The relay samples the table and feeds
+// Sample(); the age is measured from the first sample that saw the oldest
+// pending row (outboxd cannot know when a row was inserted without a
+// timestamp column).
 class TableMetrics {
  public:
   // count: unsent rows; min/max: their lowest and highest position (ignored
   // when count is 0).
   void Sample(int64_t count, int64_t min_position, int64_t max_position,
               std::chrono::steady_clock::time_point now);
+  // Gap ranges tracked below the cursor and the age of the oldest.
+  void SetGaps(std::size_t ranges, double oldest_age_seconds);
+  // Rows read from gaps: committed late below the cursor, published in order.
+  void LateRows(std::size_t n);
+  // Rows only the sweep found: published late, possibly after a later row
+  // of their key.
+  void SweepRows(std::size_t n);
 
  private:
   friend class Metrics;
-  TableMetrics(prometheus::Gauge& pending, prometheus::Gauge& age) : pending_(pending), age_(age) {}
+  TableMetrics(Metrics& metrics, const std::string& table);
 
   prometheus::Gauge& pending_;
   prometheus::Gauge& age_;
+  prometheus::Gauge& gaps_;
+  prometheus::Gauge& oldest_gap_age_;
+  prometheus::Counter& late_rows_;
+  prometheus::Counter& sweep_rows_;
   struct Seen {
     std::chrono::steady_clock::time_point at;
     int64_t max_position;
@@ -180,6 +192,7 @@ class Metrics {
 
  private:
   friend class SourceMetrics;
+  friend class TableMetrics;
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& published_;
@@ -188,6 +201,10 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& in_flight_;
   prometheus::Family<prometheus::Gauge>& pending_rows_;
   prometheus::Family<prometheus::Gauge>& oldest_pending_age_;
+  prometheus::Family<prometheus::Gauge>& gaps_;
+  prometheus::Family<prometheus::Gauge>& oldest_gap_age_;
+  prometheus::Family<prometheus::Counter>& late_rows_;
+  prometheus::Family<prometheus::Counter>& sweep_rows_;
   prometheus::Family<prometheus::Gauge>& slot_lag_;
   prometheus::Family<prometheus::Gauge>& slot_retained_;
   prometheus::Family<prometheus::Gauge>& slot_confirmed_;

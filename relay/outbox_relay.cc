@@ -7,8 +7,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
-#include <limits>
-#include <map>
 #include <set>
 
 #include "common/logging.h"
@@ -34,21 +32,9 @@ uint64_t Token(std::size_t stream, bool dead_letter, uint64_t ticket) {
 constexpr const char* kLockSql =
     "SELECT pg_try_advisory_lock(1868724324, ($1::bigint % 2147483647)::int)";
 
-// The snapshot right after a claim: every transaction with an id below its
-// xmax may have been in progress during the claim; once the xmin of a later
-// snapshot has passed that xmax, all of them have ended.
-constexpr const char* kSnapshotSql =
-    "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s";
-// Jumps in the ordering column larger than this (sequence CACHE, bulk
-// deletes) are left to the sweep instead of being tracked position by
-// position. On the first claim (no cursor yet) this many positions below the
-// first row are watched too, for transactions still open at that moment.
-constexpr long long kMaxTrackedJump = 1000;
-// A transaction can take its position (nextval) a moment before it gets a
-// transaction id, so a snapshot may not show it yet; holes are also kept this
-// long, which covers that moment with a wide margin.
-constexpr std::chrono::seconds kMinHoleLife(2);
-constexpr std::size_t kMaxHoles = 10000;
+// A warning that could repeat every turn (the sweep found rows, gaps were
+// merged) is logged at most this often per table.
+constexpr std::chrono::seconds kRepeatedWarningInterval(60);
 
 }  // namespace
 
@@ -72,24 +58,17 @@ struct OutboxRelay::Stream {
   Checkpoint<Tracked> checkpoint;
   SourceMetrics* metrics = nullptr;       // from the first connect (needs the resolved name)
   TableMetrics* table_metrics = nullptr;
-  // Positions produced in this epoch and not yet deleted/marked: the sweep
-  // must not produce them again.
+  // Positions produced in this epoch and not yet deleted/marked: no read
+  // must produce them again.
   std::unordered_set<long long> claimed;
   // Acknowledged positions waiting for the DELETE/UPDATE to succeed.
   std::vector<long long> unreleased;
-  std::optional<long long> cursor;  // highest position the fast path claimed
-  // Positions below the cursor that the fast path skipped: rows of
-  // transactions still in progress (or rolled back, or deleted). Checked
-  // before every fast-path claim so that a row committing late is produced
-  // before any row with a higher position that becomes visible after it. The
-  // value is the xmax of the snapshot taken after the claim that left the
-  // hole: the hole is dropped once every transaction below it has ended, it
-  // is at least kMinHoleLife old, and it was read once more.
-  struct Hole {
-    uint64_t xmax;
-    Clock::time_point since;
-  };
-  std::map<long long, Hole> holes;
+  // The cursor and the gaps below it; created on the first connect (its
+  // rule depends on the table's sequence).
+  std::optional<GapTracker> gaps;
+  LogThrottle sweep_warnings{kRepeatedWarningInterval};
+  LogThrottle merge_warnings{kRepeatedWarningInterval};
+  uint64_t gap_merges_logged = 0;
 
   bool halted = false;
   bool lock_held = false;
@@ -151,6 +130,15 @@ Status OutboxRelay::Connect(bool first) {
     if (s->metrics == nullptr) {
       s->metrics = &metrics_->Source(TableSource(s->table->name()));
       s->table_metrics = &metrics_->Table(s->table->name());
+    }
+    if (!s->gaps || s->gaps->fill() != s->table->gap_fill()) {
+      if (s->table->gap_fill() == GapFill::kOpenSessions) {
+        log->info("\"{}\": {}; a gap below the cursor is watched until the sessions connected "
+                  "when it appeared have disconnected",
+                  s->name(), s->table->gap_fill_reason());
+      }
+      if (!s->gaps) s->gaps.emplace(s->table->gap_fill());
+      else s->gaps->SetFill(s->table->gap_fill());
     }
     if (s->config->notify_channel) channels.insert(*s->config->notify_channel);
   }
@@ -340,8 +328,7 @@ void OutboxRelay::Rewind(Stream& s, const std::string& why, bool back_off) {
   s.checkpoint.Reset();
   s.claimed.clear();
   for (long long p : s.unreleased) s.claimed.insert(p);  // still to be deleted/marked
-  s.cursor.reset();
-  s.holes.clear();
+  if (s.gaps) s.gaps->Reset();
   s.more = true;
   s.await_drain = true;
 }
@@ -380,27 +367,18 @@ Status OutboxRelay::ReleaseAcknowledged(Stream& s) {
   return Status::Ok();
 }
 
-std::vector<OutboxRelay::ClaimedRow> OutboxRelay::RowsOf(const Stream& s, const PGresult* res,
-                                                        bool from_fast_path) {
-  std::vector<ClaimedRow> rows;
-  if (res == nullptr) return rows;
-  const int n = PQntuples(res);
-  rows.reserve(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    rows.push_back({res, i, s.table->PositionAt(res, i).value, from_fast_path});
-  }
-  return rows;
-}
-
-Status OutboxRelay::ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows, bool* completed) {
+Status OutboxRelay::ProduceRows(Stream& s, const std::vector<RowRef>& rows,
+                                const std::function<void(std::size_t)>& took, bool* completed) {
   *completed = false;
   const Clock::time_point claimed_at = Clock::now();
-  for (const ClaimedRow& claimed_row : rows) {
+  for (std::size_t i = 0; i < rows.size(); ++i) {
     if (s.halted) return Status::Ok();
-    const OutboxPosition pos{claimed_row.pos};
-    const bool from_fast_path = claimed_row.from_fast_path;
-    if (s.claimed.count(pos.value)) continue;  // already in flight
-    Row row = s.table->RowAt(claimed_row.res, claimed_row.row);
+    const OutboxPosition pos{rows[i].pos};
+    if (s.claimed.count(pos.value)) {  // already in flight
+      took(i);
+      continue;
+    }
+    Row row = s.table->RowAt(rows[i].res, rows[i].row);
     auto routed = s.router.Route(row);
     Status st;
     if (routed.ok()) {
@@ -419,8 +397,7 @@ Status OutboxRelay::ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows, 
       return Status::Ok();
     }
     s.claimed.insert(pos.value);
-    s.holes.erase(pos.value);
-    if (from_fast_path) s.cursor = pos.value;
+    took(i);
     if (st.ok()) continue;
     const uint64_t ticket = s.checkpoint.next_ticket() - 1;
     if (st.code() == StatusCode::kFatal) return Status::Ok();  // the loop recreates the producer
@@ -443,73 +420,90 @@ Status OutboxRelay::ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows, 
   return Status::Ok();
 }
 
-void OutboxRelay::AddHoles(Stream& s, const PGresult* claim, uint64_t xmax,
-                           Clock::time_point now) {
-  const int n = PQntuples(claim);
-  if (n == 0) return;
-  auto add = [&](long long from, long long to) {  // [from, to)
-    if (to <= from) return;
-    // The distance as unsigned: exact for any from < to, no overflow.
-    const unsigned long long width =
-        static_cast<unsigned long long>(to) - static_cast<unsigned long long>(from);
-    if (width > static_cast<unsigned long long>(kMaxTrackedJump)) return;  // left to the sweep
-    for (long long h = from; h < to && s.holes.size() < kMaxHoles; ++h) {
-      if (!s.claimed.count(h)) s.holes.emplace(h, Stream::Hole{xmax, now});
+Result<OutboxRelay::GapRows> OutboxRelay::ReadGaps(Stream& s) {
+  auto snapshot = conn_.Exec(s.table->snapshot_sql());
+  if (!snapshot.ok()) return snapshot.status().Prefixed("could not read the current snapshot");
+  GapSnapshot after_claim;
+  after_claim.xmin = std::strtoull(PQgetvalue(snapshot->get(), 0, 0), nullptr, 10);
+  after_claim.xmax = std::strtoull(PQgetvalue(snapshot->get(), 0, 1), nullptr, 10);
+  if (PQnfields(snapshot->get()) > 2) {
+    // "{123,456}": the pids of the other sessions.
+    const char* p = PQgetvalue(snapshot->get(), 0, 2);
+    while (*p != '\0') {
+      char* end = nullptr;
+      const long pid = std::strtol(p, &end, 10);
+      if (end != p) {
+        after_claim.sessions.push_back(static_cast<int>(pid));
+        p = end;
+      } else {
+        ++p;
+      }
     }
-  };
-  long long prev = s.table->PositionAt(claim, 0).value;
-  if (s.cursor) {
-    add(*s.cursor + 1, prev);
-  } else {
-    // First claim: rows of transactions open right now may hold positions
-    // just below the first row.
-    constexpr long long kLowest = std::numeric_limits<long long>::min();
-    add(prev >= kLowest + kMaxTrackedJump ? prev - kMaxTrackedJump : kLowest, prev);
   }
-  for (int i = 1; i < n; ++i) {
-    const long long p = s.table->PositionAt(claim, i).value;
-    add(prev + 1, p);
-    prev = p;
-  }
-}
+  after_claim.at = Clock::now();
+  s.gaps->BeginRound(after_claim);
+  if (s.gaps->empty()) return GapRows{};
 
-Result<PgResult> OutboxRelay::FetchHoles(Stream& s) {
-  if (s.holes.empty()) return PgResult();
-  std::vector<long long> positions;
-  positions.reserve(s.holes.size());
-  for (const auto& [position, hole] : s.holes) positions.push_back(position);
-  auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(positions)});
+  std::vector<long long> firsts, lasts;
+  for (const GapTracker::Range& r : s.gaps->Ranges()) {
+    firsts.push_back(r.first);
+    lasts.push_back(r.last);
+  }
+  // Rows in flight may lie in a merged range: read past them.
+  const std::size_t limit = s.config->batch_size + s.claimed.size();
+  auto rows = conn_.Exec(s.table->gap_read_sql(),
+                         {PgInt64Array(firsts), PgInt64Array(lasts), std::to_string(limit)});
   if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
-  if (PQntuples(rows->get()) > 0) {
-    Logger("relay")->debug("\"{}\": {} rows committed late below position {}", s.name(),
-                           PQntuples(rows->get()), s.cursor ? *s.cursor : 0);
-  }
-  return rows;
-}
-
-void OutboxRelay::DropSettledHoles(Stream& s, uint64_t ended_below) {
-  const Clock::time_point old_enough = Clock::now() - kMinHoleLife;
-  std::erase_if(s.holes, [&](const auto& h) {
-    return h.second.xmax <= ended_below && h.second.since <= old_enough;
-  });
+  const bool hit_limit = static_cast<std::size_t>(PQntuples(rows->get())) == limit;
+  return GapRows{std::move(rows).value(), hit_limit};
 }
 
 Status OutboxRelay::Sweep(Stream& s) {
+  const std::optional<long long> cursor = s.gaps->cursor();
+  if (!cursor) return Status::Ok();
   const std::size_t limit = s.claimed.size() + s.config->batch_size;
-  auto r = conn_.Exec(s.table->sweep_sql(), {std::to_string(*s.cursor), std::to_string(limit)});
+  auto r = conn_.Exec(s.table->sweep_sql(), {std::to_string(*cursor), std::to_string(limit)});
   if (!r.ok()) return r.status().Prefixed("could not sweep \"" + s.name() + "\" for late rows");
-  std::vector<long long> gaps;
-  for (int i = 0; i < PQntuples(r->get()) && gaps.size() < s.config->batch_size; ++i) {
+  std::vector<long long> missed;
+  for (int i = 0; i < PQntuples(r->get()) && missed.size() < s.config->batch_size; ++i) {
     const long long p = s.table->PositionAt(r->get(), i).value;
-    if (!s.claimed.count(p)) gaps.push_back(p);
+    // In flight, or in a gap (read with the next claim, in order): not missed.
+    if (!s.claimed.count(p) && !s.gaps->Contains(p)) missed.push_back(p);
   }
-  if (gaps.empty()) return Status::Ok();
-  Logger("relay")->debug("\"{}\": {} rows committed late below position {}", s.name(), gaps.size(),
-                         *s.cursor);
-  auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(gaps)});
+  if (missed.empty()) return Status::Ok();
+  auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(missed)});
   if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
+  const int n = PQntuples(rows->get());
+  if (n == 0) return Status::Ok();  // committed meanwhile... or gone
+  s.table_metrics->SweepRows(static_cast<std::size_t>(n));
+  if (s.sweep_warnings.Allow(Clock::now())) {
+    Logger("relay")->warn(
+        "\"{}\": the sweep found {} unsent rows below position {} outside every watched gap "
+        "(first {}={}); they are published now, possibly after later rows of their keys. "
+        "Positions should come from a sequence; see outboxd_poll_sweep_rows_total",
+        s.name(), n, *cursor, s.config->order_by, s.table->PositionAt(rows->get(), 0).value);
+  }
+  std::vector<RowRef> refs;
+  for (int i = 0; i < n; ++i) refs.push_back({rows->get(), i, s.table->PositionAt(rows->get(), i).value});
   bool completed = false;
-  return ProduceRows(s, RowsOf(s, rows->get(), /*from_fast_path=*/false), &completed);
+  return ProduceRows(s, refs, [](std::size_t) {}, &completed);
+}
+
+void OutboxRelay::UpdateGapMetrics(Stream& s, Clock::time_point now) {
+  if (s.table_metrics == nullptr || !s.gaps) return;
+  const auto oldest = s.gaps->OldestSince();
+  s.table_metrics->SetGaps(s.gaps->size(),
+                           oldest ? std::chrono::duration<double>(now - *oldest).count() : 0.0);
+  if (s.gaps->merges() > s.gap_merges_logged) {
+    s.gap_merges_logged = s.gaps->merges();
+    if (s.merge_warnings.Allow(now)) {
+      Logger("relay")->warn(
+          "\"{}\": more gaps below the cursor than outboxd tracks one by one; the closest were "
+          "merged into wider ranges (read a little more, never skipped). Long transactions or "
+          "many sessions holding cached sequence values cause this",
+          s.name());
+    }
+  }
 }
 
 Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
@@ -533,47 +527,65 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
   if (pending >= config_.kafka.max_in_flight) return Status::Ok();
   if (!(s.more || s.notified || now >= s.next_poll)) return Status::Ok();
 
+  GapTracker& gaps = *s.gaps;
   const std::size_t limit = std::min(s.config->batch_size, config_.kafka.max_in_flight - pending);
-  Result<PgResult> r = s.cursor
-      ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*s.cursor), std::to_string(limit)})
+  const std::optional<long long> cursor = gaps.cursor();
+  Result<PgResult> claim = cursor
+      ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*cursor), std::to_string(limit)})
       : conn_.Exec(s.table->claim_first_sql(), {std::to_string(limit)});
-  if (!r.ok()) return r.status().Prefixed("could not claim rows from \"" + s.name() + "\"");
-  const std::size_t n = static_cast<std::size_t>(PQntuples(r->get()));
+  if (!claim.ok()) return claim.status().Prefixed("could not claim rows from \"" + s.name() + "\"");
+  const std::size_t n = static_cast<std::size_t>(PQntuples(claim->get()));
   if (n > 0) s.metrics->ObserveBatch(n);
   s.more = n == limit;
   s.notified = false;
   s.next_poll = now + s.config->poll_interval;
-  // An empty claim with no holes has nothing to tag or settle: an idle poll
+  // An empty claim with no gaps has nothing to read or settle: an idle poll
   // costs one query (plus the periodic sweep).
   bool completed = true;
-  if (n > 0 || !s.holes.empty()) {
-    auto snapshot = conn_.Exec(kSnapshotSql);
-    if (!snapshot.ok()) return snapshot.status().Prefixed("could not read the current snapshot");
-    const uint64_t xmin = std::strtoull(PQgetvalue(snapshot->get(), 0, 0), nullptr, 10);
-    const uint64_t xmax = std::strtoull(PQgetvalue(snapshot->get(), 0, 1), nullptr, 10);
-    AddHoles(s, r->get(), xmax, now);
-
-    // Rows that filled holes — committed late, possibly before this claim —
-    // are produced together with the claimed rows in position order, so that
-    // rows of the same key keep their ordering-column order. Reading them
-    // after the claim is what makes that hold: whatever committed before the
-    // claim is visible to this read.
-    auto late = FetchHoles(s);
+  if (n > 0 || !gaps.empty()) {
+    // The gaps are read after the claim: a row that committed before the
+    // claim, in a gap, is seen and goes out before the claimed rows.
+    auto late = ReadGaps(s);
     if (!late.ok()) return late.status();
-    std::vector<ClaimedRow> rows = RowsOf(s, r->get(), /*from_fast_path=*/true);
-    for (const ClaimedRow& row : RowsOf(s, late->get(), /*from_fast_path=*/false)) {
-      rows.push_back(row);
+    std::vector<long long> claimed_positions, late_positions;
+    claimed_positions.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      claimed_positions.push_back(s.table->PositionAt(claim->get(), static_cast<int>(i)).value);
     }
-    std::sort(rows.begin(), rows.end(),
-              [](const ClaimedRow& a, const ClaimedRow& b) { return a.pos < b.pos; });
-    OUTBOXD_RETURN_IF_ERROR(ProduceRows(s, rows, &completed));
-    // Every transaction below xmin had ended before the holes were read.
-    if (completed) DropSettledHoles(s, xmin);
-  }
+    const PGresult* late_res = late->rows.get();
+    const int late_n = late_res == nullptr ? 0 : PQntuples(late_res);
+    for (int i = 0; i < late_n; ++i) late_positions.push_back(s.table->PositionAt(late_res, i).value);
+    const std::vector<GapTracker::RoundRow> order =
+        gaps.Order(claimed_positions, late_positions, late->hit_limit);
+    if (late->hit_limit) s.more = true;  // the claimed rows wait for the rest of the gap rows
 
-  // The safety net for late rows the hole list does not cover (jumps larger
-  // than kMaxTrackedJump, more than kMaxHoles holes).
-  if (completed && s.cursor && now >= s.next_sweep && !s.halted) {
+    std::vector<RowRef> refs;
+    refs.reserve(order.size());
+    std::size_t late_taken = 0;
+    for (const GapTracker::RoundRow& r : order) {
+      const PGresult* res = r.from == GapTracker::RoundRow::From::kGap ? late_res : claim->get();
+      refs.push_back({res, r.index, r.position});
+    }
+    Status st = ProduceRows(
+        s, refs,
+        [&](std::size_t i) {
+          gaps.Took(order[i]);
+          if (order[i].from == GapTracker::RoundRow::From::kGap) ++late_taken;
+        },
+        &completed);
+    gaps.EndRound();
+    if (late_taken > 0) {
+      s.table_metrics->LateRows(late_taken);
+      Logger("relay")->debug("\"{}\": {} rows committed late below position {}, published in order",
+                             s.name(), late_taken, cursor ? *cursor : 0);
+    }
+    OUTBOXD_RETURN_IF_ERROR(st);
+  }
+  UpdateGapMetrics(s, now);
+
+  // The safety net: rows below the cursor outside every gap (none are
+  // expected; each one is counted).
+  if (completed && now >= s.next_sweep && !s.halted) {
     s.next_sweep = now + std::max<std::chrono::milliseconds>(10 * s.config->poll_interval,
                                                              std::chrono::seconds(1));
     OUTBOXD_RETURN_IF_ERROR(Sweep(s));

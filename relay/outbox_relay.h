@@ -4,14 +4,16 @@
 // the Publisher, and only after Kafka acknowledged a row — and every row of
 // that table produced before it — deletes it or marks it sent.
 //
-// Claims are by state (unsent), not by a cursor alone: a fast path reads rows
-// past the highest position claimed so far; positions it skipped (rows of
-// transactions still open) are remembered as holes and read again before each
-// fast-path claim, so a row that commits late is still published, ahead of
-// rows with higher positions that commit after it (the outbox gap). A hole is
-// kept until every transaction that was open when it appeared has ended
-// (pg_current_snapshot()); a periodic sweep catches what holes do not cover. Each table is held by one outboxd instance at a time through a
-// session advisory lock, so per-key order holds with standbys running.
+// Claims are by state (unsent), not by a cursor alone: a claim reads rows past
+// the highest position claimed so far; the positions it skipped (rows of
+// transactions still open, or of sessions holding cached sequence values) are
+// gaps, read again by range after every claim and produced before the
+// claimed rows, so a row that commits late is still published ahead of every
+// later row of its key (the outbox gap). relay/gap_tracker.h holds that rule.
+// A periodic sweep is the last safety net; what it finds is counted
+// (outboxd_poll_sweep_rows_total) as a possible ordering fault. Each table is
+// held by one outboxd instance at a time through a session advisory lock, so
+// per-key order holds with standbys running.
 //
 // Run() owns the loop and returns when asked to stop (the stop fd becomes
 // readable) or on an error it cannot recover from. One thread; not
@@ -78,26 +80,26 @@ class OutboxRelay {
   [[nodiscard]] Status ReleaseAcknowledged(Stream& s);
   [[nodiscard]] Status ClaimAndProduce(Stream& s, Clock::time_point now);
   [[nodiscard]] Status Sweep(Stream& s);
-  // One row of a claim or hole read, with its position.
-  struct ClaimedRow {
+  // One row of a claim, gap read or sweep, with its position.
+  struct RowRef {
     const PGresult* res;
     int row;
     long long pos;
-    bool from_fast_path;  // only these move the cursor
   };
-  std::vector<ClaimedRow> RowsOf(const Stream& s, const PGresult* res, bool from_fast_path);
-  // Produces `rows` in the given order; `completed` is false when it stopped
-  // early (queue full, stream halted or rewound).
-  [[nodiscard]] Status ProduceRows(Stream& s, const std::vector<ClaimedRow>& rows,
-                                   bool* completed);
-  // Remembers the positions a fast-path claim skipped, tagged with the xmax
-  // of the snapshot taken right after it.
-  void AddHoles(Stream& s, const PGresult* claim, uint64_t xmax, Clock::time_point now);
-  // Reads the rows that filled holes (null when there are no holes).
-  [[nodiscard]] Result<PgResult> FetchHoles(Stream& s);
-  // Drops holes whose transactions had all ended (ids below `ended_below`)
-  // before the last FetchHoles, once they are old enough.
-  void DropSettledHoles(Stream& s, uint64_t ended_below);
+  // Produces `rows` in the given order, calling `took(i)` for each row that
+  // is from then on tracked (in flight, dead-lettered, failed, or already in
+  // flight before). Returns early (completed false) when librdkafka's queue
+  // is full or the stream halted or rewound.
+  [[nodiscard]] Status ProduceRows(Stream& s, const std::vector<RowRef>& rows,
+                                   const std::function<void(std::size_t)>& took, bool* completed);
+  // Takes the snapshot that follows a claim (GapTracker::BeginRound) and
+  // reads the rows of every gap; `rows` is null when there are no gaps.
+  struct GapRows {
+    PgResult rows;
+    bool hit_limit = false;  // more rows may be left in the gaps
+  };
+  [[nodiscard]] Result<GapRows> ReadGaps(Stream& s);
+  void UpdateGapMetrics(Stream& s, Clock::time_point now);
   [[nodiscard]] Status ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
                                     const std::string& reason_name, const std::string& reason,
                                     const std::optional<std::string>& original_topic);

@@ -65,6 +65,37 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
 
   const std::string qtable = conn.QuoteIdentifier(schema) + "." + conn.QuoteIdentifier(table);
   const std::string qorder = conn.QuoteIdentifier(config.order_by);
+
+  // Where the ordering column's values come from: the sequence of an
+  // identity or serial column, or one its default calls (nextval), and how
+  // many values each session caches from it.
+  {
+    auto seq = conn.Exec(
+        "SELECT s.seqrelid::regclass::text, s.seqcache FROM pg_sequence s WHERE s.seqrelid IN ("
+        " SELECT pg_get_serial_sequence($1, $2)::regclass"
+        " UNION ALL"
+        " SELECT d.refobjid FROM pg_attrdef ad"
+        " JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum"
+        " JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid"
+        "  AND d.refclassid = 'pg_class'::regclass"
+        " WHERE ad.adrelid = $3::oid AND a.attname = $2)"
+        " ORDER BY s.seqcache DESC LIMIT 1",
+        {qtable, config.order_by, std::to_string(t.oid_)});
+    if (!seq.ok()) {
+      return seq.status().Prefixed("could not find the sequence of \"" + t.name_ + "." +
+                                   config.order_by + "\"");
+    }
+    if (PQntuples(seq->get()) == 0) {
+      t.gap_fill_ = GapFill::kOpenSessions;
+      t.gap_fill_reason_ = "no sequence fills \"" + config.order_by + "\"";
+    } else {
+      const std::string name = PQgetvalue(seq->get(), 0, 0);
+      const std::string cache = PQgetvalue(seq->get(), 0, 1);
+      t.gap_fill_ = cache == "1" ? GapFill::kOpenTransactions : GapFill::kOpenSessions;
+      t.gap_fill_reason_ = "sequence " + name + " caches " + cache + " value" +
+                           (cache == "1" ? "" : "s") + " per session";
+    }
+  }
   std::string unsent;  // extra WHERE condition for mark mode
   if (config.after_delivery == AfterDelivery::kMark) {
     auto sent_type = require(*config.sent_column, "sent_column");
@@ -136,6 +167,21 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
   t.stats_sql_ = "SELECT (SELECT count(*) FROM (SELECT 1" + from + " LIMIT " + std::to_string(kPendingCountCap) +
                  ") c), (SELECT min(" + qorder + ")" + from + "), (SELECT max(" + qorder + ")" + from + ")";
   t.claim_first_sql_ = "SELECT " + select + from + " ORDER BY " + qorder + " LIMIT $1::int";
+  t.gap_read_sql_ = "SELECT r.* FROM unnest($1::bigint[], $2::bigint[]) AS g(first, last) "
+                    "CROSS JOIN LATERAL (SELECT " + select + from + " AND " + qorder +
+                    " BETWEEN g.first AND g.last ORDER BY " + qorder +
+                    " LIMIT $3::int) r ORDER BY 1 LIMIT $3::int";
+  // Sessions of outboxd itself (application_name "outboxd": standbys,
+  // `outboxd status`) never insert outbox rows, and a standby stays connected
+  // for as long as the active instance: they do not hold gaps open.
+  t.snapshot_sql_ =
+      "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text" +
+      std::string(t.gap_fill_ == GapFill::kOpenSessions
+                      ? ", (SELECT coalesce(array_agg(pid), '{}')::text FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        " AND application_name IS DISTINCT FROM 'outboxd')"
+                      : "") +
+      " FROM pg_current_snapshot() s";
   t.sweep_sql_ = "SELECT " + qorder + from + " AND " + qorder + " <= $1::bigint ORDER BY " + qorder +
                  " LIMIT $2::int";
   t.fetch_sql_ = "SELECT " + select + from + " AND " + qorder + " = ANY($1::bigint[]) ORDER BY " +

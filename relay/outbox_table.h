@@ -1,7 +1,8 @@
 #pragma once
 // OutboxTable: one [[outbox]] block resolved against the live database — the
 // table's qualified name and oid, the types of the columns the router needs,
-// and the SQL the relay runs on it (claim, sweep, fetch, delete or mark).
+// what can fill a gap in its ordering column (GapFill), and the SQL the relay
+// runs on it (claim, gap read, snapshot, sweep, fetch, delete or mark).
 //
 // Resolve() checks at start-up that the table and every configured column
 // exist with usable types; a mismatch is an InvalidConfig error naming the
@@ -17,6 +18,7 @@
 #include "config/config.h"
 #include "pipeline/record.h"
 #include "pipeline/router.h"
+#include "relay/gap_tracker.h"
 
 namespace outboxd {
 
@@ -36,6 +38,20 @@ class OutboxTable {
   const std::string& claim_after_sql() const { return claim_after_sql_; }
   // SELECT of up to $1 unsent rows in position order, from the start.
   const std::string& claim_first_sql() const { return claim_first_sql_; }
+  // SELECT of up to $3 unsent rows whose positions lie in one of the ranges
+  // [$1[i], $2[i]] (disjoint), in position order; one index range scan per
+  // range.
+  const std::string& gap_read_sql() const { return gap_read_sql_; }
+  // The snapshot right after a claim: xmin and xmax as text, and with
+  // GapFill::kOpenSessions the pids of the other sessions connected to the
+  // database (a text array), for GapSnapshot.
+  const std::string& snapshot_sql() const { return snapshot_sql_; }
+  // What can fill a gap in the ordering column: kOpenTransactions when it
+  // takes its values from a sequence with CACHE 1, else kOpenSessions.
+  GapFill gap_fill() const { return gap_fill_; }
+  // Why gap_fill() is what it is, for the log ("sequence public.outbox_seq_seq
+  // caches 20 values per session").
+  const std::string& gap_fill_reason() const { return gap_fill_reason_; }
   // SELECT of the positions of up to $2 unsent rows with position <= $1.
   const std::string& sweep_sql() const { return sweep_sql_; }
   // SELECT of the unsent rows whose positions are in the array $1.
@@ -56,8 +72,10 @@ class OutboxTable {
   unsigned oid_ = 0;
   std::vector<std::string> columns_;   // router columns, in select order
   std::vector<bool> is_bytea_;         // per router column
-  std::string claim_after_sql_, claim_first_sql_, sweep_sql_, fetch_sql_, checkpoint_sql_,
-      stats_sql_;
+  GapFill gap_fill_ = GapFill::kOpenSessions;
+  std::string gap_fill_reason_;
+  std::string claim_after_sql_, claim_first_sql_, gap_read_sql_, snapshot_sql_, sweep_sql_,
+      fetch_sql_, checkpoint_sql_, stats_sql_;
 };
 
 }  // namespace outboxd

@@ -50,5 +50,16 @@ TEST(Logging, UnknownLevelIsAConfigError) {
   EXPECT_EQ(StatusCode::kInvalidConfig, InitLogging("loud", LogOutputFormat::kText).code());
 }
 
+TEST(LogThrottle, LetsTheFirstThroughThenOncePerInterval) {
+  using namespace std::chrono_literals;
+  LogThrottle throttle(60s);
+  const LogThrottle::Clock::time_point t0{};
+  EXPECT_TRUE(throttle.Allow(t0 + 5s));
+  EXPECT_FALSE(throttle.Allow(t0 + 6s));
+  EXPECT_FALSE(throttle.Allow(t0 + 64s));
+  EXPECT_TRUE(throttle.Allow(t0 + 65s));
+  EXPECT_FALSE(throttle.Allow(t0 + 66s));
+}
+
 }  // namespace
 }  // namespace outboxd
