@@ -1,6 +1,7 @@
 #include "relay/gap_tracker.h"
 
 #include <algorithm>
+#include <cassert>
 #include <limits>
 
 namespace outboxd {
@@ -23,6 +24,29 @@ GapTracker::GapTracker(GapFill fill, Options options)
       options_{options.min_life, std::max<std::size_t>(options.max_ranges, 4)},
       oldest_session_generation_(kNoSession) {}
 
+uint64_t GapSnapshot::WidenXid(uint32_t xid, uint64_t reference) {
+  const uint64_t epoch = reference & ~uint64_t{0xffffffff};
+  uint64_t full = epoch | xid;
+  // Take the candidate of this epoch, the one before or the one after that
+  // is closest to the reference.
+  const uint64_t half = uint64_t{1} << 31;
+  if (full > reference && full - reference > half && full >= (uint64_t{1} << 32)) {
+    full -= uint64_t{1} << 32;
+  } else if (full < reference && reference - full > half) {
+    full += uint64_t{1} << 32;
+  }
+  return full;
+}
+
+GapSnapshot GapSnapshot::FromServer(uint64_t snapshot_xmin, uint64_t snapshot_xmax,
+                                    std::optional<uint32_t> youngest_running,
+                                    std::vector<int> sessions,
+                                    std::chrono::steady_clock::time_point at) {
+  GapSnapshot s{snapshot_xmin, snapshot_xmax, std::move(sessions), at};
+  if (youngest_running) s.xmax = std::max(s.xmax, WidenXid(*youngest_running, snapshot_xmax) + 1);
+  return s;
+}
+
 void GapTracker::SetFill(GapFill fill) {
   if (fill == fill_) return;
   fill_ = fill;
@@ -32,7 +56,26 @@ void GapTracker::SetFill(GapFill fill) {
   for (auto& [first, gap] : gaps_) gap.tag.session_generation = round_ + 1;
 }
 
+bool GapTracker::NeedsSnapshot(const std::vector<Position>& claimed) const {
+  if (!gaps_.empty() || !cursor_) return true;
+  Position expected = *cursor_;
+  for (Position p : claimed) {
+    if (expected == kLastPosition || p != expected + 1) return true;
+    expected = p;
+  }
+  return false;
+}
+
+void GapTracker::BeginRoundWithoutSnapshot() {
+  with_snapshot_ = false;
+  order_.clear();
+  taken_ = 0;
+  skipped_.clear();
+  gaps_read_up_to_ = kLastPosition;
+}
+
 void GapTracker::BeginRound(const GapSnapshot& after_claim) {
+  with_snapshot_ = true;
   snapshot_ = after_claim;
   ++round_;
   order_.clear();
@@ -91,6 +134,14 @@ void GapTracker::Took(const RoundRow& row) {
 }
 
 void GapTracker::EndRound() {
+  if (!with_snapshot_) {
+    // Nothing to settle and nothing skipped (NeedsSnapshot() said so): there
+    // is no snapshot to tag new gaps with.
+    assert(gaps_.empty() && skipped_.empty());
+    order_.clear();
+    taken_ = 0;
+    return;
+  }
   Position read_up_to = gaps_read_up_to_;
   bool settle = true;
   if (taken_ < order_.size() && order_[taken_].from == RoundRow::From::kGap) {

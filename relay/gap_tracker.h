@@ -48,11 +48,27 @@ enum class GapFill { kOpenTransactions, kOpenSessions };
 
 // What PostgreSQL said right after a claim, before the gaps are read.
 struct GapSnapshot {
-  uint64_t xmin = 0;  // pg_snapshot_xmin: every transaction below it has ended
-  uint64_t xmax = 0;  // pg_snapshot_xmax: every transaction that may be in progress is below it
+  // pg_snapshot_xmin of pg_current_snapshot(): every transaction below it
+  // has ended.
+  uint64_t xmin = 0;
+  // Every transaction that may be in progress has an id below this. Not
+  // pg_snapshot_xmax alone: that is the newest completed id + 1, and the
+  // newest transactions still running lie at or above it — the poll source
+  // takes the larger of it and the youngest running id + 1 (FromServer).
+  uint64_t xmax = 0;
   // Other sessions connected to the database (pids); used with kOpenSessions.
   std::vector<int> sessions;
   std::chrono::steady_clock::time_point at{};
+
+  // From what the server reports: pg_current_snapshot()'s xmin and xmax, and
+  // the youngest transaction id still running (pg_stat_activity.backend_xid
+  // or pg_prepared_xacts, 32-bit) if any.
+  static GapSnapshot FromServer(uint64_t snapshot_xmin, uint64_t snapshot_xmax,
+                                std::optional<uint32_t> youngest_running, std::vector<int> sessions,
+                                std::chrono::steady_clock::time_point at);
+  // The 64-bit transaction id of a 32-bit one that lies within 2^31 of
+  // `reference` (a 64-bit id of the same moment).
+  static uint64_t WidenXid(uint32_t xid, uint64_t reference);
 };
 
 class GapTracker {
@@ -94,7 +110,9 @@ class GapTracker {
 
   // A round, as the poll source runs it:
   //   1. claim the rows past cursor();
-  //   2. BeginRound() with the snapshot taken right after the claim;
+  //   2. BeginRound() with the snapshot taken right after the claim — or,
+  //      when NeedsSnapshot() says no (no gaps, and the claimed rows follow
+  //      the cursor without a hole: the busy steady state), without one;
   //   3. read the rows in Ranges() — after the snapshot, so that whatever
   //      committed before the claim is seen;
   //   4. Order() the claimed and the gap rows;
@@ -102,6 +120,10 @@ class GapTracker {
   //      cannot go on (librdkafka's queue is full);
   //   6. EndRound().
   void BeginRound(const GapSnapshot& after_claim);
+  void BeginRoundWithoutSnapshot();
+  // Whether a round with these claimed positions (ascending) needs the
+  // snapshot: when there are gaps to settle or the claim skips a position.
+  bool NeedsSnapshot(const std::vector<Position>& claimed) const;
   // The rows to produce, by position: every gap row (all below the cursor)
   // before every claimed row. When the gap read stopped at its row limit,
   // rows of a gap above its last row may be unread: then the claimed rows
@@ -157,6 +179,7 @@ class GapTracker {
   std::optional<Position> cursor_;
 
   // The current round.
+  bool with_snapshot_ = false;
   GapSnapshot snapshot_{};
   uint64_t round_ = 0;
   std::vector<RoundRow> order_;   // as returned by Order()

@@ -174,8 +174,13 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
   // Sessions of outboxd itself (application_name "outboxd": standbys,
   // `outboxd status`) never insert outbox rows, and a standby stays connected
   // for as long as the active instance: they do not hold gaps open.
+  // The youngest transaction id still running (pg_snapshot_xmax can be it):
+  // the one with the smallest age, among backends and prepared transactions.
   t.snapshot_sql_ =
-      "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text" +
+      "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text,"
+      " (SELECT x::text FROM (SELECT backend_xid AS x FROM pg_stat_activity"
+      "  UNION ALL SELECT transaction FROM pg_prepared_xacts) r"
+      "  WHERE x IS NOT NULL ORDER BY age(x) LIMIT 1)" +
       std::string(t.gap_fill_ == GapFill::kOpenSessions
                       ? ", (SELECT coalesce(array_agg(pid), '{}')::text FROM pg_stat_activity"
                         " WHERE datname = current_database() AND pid <> pg_backend_pid()"

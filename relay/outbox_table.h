@@ -42,9 +42,10 @@ class OutboxTable {
   // [$1[i], $2[i]] (disjoint), in position order; one index range scan per
   // range.
   const std::string& gap_read_sql() const { return gap_read_sql_; }
-  // The snapshot right after a claim: xmin and xmax as text, and with
-  // GapFill::kOpenSessions the pids of the other sessions connected to the
-  // database (a text array), for GapSnapshot.
+  // The snapshot right after a claim, for GapSnapshot: xmin and xmax of
+  // pg_current_snapshot() and the youngest running transaction id (32-bit,
+  // NULL when none) as text, and with GapFill::kOpenSessions the pids of the
+  // other sessions connected to the database (a text array).
   const std::string& snapshot_sql() const { return snapshot_sql_; }
   // What can fill a gap in the ordering column: kOpenTransactions when it
   // takes its values from a sequence with CACHE 1, else kOpenSessions.

@@ -77,13 +77,21 @@ class ModelTable {
     }
     return out;
   }
-  GapSnapshot Snapshot(GapTracker::Clock::time_point at, int own_pid = -1) const {
-    GapSnapshot s{next_xid_, next_xid_, {}, at};
+  // What the poll source's snapshot query returns, as PostgreSQL computes
+  // it: xmax is the newest completed id + 1, and running transactions newer
+  // than that are neither below xmax nor counted in xmin.
+  GapSnapshot Snapshot(GapTracker::Clock::time_point at) const {
+    const uint64_t xmax = latest_completed_ + 1;
+    uint64_t xmin = xmax;
+    std::optional<uint32_t> youngest;
+    std::vector<int> pids;
     for (const auto& [pid, session] : sessions_) {
-      if (session.xid != 0) s.xmin = std::min(s.xmin, session.xid);
-      if (pid != own_pid) s.sessions.push_back(pid);
+      pids.push_back(pid);
+      if (session.xid == 0) continue;
+      if (session.xid < xmax) xmin = std::min(xmin, session.xid);
+      if (!youngest || session.xid > *youngest) youngest = static_cast<uint32_t>(session.xid);
     }
-    return s;
+    return GapSnapshot::FromServer(xmin, xmax, youngest, pids, at);
   }
   void Delete(Position p) { rows_.erase(p); }  // after_delivery = "delete"
   std::size_t VisibleUnsent() const {
@@ -99,6 +107,7 @@ class ModelTable {
   bool Visible(const Row& r) const { return committed_.count(r.xid) > 0; }
   void End(int pid, bool commit) {
     Session& s = sessions_.at(pid);
+    if (s.xid != 0) latest_completed_ = std::max(latest_completed_, s.xid);
     if (commit) {
       committed_.insert(s.xid);
     } else {
@@ -110,6 +119,7 @@ class ModelTable {
   int cache_;
   Position next_value_ = 1;
   uint64_t next_xid_ = 100;
+  uint64_t latest_completed_ = 99;
   int next_pid_ = 1000;
   std::map<int, Session> sessions_;
   std::map<Position, Row> rows_;
@@ -126,8 +136,14 @@ class GapTrackerTest : public ::testing::Test {
   std::vector<Position> Round(std::size_t stop_after = SIZE_MAX) {
     now_ += 500ms;
     const auto claimed = table_.Claim(gaps_.cursor(), batch_);
-    gaps_.BeginRound(table_.Snapshot(now_));
-    const auto late = table_.ReadRanges(gaps_.Ranges(), gap_limit_);
+    std::vector<Position> late;
+    if (gaps_.NeedsSnapshot(claimed)) {
+      gaps_.BeginRound(table_.Snapshot(now_));
+      late = table_.ReadRanges(gaps_.Ranges(), gap_limit_);
+      ++snapshots_;
+    } else {
+      gaps_.BeginRoundWithoutSnapshot();
+    }
     std::vector<Position> produced;
     for (const auto& row : gaps_.Order(claimed, late, late.size() == gap_limit_)) {
       if (produced.size() == stop_after) break;
@@ -234,6 +250,7 @@ class GapTrackerTest : public ::testing::Test {
   GapTracker gaps_;
   GapTracker::Clock::time_point now_{};
   std::size_t batch_ = 1000;
+  int snapshots_ = 0;  // rounds that took the snapshot
   std::size_t gap_limit_ = 1000;
   std::vector<Position> published_;
   std::map<int, std::vector<Position>> pending_;  // per session, its open transaction's rows
@@ -397,6 +414,29 @@ TEST_F(GapTrackerTest, StoppingMidRoundLeavesTheRestForTheNextRound) {
   EXPECT_TRUE(OrderViolations().empty());
 }
 
+TEST_F(GapTrackerTest, ClaimsThatFollowTheCursorWithoutAHoleNeedNoSnapshot) {
+  const int a = table_.Connect(), b = table_.Connect();
+  Write(a, "k");
+  Commit(a);
+  Round();  // the first claim: every position below it is a gap
+  EXPECT_EQ(1, snapshots_);
+  Rounds(4);  // until that gap resolves
+  ASSERT_TRUE(gaps_.empty());
+  const int before = snapshots_;
+  for (int i = 0; i < 10; ++i) {
+    Write(a, "k");
+    Commit(a);
+    Round();
+  }
+  EXPECT_EQ(before, snapshots_) << "one writer, no holes: the claim is the only query";
+  Write(b, "x");  // open
+  Write(a, "k");
+  Commit(a);
+  Round();
+  EXPECT_EQ(before + 1, snapshots_) << "the claim skipped b's position";
+  EXPECT_FALSE(gaps_.empty());
+}
+
 TEST_F(GapTrackerTest, ResetStartsAgainFromTheLowestUnsentRow) {
   const int a = table_.Connect();
   for (int i = 0; i < 5; ++i) Write(a, "k");
@@ -466,6 +506,16 @@ TEST_F(GapTrackerTest, RandomTrafficNeverReordersAKeyAndLosesNothing) {
     ASSERT_TRUE(OrderViolations().empty()) << "seed " << seed << ": " << OrderViolations()[0];
     ASSERT_EQ(0u, table_.VisibleUnsent()) << "seed " << seed;
   }
+}
+
+TEST(GapTrackerXid, WidensA32BitIdNearTheReference) {
+  constexpr uint64_t kEpoch = uint64_t{1} << 32;
+  EXPECT_EQ(745u, GapSnapshot::WidenXid(745, 745));
+  EXPECT_EQ(5 * kEpoch + 1000, GapSnapshot::WidenXid(1000, 5 * kEpoch + 990));
+  // Just before an epoch boundary, seen from just after it, and the reverse.
+  EXPECT_EQ(5 * kEpoch - 10, GapSnapshot::WidenXid(0xfffffff6u, 5 * kEpoch + 3));
+  EXPECT_EQ(5 * kEpoch + 3, GapSnapshot::WidenXid(3, 5 * kEpoch - 10));
+  EXPECT_EQ(0xfffffff6u, GapSnapshot::WidenXid(0xfffffff6u, 3)) << "no epoch before the first";
 }
 
 // Sequence with CACHE > 1: sessions hold blocks of positions and use them in
