@@ -423,31 +423,42 @@ Status OutboxRelay::ProduceRows(Stream& s, const std::vector<RowRef>& rows,
 Result<OutboxRelay::GapRows> OutboxRelay::ReadGaps(Stream& s) {
   auto snapshot = conn_.Exec(s.table->snapshot_sql());
   if (!snapshot.ok()) return snapshot.status().Prefixed("could not read the current snapshot");
-  GapSnapshot after_claim;
-  after_claim.xmin = std::strtoull(PQgetvalue(snapshot->get(), 0, 0), nullptr, 10);
-  after_claim.xmax = std::strtoull(PQgetvalue(snapshot->get(), 0, 1), nullptr, 10);
-  if (PQnfields(snapshot->get()) > 2) {
+  const PGresult* res = snapshot->get();
+  std::optional<uint32_t> youngest_running;
+  if (!PQgetisnull(res, 0, 2)) {
+    youngest_running = static_cast<uint32_t>(std::strtoul(PQgetvalue(res, 0, 2), nullptr, 10));
+  }
+  std::vector<int> sessions;
+  if (PQnfields(res) > 3) {
     // "{123,456}": the pids of the other sessions.
-    const char* p = PQgetvalue(snapshot->get(), 0, 2);
-    while (*p != '\0') {
+    for (const char* p = PQgetvalue(res, 0, 3); *p != '\0';) {
       char* end = nullptr;
       const long pid = std::strtol(p, &end, 10);
       if (end != p) {
-        after_claim.sessions.push_back(static_cast<int>(pid));
+        sessions.push_back(static_cast<int>(pid));
         p = end;
       } else {
         ++p;
       }
     }
   }
-  after_claim.at = Clock::now();
+  const GapSnapshot after_claim = GapSnapshot::FromServer(
+      std::strtoull(PQgetvalue(res, 0, 0), nullptr, 10), std::strtoull(PQgetvalue(res, 0, 1), nullptr, 10),
+      youngest_running, std::move(sessions), Clock::now());
   s.gaps->BeginRound(after_claim);
   if (s.gaps->empty()) return GapRows{};
 
   std::vector<long long> firsts, lasts;
+  std::string listed;  // for the trace log
+  const bool trace = Logger("relay")->should_log(spdlog::level::trace);
   for (const GapTracker::Range& r : s.gaps->Ranges()) {
     firsts.push_back(r.first);
     lasts.push_back(r.last);
+    if (trace) listed += " " + std::to_string(r.first) + ".." + std::to_string(r.last);
+  }
+  if (trace) {
+    Logger("relay")->trace("\"{}\": xmin {} xmax {} cursor {}, gaps{}", s.name(), after_claim.xmin,
+                           after_claim.xmax, s.gaps->cursor().value_or(0), listed);
   }
   // Rows in flight may lie in a merged range: read past them.
   const std::size_t limit = s.config->batch_size + s.claimed.size();
@@ -543,14 +554,21 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
   // costs one query (plus the periodic sweep).
   bool completed = true;
   if (n > 0 || !gaps.empty()) {
-    // The gaps are read after the claim: a row that committed before the
-    // claim, in a gap, is seen and goes out before the claimed rows.
-    auto late = ReadGaps(s);
-    if (!late.ok()) return late.status();
     std::vector<long long> claimed_positions, late_positions;
     claimed_positions.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
       claimed_positions.push_back(s.table->PositionAt(claim->get(), static_cast<int>(i)).value);
+    }
+    // The gaps are read after the claim: a row that committed before the
+    // claim, in a gap, is seen and goes out before the claimed rows. Claimed
+    // rows that follow the cursor without a hole, with no gaps open (the
+    // busy steady state), need neither the snapshot nor a read.
+    Result<GapRows> late = GapRows{};
+    if (gaps.NeedsSnapshot(claimed_positions)) {
+      late = ReadGaps(s);
+      if (!late.ok()) return late.status();
+    } else {
+      gaps.BeginRoundWithoutSnapshot();
     }
     const PGresult* late_res = late->rows.get();
     const int late_n = late_res == nullptr ? 0 : PQntuples(late_res);
