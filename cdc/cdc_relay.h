@@ -41,7 +41,7 @@
 #include <vector>
 
 #include "cdc/change_mapper.h"
-#include "cdc/lsn.h"
+#include "common/lsn.h"
 #include "cdc/pgoutput_decoder.h"
 #include "cdc/replication_stream.h"
 #include "cdc/slot_status.h"

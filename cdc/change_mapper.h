@@ -56,7 +56,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cdc/lsn.h"
+#include "common/lsn.h"
 #include "cdc/pgoutput_decoder.h"
 #include "common/status.h"
 #include "pipeline/record.h"

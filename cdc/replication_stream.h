@@ -37,7 +37,7 @@
 #include <variant>
 #include <vector>
 
-#include "cdc/lsn.h"
+#include "common/lsn.h"
 #include "common/pg.h"
 #include "common/status.h"
 

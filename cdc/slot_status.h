@@ -20,7 +20,7 @@
 #include <string_view>
 #include <vector>
 
-#include "cdc/lsn.h"
+#include "common/lsn.h"
 #include "common/pg.h"
 #include "common/status.h"
 

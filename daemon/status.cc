@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cdc/lsn.h"
+#include "common/lsn.h"
 #include "cdc/slot_status.h"
 #include "common/pg.h"
 #include "daemon/exit_codes.h"

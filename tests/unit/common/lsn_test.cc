@@ -1,5 +1,5 @@
 // Lsn: prints and parses like PostgreSQL's pg_lsn, orders by WAL position.
-#include "cdc/lsn.h"
+#include "common/lsn.h"
 
 #include <gtest/gtest.h>
 
