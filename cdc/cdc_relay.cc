@@ -11,6 +11,7 @@
 
 #include "cdc/slot_status.h"
 #include "cdc/snapshot.h"
+#include "common/advisory_locks.h"
 #include "common/logging.h"
 #include "pipeline/dead_letter.h"
 
@@ -170,7 +171,7 @@ Status CdcRelay::CheckSlot(bool first) {
 }
 
 Status CdcRelay::LockSnapshot() {
-  auto locked = ctl_.Exec("SELECT pg_try_advisory_lock(1868724325, hashtext($1))", {cdc_.slot});
+  auto locked = ctl_.Exec(kTryLockCdcSnapshotSql, {cdc_.slot});
   if (!locked.ok()) return locked.status().Prefixed("could not lock the initial snapshot of slot \"" + cdc_.slot + "\"");
   if (std::string_view(PQgetvalue(locked->get(), 0, 0)) != "t") {
     return Status::Retriable("the initial snapshot of replication slot \"" + cdc_.slot +
@@ -760,8 +761,8 @@ Status CdcRelay::Emit(Routed routed, uint64_t index) {
   if (!routed.record.timestamp_ms) routed.record.timestamp_ms = tx_->commit_time_us / 1000;
   std::optional<std::pair<std::string, std::string>> refused;  // error name, message
   if (!routed.error.ok()) {
-    sources_[pos.source].metrics->PublishError("UNROUTABLE");
-    refused.emplace("UNROUTABLE", routed.error.message());
+    sources_[pos.source].metrics->PublishError(kUnroutable);
+    refused.emplace(kUnroutable, routed.error.message());
   } else if (auto it = poisoned_.find({pos.lsn.value(), pos.index}); it != poisoned_.end()) {
     refused.emplace(it->second.error_name, it->second.error_message);
   }

@@ -12,9 +12,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/lsn.h"
 #include "cdc/slot_status.h"
+#include "common/advisory_locks.h"
+#include "common/lsn.h"
 #include "common/pg.h"
+#include "common/pg_types.h"
 #include "daemon/exit_codes.h"
 
 namespace outboxd {
@@ -58,16 +60,6 @@ std::string TextAt(const PGresult* r, int row, int col) {
   return PQgetisnull(r, row, col) ? std::string() : std::string(PQgetvalue(r, row, col));
 }
 
-bool IsIntegerType(const std::string& t) { return t == "bigint" || t == "integer" || t == "smallint"; }
-bool IsTimestampType(const std::string& t) { return t.rfind("timestamp", 0) == 0; }
-
-// The key outbox_relay.cc locks a table with: pg_try_advisory_lock(1868724324,
-// oid % 2147483647), which pg_locks shows as classid, objid, objsubid = 2.
-constexpr const char* kRelayLockHolderSql =
-    "SELECT l.pid, a.application_name, host(a.client_addr) FROM pg_locks l "
-    "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
-    "WHERE l.locktype = 'advisory' AND l.classid = 1868724324 "
-    "AND l.objid = ($1::bigint % 2147483647)::oid AND l.objsubid = 2 AND l.granted LIMIT 1";
 
 void CheckPollTable(const PgConn& conn, const OutboxTableConfig& config, const StatusOptions& options,
                     TableReport& report) {
@@ -144,7 +136,7 @@ void CheckPollTable(const PgConn& conn, const OutboxTableConfig& config, const S
                               " unsent rows, more than --max-pending " + std::to_string(*options.max_pending_rows));
   }
 
-  auto holder = conn.Exec(kRelayLockHolderSql, {oid});
+  auto holder = conn.Exec(kPollTableLockHolderSql, {oid});
   if (!holder.ok()) {
     report.problems.push_back(holder.status().Prefixed("could not read the relay lock of " + name).message());
     return;

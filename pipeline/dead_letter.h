@@ -16,6 +16,11 @@
 
 namespace outboxd {
 
+// The reason (`outboxd.error` header, `reason` label of
+// outboxd_publish_errors_total) of an event whose topic, key or id could not
+// be computed from its row or message — the same in every source.
+inline constexpr const char* kUnroutable = "UNROUTABLE";
+
 // True for the librdkafka error names that mean "this record is too large".
 bool IsRecordSizeError(std::string_view error_name);
 

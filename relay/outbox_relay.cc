@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "common/advisory_locks.h"
 #include "common/logging.h"
 #include "pipeline/dead_letter.h"
 
@@ -28,9 +29,6 @@ uint64_t Token(std::size_t stream, bool dead_letter, uint64_t ticket) {
          (ticket & kTicketMask);
 }
 
-// Advisory lock class for "this outboxd instance relays this table".
-constexpr const char* kLockSql =
-    "SELECT pg_try_advisory_lock(1868724324, ($1::bigint % 2147483647)::int)";
 
 // A warning that could repeat every turn (the sweep found rows, gaps were
 // merged) is logged at most this often per table.
@@ -148,7 +146,7 @@ Status OutboxRelay::Connect(bool first) {
   }
   for (auto& s : streams_) {
     const bool had_lock = s->lock_held;
-    auto r = conn_.Exec(kLockSql, {std::to_string(s->table->oid())});
+    auto r = conn_.Exec(kTryLockPollTableSql, {std::to_string(s->table->oid())});
     if (!r.ok()) return r.status().Prefixed("could not lock \"" + s->name() + "\"");
     s->lock_held = std::string_view(PQgetvalue(r->get(), 0, 0)) == "t";
     if (!s->lock_held && !s->checkpoint.empty()) {
@@ -402,8 +400,8 @@ Status OutboxRelay::ProduceRows(Stream& s, const std::vector<RowRef>& rows,
     const uint64_t ticket = s.checkpoint.next_ticket() - 1;
     if (st.code() == StatusCode::kFatal) return Status::Ok();  // the loop recreates the producer
     // Permanent: the row cannot be published as it is.
-    const std::string name = routed.ok() ? publisher_->last_produce_error() : std::string("ROUTING");
-    s.metrics->PublishError(routed.ok() ? name : std::string("UNROUTABLE"));
+    const std::string name = routed.ok() ? publisher_->last_produce_error() : std::string(kUnroutable);
+    s.metrics->PublishError(name);
     if (s.config->dead_letter_topic) {
       if (!ToDeadLetter(s, ticket, row, name, st.message(),
                         routed.ok() ? std::optional<std::string>(routed->topic) : std::nullopt)
@@ -522,7 +520,7 @@ Status OutboxRelay::ClaimAndProduce(Stream& s, Clock::time_point now) {
   if (!s.lock_held) {
     if (now < s.next_poll) return Status::Ok();
     s.next_poll = now + s.config->poll_interval;
-    auto r = conn_.Exec(kLockSql, {std::to_string(s.table->oid())});
+    auto r = conn_.Exec(kTryLockPollTableSql, {std::to_string(s.table->oid())});
     if (!r.ok()) return r.status().Prefixed("could not lock \"" + s.name() + "\"");
     s.lock_held = std::string_view(PQgetvalue(r->get(), 0, 0)) == "t";
     if (!s.lock_held) return Status::Ok();

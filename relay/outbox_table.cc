@@ -1,20 +1,11 @@
 #include "relay/outbox_table.h"
 
+#include "common/pg_types.h"
+
 #include <cstdlib>
 #include <map>
 
 namespace outboxd {
-
-namespace {
-
-bool IsIntegerType(const std::string& t) {
-  return t == "bigint" || t == "integer" || t == "smallint";
-}
-bool IsTimestampType(const std::string& t) {
-  return t.rfind("timestamp", 0) == 0;
-}
-
-}  // namespace
 
 Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableConfig& config,
                                          const Router& router) {

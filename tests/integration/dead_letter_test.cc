@@ -97,7 +97,7 @@ TEST_F(DeadLetterTest, NullRoutingColumnGoesToDeadLetterTopic) {
   ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 30s)) << outboxd.Log();
   auto dead = ConsumeTopic(SharedServices().kafka_bootstrap, dlq_, 1, 30s);
   ASSERT_EQ(1u, dead.size());
-  EXPECT_EQ("ROUTING", HeaderValue(dead[0], "outboxd.error"));
+  EXPECT_EQ("UNROUTABLE", HeaderValue(dead[0], "outboxd.error"));
   EXPECT_EQ(std::optional<std::string>(R"({"a": 1})"), dead[0].value);
 }
 

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cdc/slot_status.h"
+#include "common/advisory_locks.h"
 #include "common/pg.h"
 #include "daemon/exit_codes.h"
 #include "daemon/init_sql.h"
@@ -313,7 +314,9 @@ TEST_F(StatusPollTest, MarkModeCountsOnlyUnsentRows) {
 TEST_F(StatusPollTest, ShowsTheSessionHoldingTheRelayLock) {
   PgConn holder = ConnectAs("postgres");
   auto oid = db_.QueryString("SELECT 'public.outbox'::regclass::oid::text");
-  ASSERT_TRUE(holder.Exec("SELECT pg_advisory_lock(1868724324, " + oid + ")").ok());
+  auto locked = holder.Exec(kTryLockPollTableSql, {oid});  // as another outboxd instance
+  ASSERT_TRUE(locked.ok());
+  ASSERT_STREQ("t", PQgetvalue(locked->get(), 0, 0));
   const auto pid = PQbackendPID(holder.get());
   EXPECT_EQ(kStatusHealthy, Status(ConfigWith({Table("public.outbox")}))) << output_;
   EXPECT_THAT(output_, HasSubstr("pid " + std::to_string(pid) + " status_init_test"));
