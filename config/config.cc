@@ -1,6 +1,8 @@
 #include "config/config.h"
 
-#include <librdkafka/rdkafka.h>
+#include "config/kafka_conf.h"
+#include "config/topic_name.h"
+
 
 #include <toml++/toml.h>
 
@@ -43,9 +45,6 @@ constexpr std::array<std::string_view, 11> kCdcKeys = {
 
 constexpr std::int64_t kMaxBatchSize = 100000;
 constexpr std::size_t kMaxIdentifierBytes = 63;  // PostgreSQL's NAMEDATALEN - 1
-constexpr std::size_t kMaxTopicBytes = 249;      // Kafka's limit on topic names
-// The shortest row-change topic is "<topic_prefix>.s.t".
-constexpr std::size_t kMaxTopicPrefixBytes = kMaxTopicBytes - 4;
 constexpr milliseconds kMaxStatusInterval{60 * 60 * 1000};
 
 std::string Quoted(std::string_view s) {
@@ -195,70 +194,6 @@ std::string CheckTableName(std::string_view text, std::vector<std::string>& part
     ++i;
   }
   if (parts.size() > 2) return "it has " + std::to_string(parts.size()) + " parts";
-  return {};
-}
-
-bool IsTopicChar(char c) { return IsAsciiAlpha(c) || IsAsciiDigit(c) || c == '.' || c == '_' || c == '-'; }
-
-std::string CheckTopicName(std::string_view topic) {
-  if (topic.empty()) return "it is empty";
-  if (topic == "." || topic == "..") return "\".\" and \"..\" are not allowed as topic names";
-  if (topic.size() > kMaxTopicBytes) return "it is longer than Kafka's 249-character limit";
-  for (std::size_t i = 0; i < topic.size(); ++i) {
-    if (!IsTopicChar(topic[i])) {
-      return "'" + std::string(1, topic[i]) + "' at character " + std::to_string(i + 1) +
-             " is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')";
-    }
-  }
-  return {};
-}
-
-// A topic template: literal topic characters and ${column} placeholders.
-std::string CheckTopicTemplate(std::string_view text) {
-  if (text.empty()) return "it is empty";
-  bool has_placeholder = false;
-  std::size_t i = 0;
-  while (i < text.size()) {
-    std::string at = " at character " + std::to_string(i + 1);
-    char c = text[i];
-    if (c == '$') {
-      if (i + 1 >= text.size() || text[i + 1] != '{') return "'$'" + at + " must start a ${column} placeholder";
-      std::size_t close = text.find('}', i + 2);
-      std::size_t nested = text.find_first_of("${", i + 2);
-      if (close == std::string_view::npos) return "unterminated \"${\"" + at;
-      if (nested < close) return "'" + std::string(1, text[nested]) + "' inside the placeholder" + at;
-      if (close == i + 2) return "empty placeholder \"${}\"" + at;
-      if (close - i - 2 > kMaxIdentifierBytes) return "column name in the placeholder" + at + " is too long";
-      has_placeholder = true;
-      i = close + 1;
-    } else if (c == '}') {
-      return "'}'" + at + " has no matching \"${\"";
-    } else if (c == '{') {
-      return "'{'" + at + " must follow '$' in a ${column} placeholder";
-    } else if (!IsTopicChar(c)) {
-      return "'" + std::string(1, c) + "'" + at +
-             " is not allowed in a Kafka topic name (letters, digits, '.', '_', '-' and ${column})";
-    } else {
-      ++i;
-    }
-  }
-  if (!has_placeholder) return CheckTopicName(text);
-  return {};
-}
-
-// The start of row-change topic names, "<prefix>.<schema>.<table>".
-std::string CheckTopicPrefix(std::string_view prefix) {
-  if (prefix.empty()) return "it is empty";
-  if (prefix.size() > kMaxTopicPrefixBytes) {
-    return "it is longer than " + std::to_string(kMaxTopicPrefixBytes) +
-           " characters, which leaves no room for \".<schema>.<table>\" within Kafka's 249-character limit";
-  }
-  for (std::size_t i = 0; i < prefix.size(); ++i) {
-    if (!IsTopicChar(prefix[i])) {
-      return "'" + std::string(1, prefix[i]) + "' at character " + std::to_string(i + 1) +
-             " is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')";
-    }
-  }
   return {};
 }
 
@@ -594,8 +529,7 @@ void FlattenKafkaProperties(const toml::table& table, const std::string& prefix,
 void ReadKafkaProperties(const toml::table& table, Diagnostics& diag, std::map<std::string, std::string>& out) {
   // librdkafka itself judges names and values, so that a typo is reported
   // here with its place in the file rather than later by the producer.
-  std::unique_ptr<rd_kafka_conf_t, decltype(&rd_kafka_conf_destroy)> scratch(rd_kafka_conf_new(),
-                                                                             &rd_kafka_conf_destroy);
+  KafkaConf scratch;
   std::vector<KafkaProperty> properties;
   FlattenKafkaProperties(table, "", nullptr, properties);
   // In file order, so that "set twice" points at the second one.
@@ -634,10 +568,8 @@ void ReadKafkaProperties(const toml::table& table, Diagnostics& diag, std::map<s
       diag.Error(p.where, what + " is set twice (first at " + diag.Location(it->second) + ")");
       continue;
     }
-    char errstr[512];
-    if (rd_kafka_conf_set(scratch.get(), p.name.c_str(), value.c_str(), errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK) {
-      diag.Error(p.where, what + ": " + errstr);
+    if (Status st = scratch.Set(p.name, value); !st.ok()) {
+      diag.Error(p.where, what + ": " + st.message());
       continue;
     }
     out[p.name] = std::move(value);

@@ -1,5 +1,7 @@
 #include "pipeline/publisher.h"
 
+#include "config/kafka_conf.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -65,17 +67,9 @@ Result<std::unique_ptr<Publisher>> Publisher::Create(const KafkaConfig& config,
 }
 
 Status Publisher::Build() {
-  // Owned until rd_kafka_new() takes it.
-  std::unique_ptr<rd_kafka_conf_t, decltype(&rd_kafka_conf_destroy)> conf(rd_kafka_conf_new(),
-                                                                          &rd_kafka_conf_destroy);
-  char errstr[512];
+  KafkaConf conf;  // owned until rd_kafka_new() takes it
   auto set = [&](const std::string& k, const std::string& v, bool user) -> Status {
-    if (rd_kafka_conf_set(conf.get(), k.c_str(), v.c_str(), errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK) {
-      return Status::InvalidConfig(
-          (user ? "[kafka.properties] \"" + k + "\": " : "kafka property \"" + k + "\": ") + errstr);
-    }
-    return Status::Ok();
+    return conf.Set(k, v).Prefixed(user ? "[kafka.properties] \"" + k + "\"" : "kafka property \"" + k + "\"");
   };
   // Defaults that make the producer safe and fast for outboxd; any of them can
   // be overridden in [kafka.properties].
@@ -104,6 +98,7 @@ Status Publisher::Build() {
   rd_kafka_conf_set_error_cb(conf.get(), &Publisher::OnError);
   rd_kafka_conf_set_log_cb(conf.get(), &Publisher::OnLog);
 
+  char errstr[512];
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof errstr);
   if (rk == nullptr) return Status::InvalidConfig(std::string("could not create the Kafka producer: ") + errstr);
   conf.release();  // now owned by rk

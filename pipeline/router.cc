@@ -3,9 +3,14 @@
 #include <algorithm>
 #include <charconv>
 
+#include "config/topic_name.h"
+
 namespace outboxd {
 
 Result<TopicTemplate> TopicTemplate::Parse(const std::string& text) {
+  if (std::string problem = CheckTopicTemplate(text); !problem.empty()) {
+    return Status::InvalidConfig("topic template \"" + text + "\": " + problem);
+  }
   TopicTemplate t;
   std::size_t i = 0;
   std::string literal;
@@ -55,16 +60,8 @@ Result<std::string> TopicTemplate::Render(const Row& row) const {
 }
 
 Status ValidateTopicName(const std::string& topic) {
-  if (topic.empty() || topic.size() > 249 || topic == "." || topic == "..") {
-    return Status::Permanent("\"" + topic + "\" is not a legal Kafka topic name (1 to 249 characters)");
-  }
-  for (char c : topic) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
-    if (!ok) {
-      return Status::Permanent("\"" + topic +
-                               "\" is not a legal Kafka topic name (only A-Z a-z 0-9 . _ - allowed)");
-    }
+  if (std::string problem = CheckTopicName(topic); !problem.empty()) {
+    return Status::Permanent("\"" + topic + "\" is not a legal Kafka topic name: " + problem);
   }
   return Status::Ok();
 }

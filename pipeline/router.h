@@ -39,8 +39,8 @@ class TopicTemplate {
   std::vector<std::string> columns_;
 };
 
-// Checks that `topic` is a legal Kafka topic name: 1..249 characters of
-// [A-Za-z0-9._-], and not "." or "..".
+// A Permanent error when Kafka would refuse `topic` as a name
+// (config/topic_name.h says what it accepts).
 [[nodiscard]] Status ValidateTopicName(const std::string& topic);
 
 class Router {
