@@ -6,9 +6,11 @@
 //   outboxd status -c FILE [--json] [--max-lag B] [--max-pending N]  is everything healthy?
 //   outboxd --version
 //
-// `run` drives each source on its own thread — the poll relay for the
-// [[outbox]] blocks with source = "poll", the cdc relay for [cdc] — and stops
-// all of them when one fails for good or a stop signal arrives.
+// `run` drives each source on its own thread through a PipelineRunner — the
+// poll source for the [[outbox]] blocks with source = "poll", the cdc source
+// for [cdc] — and stops all of them when one fails for good or a stop signal
+// arrives. The main thread supervises: signals, the workers ending, the
+// systemd watchdog.
 
 #include <poll.h>
 #include <signal.h>
@@ -29,7 +31,7 @@
 #include <thread>
 #include <vector>
 
-#include "cdc/cdc_relay.h"
+#include "cdc/cdc_source.h"
 #include "cdc/slot_status.h"
 #include "daemon/init_sql.h"
 #include "daemon/status.h"
@@ -40,7 +42,8 @@
 #include "daemon/http_server.h"
 #include "pipeline/metrics.h"
 #include "pipeline/router.h"
-#include "relay/outbox_relay.h"
+#include "pipeline/pipeline_runner.h"
+#include "relay/poll_source.h"
 
 #ifndef OUTBOXD_VERSION
 #define OUTBOXD_VERSION "unknown"
@@ -97,13 +100,87 @@ int CheckConfig(const std::string& path) {
   return kExitOk;
 }
 
-// One source running on its own thread until its stop eventfd is written.
-struct Worker {
-  std::string name;
-  std::function<Status(int stop_fd)> run;
-  UniqueFd stop;
-  Status result;
-  std::thread thread;
+// One source on its own thread: its PipelineRunner runs until Stop(), or
+// until it ends by itself (then it writes `done_fd`). The destructor stops
+// and joins it.
+class Worker {
+ public:
+  explicit Worker(std::unique_ptr<PipelineRunner> runner) : runner_(std::move(runner)) {}
+  ~Worker() {
+    Stop();
+    Join();
+  }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  [[nodiscard]] Status Start(int done_fd) {
+    stop_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!stop_.valid()) return Status::Internal(std::string("eventfd: ") + std::strerror(errno));
+    thread_ = std::thread([this, done_fd] {
+      result_ = runner_->Run(stop_.get());
+      const uint64_t one = 1;
+      while (::write(done_fd, &one, sizeof one) < 0 && errno == EINTR) {
+      }
+    });
+    return Status::Ok();
+  }
+  void Stop() {
+    if (!stop_.valid() || stop_sent_) return;
+    stop_sent_ = true;
+    const uint64_t one = 1;
+    while (::write(stop_.get(), &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  PipelineRunner& runner() { return *runner_; }
+  // Valid after Join().
+  const Status& result() const { return result_; }
+
+ private:
+  std::unique_ptr<PipelineRunner> runner_;
+  UniqueFd stop_;
+  bool stop_sent_ = false;  // main thread only
+  std::thread thread_;
+  Status result_;  // written by the thread, read after Join()
+};
+
+// WatchdogSec=: WATCHDOG=1 at half the interval, only while every relay's
+// loop is turning (the /healthz rule), so that a stuck relay gets restarted.
+class Watchdog {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit Watchdog(const Metrics& metrics) : metrics_(metrics) {
+    uint64_t usec = 0;
+    enabled_ = sd_watchdog_enabled(0, &usec) > 0 && usec > 0;
+    every_ = std::chrono::milliseconds(std::max<uint64_t>(usec / 2000, 1));
+  }
+  // Feeds the watchdog if due; returns how long until the next feed (-1:
+  // disabled).
+  int Turn() {
+    if (!enabled_) return -1;
+    const auto now = Clock::now();
+    if (now >= next_) {
+      const Metrics::Report live = metrics_.Liveness();
+      if (live.ok) {
+        sd_notify(0, "WATCHDOG=1");
+        withheld_ = false;
+      } else if (!withheld_) {
+        Logger("daemon")->error("not feeding the systemd watchdog: {}", live.body);
+        withheld_ = true;
+      }
+      next_ = now + every_;
+    }
+    return static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(next_ - now).count() + 1);
+  }
+
+ private:
+  const Metrics& metrics_;
+  bool enabled_ = false;
+  std::chrono::milliseconds every_{0};
+  Clock::time_point next_{};
+  bool withheld_ = false;
 };
 
 int Run(const std::string& path) {
@@ -141,43 +218,39 @@ int Run(const std::string& path) {
   Metrics metrics(OUTBOXD_VERSION);
 
   // Type=notify: READY=1 once every source is connected and checked.
-  std::vector<std::unique_ptr<Worker>> workers;
   auto ready_left = std::make_shared<std::atomic<int>>(0);
   auto stopping_sent = std::make_shared<std::atomic<bool>>(false);
-  auto on_ready = [ready_left] {
-    if (ready_left->fetch_sub(1) == 1) sd_notify(0, "READY=1\nSTATUS=relaying");
-  };
-  auto on_stopping = [stopping_sent] {
-    if (!stopping_sent->exchange(true)) sd_notify(0, "STOPPING=1\nSTATUS=waiting for deliveries in flight");
+  auto on_lifecycle = [ready_left, stopping_sent](PipelineRunner::Lifecycle l) {
+    if (l == PipelineRunner::Lifecycle::kReady) {
+      if (ready_left->fetch_sub(1) == 1) sd_notify(0, "READY=1\nSTATUS=relaying");
+    } else if (!stopping_sent->exchange(true)) {
+      sd_notify(0, "STOPPING=1\nSTATUS=waiting for deliveries in flight");
+    }
   };
 
-  std::unique_ptr<OutboxRelay> poll_relay;
-  std::unique_ptr<CdcRelay> cdc_relay;
-  // Creates a relay, hooks it to systemd's notifications and gives it a
-  // worker thread; false (after logging) when it cannot be created.
-  Status created;
-  auto add = [&](auto& relay, const char* name, auto result) {
-    if (!result.ok()) {
-      created = result.status();
-      log->error("{}: {}", path, created.message());
-      return false;
-    }
-    relay = std::move(result).value();
-    using Lifecycle = typename std::decay_t<decltype(*relay)>::Lifecycle;
-    relay->OnLifecycle([on_ready, on_stopping](Lifecycle l) { l == Lifecycle::kReady ? on_ready() : on_stopping(); });
-    auto w = std::make_unique<Worker>();
-    w->name = name;
-    w->run = [r = relay.get()](int fd) { return r->Run(fd); };
-    workers.push_back(std::move(w));
-    return true;
+  // One worker per source; a source that cannot be created (a routing
+  // error) is a configuration error.
+  std::vector<std::unique_ptr<Worker>> workers;
+  auto add = [&](auto source) -> Status {
+    if (!source.ok()) return source.status();
+    auto runner = PipelineRunner::Create(config->kafka, std::move(source).value(), metrics);
+    if (!runner.ok()) return runner.status();
+    (*runner)->OnLifecycle(on_lifecycle);
+    workers.push_back(std::make_unique<Worker>(std::move(runner).value()));
+    return Status::Ok();
   };
   bool any_poll = false;
   for (const auto& t : config->outboxes) any_poll |= t.source == OutboxSource::kPoll;
-  if (any_poll && !add(poll_relay, "poll", OutboxRelay::Create(*config, &metrics))) return ExitCodeFor(created);
-  if (config->cdc && !add(cdc_relay, "cdc", CdcRelay::Create(*config, &metrics))) return ExitCodeFor(created);
+  Status created;
+  if (any_poll) created = add(PollSource::Create(*config, metrics));
+  if (created.ok() && config->cdc) created = add(CdcSource::Create(*config, metrics));
+  if (!created.ok()) {
+    log->error("{}: {}", path, created.message());
+    return ExitCodeFor(created);
+  }
   ready_left->store(static_cast<int>(workers.size()));
 
-  // Listening before the relays start, so that probes see them come up. An
+  // Listening before the sources start, so that probes see them come up. An
   // address that cannot be bound exits 69 (EX_UNAVAILABLE: it may be free on
   // the next start); a malformed one was already refused by the loader (78).
   std::unique_ptr<HttpServer> http;
@@ -191,94 +264,45 @@ int Run(const std::string& path) {
   }
 
   for (auto& w : workers) {
-    w->stop = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!w->stop.valid()) {
-      std::cerr << "outboxd: eventfd: " << std::strerror(errno) << "\n";
-      return kExitSoftware;
+    if (Status started = w->Start(done_fd.get()); !started.ok()) {
+      log->error("{}", started.message());
+      return kExitSoftware;  // the destructors stop and join the workers started so far
     }
   }
-  for (auto& w : workers) {
-    Worker* raw = w.get();
-    const int done = done_fd.get();
-    w->thread = std::thread([raw, done] {
-      raw->result = raw->run(raw->stop.get());
-      const uint64_t one = 1;
-      while (::write(done, &one, sizeof one) < 0 && errno == EINTR) {
-      }
-    });
-  }
-
   auto stop_all = [&] {
-    const uint64_t one = 1;
-    for (auto& w : workers) {
-      while (::write(w->stop.get(), &one, sizeof one) < 0 && errno == EINTR) {
-      }
-    }
+    for (auto& w : workers) w->Stop();
   };
-  // WatchdogSec=: WATCHDOG=1 at half the interval, only while every relay's
-  // loop is turning (the /healthz rule), so a stuck relay gets restarted.
-  uint64_t watchdog_usec = 0;
-  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
-  const auto watchdog_every = std::chrono::milliseconds(std::max<uint64_t>(watchdog_usec / 2000, 1));
-  auto next_watchdog = std::chrono::steady_clock::now();
-  bool watchdog_withheld = false;
+  Watchdog watchdog(metrics);
   std::size_t finished = 0;
-  bool stop_sent = false;
   while (finished < workers.size()) {
-    int timeout_ms = -1;
-    if (watchdog) {
-      const auto now = std::chrono::steady_clock::now();
-      if (now >= next_watchdog) {
-        const Metrics::Report live = metrics.Liveness();
-        if (live.ok) {
-          sd_notify(0, "WATCHDOG=1");
-          watchdog_withheld = false;
-        } else if (!watchdog_withheld) {
-          log->error("not feeding the systemd watchdog: {}", live.body);
-          watchdog_withheld = true;
-        }
-        next_watchdog = now + watchdog_every;
-      }
-      timeout_ms = static_cast<int>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(next_watchdog - now).count() + 1);
-    }
+    const int timeout_ms = watchdog.Turn();
     pollfd fds[2] = {{signal_fd.get(), POLLIN, 0}, {done_fd.get(), POLLIN, 0}};
     if (::poll(fds, 2, timeout_ms) < 0) {
       if (errno == EINTR) continue;
       log->error("poll failed: {}; stopping", std::strerror(errno));
-      if (!stop_sent) stop_all();
-      stop_sent = true;
-      for (auto& w : workers) {
-        if (w->thread.joinable()) w->thread.join();
-      }
+      stop_all();
       break;
     }
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo info;
       while (::read(signal_fd.get(), &info, sizeof info) > 0) {
       }
-      if (!stop_sent) {
-        log->info("received a stop signal");
-        stop_all();
-        stop_sent = true;
-      }
+      log->info("received a stop signal");
+      stop_all();
     }
     if (fds[1].revents & POLLIN) {
       uint64_t n = 0;
       if (::read(done_fd.get(), &n, sizeof n) == sizeof n) finished += n;
       // One source ended (failed for good, or stopped): stop the others too.
-      if (!stop_sent && finished < workers.size()) {
-        stop_all();
-        stop_sent = true;
-      }
+      stop_all();
     }
   }
   int rc = kExitOk;
   for (auto& w : workers) {
-    if (w->thread.joinable()) w->thread.join();
-    if (!w->result.ok()) {
-      log->error("{}", w->result.message());
-      if (rc == kExitOk) rc = ExitCodeFor(w->result);
+    w->Join();
+    if (!w->result().ok()) {
+      log->error("{}", w->result().message());
+      if (rc == kExitOk) rc = ExitCodeFor(w->result());
     }
   }
   return rc;

@@ -1,19 +1,16 @@
-#include "cdc/cdc_relay.h"
+#include "cdc/cdc_source.h"
 
 #include <poll.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 
-#include "cdc/slot_status.h"
-#include "cdc/snapshot.h"
 #include "common/advisory_locks.h"
 #include "common/logging.h"
 #include "pipeline/dead_letter.h"
+#include "pipeline/failure.h"
 
 namespace outboxd {
 
@@ -21,13 +18,13 @@ using std::chrono::milliseconds;
 
 namespace {
 
+// Snapshot rows read from the cursor at a time (one batch a turn).
+constexpr int kSnapshotBatch = 1000;
+
 constexpr std::size_t kFramesPerTurn = 4096;  // then serve delivery reports and timers
 // While reading is paused the server's keepalive requests go unseen, so the
 // status goes out at least this often.
 constexpr milliseconds kPausedStatusInterval(1000);
-// A slot held by another process (a standby waiting its turn) is tried again
-// at most this far apart.
-constexpr milliseconds kHeldSlotRetryMax(5000);
 
 // "table" → "public.table".
 std::string Qualified(const std::string& table) {
@@ -52,50 +49,43 @@ OutboxTableConfig MessageRouting(const CdcConfig& cdc) {
 
 }  // namespace
 
-CdcRelay::CdcRelay(const Config& config)
+CdcSource::CdcSource(const Config& config, Metrics& metrics)
     : config_(config),
       cdc_(*config.cdc),
+      metrics_(metrics),
       stream_(config.postgres.conninfo, config.postgres.password, "outboxd-cdc") {}
 
-CdcRelay::~CdcRelay() = default;
+CdcSource::~CdcSource() = default;
 
-Result<std::unique_ptr<CdcRelay>> CdcRelay::Create(const Config& config, Metrics* metrics) {
+Result<std::unique_ptr<CdcSource>> CdcSource::Create(const Config& config, Metrics& metrics) {
   if (!config.cdc) return Status::InvalidConfig("no [cdc] section");
-  std::unique_ptr<CdcRelay> relay(new CdcRelay(config));
-  if (metrics == nullptr) {
-    relay->own_metrics_ = std::make_unique<Metrics>();
-    metrics = relay->own_metrics_.get();
-  }
-  relay->metrics_ = metrics;
-  relay->sources_.push_back({&metrics->Source(SlotSource(config.cdc->slot))});
+  std::unique_ptr<CdcSource> source(new CdcSource(config, metrics));
+  source->sources_.push_back({&metrics.Source(SlotSource(config.cdc->slot))});
   for (const OutboxTableConfig& t : config.outboxes) {
     if (t.source != OutboxSource::kCdc) continue;
     auto router = Router::Create(t);
     if (!router.ok()) return router.status().Prefixed(t.config_location);
-    relay->outbox_routers_.emplace(Qualified(t.table), std::move(router).value());
-    relay->outbox_configs_.emplace(Qualified(t.table), &t);
-    if (relay->outbox_sources_.emplace(Qualified(t.table), static_cast<uint32_t>(relay->sources_.size())).second) {
-      relay->sources_.push_back({&metrics->Source(TableSource(Qualified(t.table)))});
+    source->outbox_routers_.emplace(Qualified(t.table), std::move(router).value());
+    source->outbox_configs_.emplace(Qualified(t.table), &t);
+    if (source->outbox_sources_.emplace(Qualified(t.table), static_cast<uint32_t>(source->sources_.size())).second) {
+      source->sources_.push_back({&metrics.Source(TableSource(Qualified(t.table)))});
     }
   }
   if (config.cdc->message_prefix) {
     auto router = Router::Create(MessageRouting(*config.cdc));
     if (!router.ok()) return router.status().Prefixed(config.cdc->config_location);
-    relay->message_router_.emplace(std::move(router).value());
+    source->message_router_.emplace(std::move(router).value());
   }
-  for (const std::string& t : config.cdc->tables) relay->captured_.push_back(Qualified(t));
-  CdcRelay* self = relay.get();
-  auto publisher = Publisher::Create(config.kafka, [self](const DeliveryReport& r) { self->OnDelivery(r); });
-  if (!publisher.ok()) return publisher.status();
-  relay->publisher_ = std::move(publisher).value();
-  relay->health_ = &metrics->AddRelay("cdc");
-  relay->slot_metrics_ = &metrics->Slot(config.cdc->slot);
-  return relay;
+  for (const std::string& t : config.cdc->tables) source->captured_.push_back(Qualified(t));
+  source->slot_metrics_ = &metrics.Slot(config.cdc->slot);
+  return source;
 }
+
+void CdcSource::Enter(Phase phase) { phase_ = phase; }
 
 // --- Connecting ---------------------------------------------------------------
 
-Status CdcRelay::CheckSlot(bool first) {
+Status CdcSource::CheckSlot(bool first) {
   auto log = Logger("cdc");
   const bool create = first && cdc_.create;
   if (create) {
@@ -134,7 +124,7 @@ Status CdcRelay::CheckSlot(bool first) {
   // outboxd has used is never created again.
   const bool create_slot = create && !recorded_lsn;
   if (create_slot && !*status && cdc_.snapshot == SnapshotMode::kInitial) {
-    snapshot_pending_ = true;  // created with its snapshot on the replication connection
+    snapshot_ = SnapshotState::kPending;  // created with its snapshot on the replication connection
   } else {
     if (cdc_.snapshot == SnapshotMode::kInitial && *status && !recorded_lsn) {
       log->info("replication slot \"{}\" already exists: snapshot = \"initial\" is taken only when outboxd "
@@ -148,7 +138,7 @@ Status CdcRelay::CheckSlot(bool first) {
     ran->insert(ran->end(), slot_ran->begin(), slot_ran->end());
   }
   for (const std::string& sql : *ran) log->info("ran: {}", sql);
-  if (snapshot_pending_) return Status::Ok();
+  if (snapshot_ == SnapshotState::kPending) return Status::Ok();
 
   status = ReadSlotStatus(ctl_, cdc_.slot);
   if (!status.ok()) return status.status();
@@ -163,14 +153,14 @@ Status CdcRelay::CheckSlot(bool first) {
     recorded_lsn_ = *recorded_lsn;
     // After a reconnect the relay knows better than the row, which is
     // written only at the next position report.
-    if (*recorded && !streamed_once_) snapshot_done_ = (*recorded)->snapshot_done;
+    if (*recorded && !streamed_once_ && !(*recorded)->snapshot_done) snapshot_ = SnapshotState::kUnacknowledged;
   }
   // Never report a flush position below what the slot already has.
   acked_lsn_ = std::max(acked_lsn_, confirmed);
   return Status::Ok();
 }
 
-Status CdcRelay::LockSnapshot() {
+Status CdcSource::LockSnapshot() {
   auto locked = ctl_.Exec(kTryLockCdcSnapshotSql, {cdc_.slot});
   if (!locked.ok()) return locked.status().Prefixed("could not lock the initial snapshot of slot \"" + cdc_.slot + "\"");
   if (std::string_view(PQgetvalue(locked->get(), 0, 0)) != "t") {
@@ -180,7 +170,7 @@ Status CdcRelay::LockSnapshot() {
   return Status::Ok();
 }
 
-Status CdcRelay::RecoverUnfinishedSnapshot(const SlotState& recorded) {
+Status CdcSource::RecoverUnfinishedSnapshot(const SlotState& recorded) {
   auto log = Logger("cdc");
   // Whoever takes a snapshot holds this lock on its control session until it
   // ends: a standby must not touch a snapshot in progress.
@@ -218,11 +208,11 @@ Status CdcRelay::RecoverUnfinishedSnapshot(const SlotState& recorded) {
   OUTBOXD_RETURN_IF_ERROR(DeleteSlotState(ctl_, cdc_.state_table, cdc_.slot));
   checkpoint_.Reset();  // reports of the unfinished snapshot's records are stale now
   ForgetInFlight();
-  stalled_.reset();
+  stalled_.clear();
   return Status::Ok();
 }
 
-Status CdcRelay::TakeSnapshot() {
+Status CdcSource::BeginSnapshot() {
   auto log = Logger("cdc");
   OUTBOXD_RETURN_IF_ERROR(LockSnapshot());
   // The intent first: a stop between here and the end of the snapshot is
@@ -234,92 +224,86 @@ Status CdcRelay::TakeSnapshot() {
   if (!exported.ok()) return exported.status();
   log->info("ran: CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT (consistent point {})", cdc_.slot,
             exported->consistent_point.ToString());
-  snapshot_pending_ = false;
-  snapshot_done_ = false;
   OUTBOXD_RETURN_IF_ERROR(
       WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, {exported->consistent_point, /*snapshot_done=*/false}));
   recorded_lsn_ = exported->consistent_point;
   acked_lsn_ = exported->consistent_point;
-
+  // The replication connection stays idle until streaming starts: the
+  // snapshot it exported lives until its next command.
   OUTBOXD_RETURN_IF_ERROR(BeginSnapshotTransaction(ctl_, exported->snapshot_name));
-  // Snapshot rows have no commit time: they stay out of commit-to-ack.
-  snapshotting_ = true;
-  struct EndOfSnapshot {
-    bool& flag;
-    ~EndOfSnapshot() { flag = false; }
-  } end_of_snapshot{snapshotting_};
   const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
   tx_ = TransactionInfo{exported->consistent_point, now_us, 0};
-  uint64_t index = 0;
-  for (const std::string& table : captured_) {
-    auto rel = DescribeTable(ctl_, table);
-    if (!rel.ok()) return rel.status();
-    auto cursor = SnapshotCursor::Open(ctl_, *rel);
-    if (!cursor.ok()) return cursor.status();
-    uint64_t rows_read = 0;
-    while (true) {
-      auto rows = cursor->Next(1000);
-      if (!rows.ok()) return rows.status();
-      if (rows->empty()) break;
-      health_->Beat();
-      for (const TupleData& row : *rows) {
-        OUTBOXD_RETURN_IF_ERROR(WaitForRoom());
-        const uint64_t id_index = kSnapshotIndexFlag | index;
-        auto record = mapper_->MapSnapshotRow(*rel, row, *tx_, id_index);
-        Routed routed{Record{}, &cdc_.dead_letter_topic, "snapshot of table " + table, Status::Ok()};
-        if (record.ok()) {
-          routed.record = std::move(record).value();
-        } else {
-          routed.error = record.status();
-          routed.record.headers.push_back({"id", DeterministicEventId(tx_->commit_lsn, id_index)});
-        }
-        OUTBOXD_RETURN_IF_ERROR(Emit(std::move(routed), id_index));
-        if (rewinding_) return snapshot_failed_;
-        ++index;
-        ++rows_read;
-      }
+  snapshot_reader_.emplace();
+  snapshot_reader_->consistent_point = exported->consistent_point;
+  snapshot_ = SnapshotState::kReading;
+  Enter(Phase::kSnapshotting);
+  return Status::Ok();
+}
+
+Status CdcSource::ReadSnapshot() {
+  SnapshotReader& r = *snapshot_reader_;
+  OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
+  // The rest of the batch in hand first, as far as the in-flight bound allows.
+  while (r.next_in_batch < r.batch.size()) {
+    if (ReadingPaused()) return Status::Ok();
+    const TupleData& row = r.batch[r.next_in_batch++];
+    const uint64_t id_index = kSnapshotIndexFlag | r.index;
+    auto record = mapper_->MapSnapshotRow(*r.relation, row, *tx_, id_index);
+    Routed routed{Record{}, &cdc_.dead_letter_topic, "snapshot of table " + captured_[r.table], Status::Ok()};
+    if (record.ok()) {
+      routed.record = std::move(record).value();
+    } else {
+      routed.error = record.status();
+      routed.record.headers.push_back({"id", DeterministicEventId(tx_->commit_lsn, id_index)});
     }
-    OUTBOXD_RETURN_IF_ERROR(cursor->Close());
-    log->info("snapshot of table \"{}\": {} rows", table, rows_read);
+    OUTBOXD_RETURN_IF_ERROR(Emit(std::move(routed), id_index));
+    if (snapshot_ == SnapshotState::kFailed) return snapshot_failure_;
+    ++r.index;
+    ++r.table_rows;
   }
-  OUTBOXD_RETURN_IF_ERROR(WaitForRoom());
+  // Then one more batch a turn: the runner serves reports and timers between.
+  if (!r.cursor) {
+    if (r.table == captured_.size()) return EndSnapshot();
+    auto rel = DescribeTable(ctl_, captured_[r.table]);
+    if (!rel.ok()) return rel.status();
+    r.relation = std::move(rel).value();
+    auto cursor = SnapshotCursor::Open(ctl_, *r.relation);
+    if (!cursor.ok()) return cursor.status();
+    r.cursor.emplace(std::move(cursor).value());
+    r.table_rows = 0;
+  }
+  health_->Beat();
+  auto rows = r.cursor->Next(kSnapshotBatch);
+  if (!rows.ok()) return rows.status();
+  r.batch = std::move(rows).value();
+  r.next_in_batch = 0;
+  if (r.batch.empty()) {
+    OUTBOXD_RETURN_IF_ERROR(r.cursor->Close());
+    Logger("cdc")->info("snapshot of table \"{}\": {} rows", captured_[r.table], r.table_rows);
+    r.cursor.reset();
+    r.relation.reset();
+    ++r.table;
+  }
+  return Status::Ok();
+}
+
+Status CdcSource::EndSnapshot() {
+  const Lsn consistent_point = snapshot_reader_->consistent_point;
+  const uint64_t rows = snapshot_reader_->index;
+  snapshot_reader_.reset();
   tx_.reset();
   OUTBOXD_RETURN_IF_ERROR(EndSnapshotTransaction(ctl_));
-  const auto ticket = checkpoint_.Add({exported->consistent_point, 0, EntryKind::kSnapshotDone});
+  const auto ticket = checkpoint_.Add({consistent_point, 0, EntryKind::kSnapshotDone});
   checkpoint_.MarkAcked(ticket);
-  log->info("initial snapshot read: {} rows; streaming from its consistent point {}", index,
-            exported->consistent_point.ToString());
-  return Status::Ok();
+  snapshot_ = SnapshotState::kUnacknowledged;
+  Logger("cdc")->info("initial snapshot read: {} rows; streaming from its consistent point {}", rows,
+                      consistent_point.ToString());
+  return StartStreaming();
 }
 
-Status CdcRelay::WaitForRoom() {
-  OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
-  while (ReadingPaused()) {
-    health_->Beat();
-    pollfd fds[2] = {{stop_fd_, POLLIN, 0}, {publisher_->WakeupFd(), POLLIN, 0}};
-    ::poll(fds, 2, 100);
-    if (fds[0].revents & POLLIN) return Status::Retriable("stop requested while waiting for Kafka");
-    publisher_->DrainWakeup();
-    publisher_->Poll(milliseconds(0));
-    if (publisher_->fatal_error_raised()) return Status::Fatal("the Kafka producer failed while waiting for room");
-    OUTBOXD_RETURN_IF_ERROR(HandleFailures());
-    if (rewinding_) return snapshot_failed_.ok() ? Status::Retriable("a delivery failed") : snapshot_failed_;
-    ReleaseAcknowledged();
-    OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
-  }
-  return Status::Ok();
-}
-
-Status CdcRelay::ProduceStalled() {
-  if (!stalled_) return Status::Ok();
-  auto [record, pos] = std::move(*stalled_);
-  stalled_.reset();
-  return Produce(std::move(record), pos);
-}
-
-Status CdcRelay::CheckTables() {
+Status CdcSource::CheckTables() {
   auto columns_of = [&](const std::string& table) -> Result<std::vector<std::string>> {
     auto res = ctl_.Exec(
         "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
@@ -363,8 +347,7 @@ Status CdcRelay::CheckTables() {
   return Status::Ok();
 }
 
-Status CdcRelay::Connect(bool first) {
-  auto log = Logger("cdc");
+Status CdcSource::Connect(bool first) {
   auto conn = PgConn::Connect(config_.postgres.conninfo, config_.postgres.password, "outboxd-cdc-control");
   if (!conn.ok()) return conn.status();
   ctl_ = std::move(conn).value();
@@ -382,16 +365,27 @@ Status CdcRelay::Connect(bool first) {
     options.types = [this](uint32_t oid) { return decoder_.FindType(oid); };
     mapper_.emplace(std::move(options));
   }
-  decoder_ = PgoutputDecoder();
-  roles_.clear();
-  tx_.reset();
-  if (snapshot_pending_) {
-    Status st = TakeSnapshot();
+  if (snapshot_ == SnapshotState::kPending) {
+    Status st = BeginSnapshot();
     if (!st.ok()) {
       tx_.reset();
       return st.code() == StatusCode::kInvalidConfig ? st : st.Prefixed("initial snapshot");
     }
+    return Status::Ok();
   }
+  if (gate_.rewinding()) {
+    // Streaming starts again once the old generation is reported (Pump()).
+    Enter(Phase::kRewinding);
+    return Status::Ok();
+  }
+  return StartStreaming();
+}
+
+Status CdcSource::StartStreaming() {
+  auto log = Logger("cdc");
+  decoder_ = PgoutputDecoder();
+  roles_.clear();
+  tx_.reset();
   StartOptions start;
   start.slot = cdc_.slot;
   start.start_lsn = acked_lsn_;
@@ -399,13 +393,10 @@ Status CdcRelay::Connect(bool first) {
   Status st = stream_.Start(start);
   if (!st.ok()) {
     if (stream_.last_failure() == StreamFailure::kSlotHeldByAnotherProcess) {
-      log->warn("{}; waiting for it to be released", st.message());
-      reconnect_at_ = Clock::now() + std::min(reconnect_backoff_.Next(), kHeldSlotRetryMax);
+      if (phase_ != Phase::kStandby) log->warn("{}; waiting for it to be released", st.message());
       stream_.Close();
-      standby_ = true;
-      // A standby is healthy while it waits: ready, as far as systemd goes.
-      if (!ready_signalled_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
-      ready_signalled_ = true;
+      standby_retry_at_ = Clock::now() + kStandbyRetry;
+      Enter(Phase::kStandby);
       return Status::Ok();
     }
     if (stream_.last_failure() == StreamFailure::kSlotMissing) {
@@ -415,42 +406,52 @@ Status CdcRelay::Connect(bool first) {
   }
   log->info("streaming replication slot \"{}\" (publication \"{}\") from {}", cdc_.slot, cdc_.publication,
             acked_lsn_.ToString());
-  reconnect_backoff_.Reset();
   next_status_ = Clock::now();
   reported_lsn_ = Lsn();
   streamed_once_ = true;
-  standby_ = false;
   if (lost_connection_) sources_[0].metrics->Reconnected();
   lost_connection_ = false;
-  next_sample_ = Clock::now();
-  if (!ready_signalled_ && on_lifecycle_) on_lifecycle_(Lifecycle::kReady);
-  ready_signalled_ = true;
+  Enter(Phase::kStreaming);
   return Status::Ok();
 }
 
-void CdcRelay::Disconnect(const Status& why) {
-  const milliseconds delay = reconnect_backoff_.Next();
-  Logger("cdc")->warn("{}; reconnecting in {} ms", why.message(), delay.count());
+Status CdcSource::RestartStream(bool check_slot) {
+  // A standby checks the slot against the state table again: the holder may
+  // have moved both on.
+  if (check_slot) OUTBOXD_RETURN_IF_ERROR(CheckSlot(false));
+  if (!stream_.connected()) {
+    OUTBOXD_RETURN_IF_ERROR(stream_.Connect());
+    auto identity = stream_.IdentifySystem();
+    if (!identity.ok()) return identity.status();
+  }
+  return StartStreaming();
+}
+
+void CdcSource::Disconnect() {
   if (streamed_once_) lost_connection_ = true;
-  standby_ = false;
   stream_.Close();
   ctl_.reset();
   tx_.reset();
-  // The stream resumes at the last acknowledged commit, so a record of the
-  // interrupted transaction still waiting for queue space is produced again.
-  stalled_.reset();
-  reconnect_at_ = Clock::now() + delay;
+  // The stream resumes at the last acknowledged commit, so records of the
+  // interrupted transaction still waiting for queue space are produced again.
+  stalled_.clear();
+  // An interrupted snapshot is found unfinished in the state table and
+  // recovered at the next Connect() (RecoverUnfinishedSnapshot).
+  if (phase_ == Phase::kSnapshotting) snapshot_reader_.reset();
+  Enter(Phase::kDisconnected);
 }
 
 // --- Deliveries -----------------------------------------------------------------
 
-void CdcRelay::OnDelivery(const DeliveryReport& report) {
+void CdcSource::OnDelivery(const DeliveryReport& report) {
+  gate_.Reported();
   const Position* pos = checkpoint_.PositionOf(report.token);
   if (pos == nullptr) return;  // of a generation forgotten by a rewind
   MetricsSource& source = sources_[pos->source];
   if (source.in_flight > 0) --source.in_flight;
   if (report.outcome == DeliveryOutcome::kPersisted) {
     checkpoint_.MarkAcked(report.token);
+    gate_.Delivered();
     if (pos->kind == EntryKind::kDeadLetter) {
       ++dead_lettered_;
       source.metrics->DeadLettered();
@@ -472,7 +473,7 @@ void CdcRelay::OnDelivery(const DeliveryReport& report) {
   checkpoint_.MarkFailed(report.token);
 }
 
-Status CdcRelay::HandleFailures() {
+Status CdcSource::HandleFailures() {
   if (failures_.empty()) return Status::Ok();
   std::vector<Failure> failures;
   failures.swap(failures_);
@@ -480,24 +481,23 @@ Status CdcRelay::HandleFailures() {
   for (const Failure& f : failures) {
     const std::string event = "event " + std::to_string(f.pos.index) + " of the transaction committed at " +
                               f.pos.lsn.ToString();
-    switch (f.report.outcome) {
-      case DeliveryOutcome::kPersisted:
-        break;
-      case DeliveryOutcome::kPermanent:
-        if (f.pos.kind == EntryKind::kDeadLetter) {
-          return Status::Permanent(event + " could not be written to the dead-letter topic either: " +
-                                   f.report.error_name + ": " + f.report.error_message);
-        }
+    switch (ActionFor(f.report.outcome, f.pos.kind == EntryKind::kDeadLetter, /*has_dead_letter_topic=*/true)) {
+      case FailureAction::kHalt:  // the dead-letter record itself was refused
+        return Status::Permanent(event + " could not be written to the dead-letter topic either: " +
+                                 f.report.error_name + ": " + f.report.error_message);
+      case FailureAction::kDeadLetter:
         // Produced again by the replay below: to the dead-letter topic, or it
-        // stops the stream if its source has none.
+        // stops the stream if its source has none (Emit()).
         poisoned_[{f.pos.lsn.value(), f.pos.index}] = {f.report.error_name, f.report.error_message};
         if (why.empty()) why = event + " was refused by Kafka: " + f.report.error_name;
         break;
-      case DeliveryOutcome::kRetriable:
-      case DeliveryOutcome::kFatal:
+      case FailureAction::kRewind:
+      case FailureAction::kRecreateProducer:
         if (why.empty()) {
           why = event + " was not delivered: " + f.report.error_name + ": " + f.report.error_message;
         }
+        break;
+      default:
         break;
     }
   }
@@ -505,47 +505,53 @@ Status CdcRelay::HandleFailures() {
   return Status::Ok();
 }
 
-void CdcRelay::Rewind(const std::string& why) {
-  if (!snapshot_done_ && snapshot_failed_.ok()) {
+void CdcSource::Rewind(const std::string& why) {
+  if (!snapshot_done() && snapshot_ != SnapshotState::kFailed && snapshot_ != SnapshotState::kPending) {
     // The snapshot's rows cannot be replayed from the slot: stop, and take
     // the snapshot again at the next start (RecoverUnfinishedSnapshot).
-    snapshot_failed_ = Status::Permanent("the initial snapshot of replication slot \"" + cdc_.slot +
-                                         "\" could not be delivered: " + why +
-                                         "; it is taken again when outboxd starts next");
+    snapshot_ = SnapshotState::kFailed;
+    snapshot_failure_ = Status::Permanent("the initial snapshot of replication slot \"" + cdc_.slot +
+                                          "\" could not be delivered: " + why +
+                                          "; it is taken again when outboxd starts next");
   }
-  if (!rewinding_) {
+  if (!gate_.rewinding()) {
     Logger("cdc")->warn("{}; streaming again from {} once the deliveries in flight are reported", why,
                         acked_lsn_.ToString());
   }
-  rewinding_ = true;
+  gate_.Start(RewindGate::Pause::kBackOff, Clock::now());
   stream_.Close();
   tx_.reset();
-  stalled_.reset();
-  reconnect_at_ = Clock::now() + reconnect_backoff_.Next();
+  stalled_.clear();
+  if (phase_ != Phase::kDisconnected) Enter(Phase::kRewinding);
 }
 
-void CdcRelay::ReleaseAcknowledged() {
+void CdcSource::OnProducerLost() {
+  gate_.ProducerLost();  // its queue went with it
+  failures_.clear();
+  Rewind("the Kafka producer failed and was recreated");
+}
+
+void CdcSource::ReleaseAcknowledged() {
   for (const Position& p : checkpoint_.TakeReleasable()) {
     if (p.kind == EntryKind::kCommit) acked_lsn_ = std::max(acked_lsn_, p.lsn);
-    if (p.kind == EntryKind::kSnapshotDone && !snapshot_done_) {
-      snapshot_done_ = true;
-      snapshot_recorded_ = false;
+    if (p.kind == EntryKind::kSnapshotDone && snapshot_ == SnapshotState::kUnacknowledged) {
+      snapshot_ = SnapshotState::kUnrecorded;
       Logger("cdc")->info("initial snapshot acknowledged by Kafka");
     }
   }
 }
 
-Status CdcRelay::ReportPosition(bool reply_requested, bool force) {
+Status CdcSource::ReportPosition(bool reply_requested, bool force) {
   if (!stream_.streaming()) return Status::Ok();
   const Clock::time_point now = Clock::now();
   if (!force && !reply_requested && now < next_status_) return Status::Ok();
   const Lsn flushed = acked_lsn_;
-  if (flushed > recorded_lsn_ || !snapshot_recorded_) {
+  if (flushed > recorded_lsn_ || snapshot_ == SnapshotState::kUnrecorded) {
     // Recorded first: the slot must never be past the state row (see
     // CheckSlotAgainstState).
-    OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, {flushed, snapshot_done_}));
+    OUTBOXD_RETURN_IF_ERROR(WriteSlotState(ctl_, cdc_.state_table, cdc_.slot, {flushed, snapshot_done()}));
     recorded_lsn_ = flushed;
-    snapshot_recorded_ = true;
+    if (snapshot_ == SnapshotState::kUnrecorded) snapshot_ = SnapshotState::kDone;
   }
   OUTBOXD_RETURN_IF_ERROR(
       stream_.SendStatus(std::max(stream_.received_lsn(), flushed), flushed, flushed, /*reply_requested=*/false));
@@ -554,13 +560,65 @@ Status CdcRelay::ReportPosition(bool reply_requested, bool force) {
   return Status::Ok();
 }
 
-// --- Reading the stream -----------------------------------------------------------
-
-bool CdcRelay::ReadingPaused() const {
-  return stalled_.has_value() || checkpoint_.pending() >= config_.kafka.max_in_flight;
+Status CdcSource::Settle(Clock::time_point) {
+  OUTBOXD_RETURN_IF_ERROR(HandleFailures());
+  if (snapshot_ == SnapshotState::kFailed) return snapshot_failure_;
+  ReleaseAcknowledged();
+  if (phase_ != Phase::kStreaming) return Status::Ok();
+  OUTBOXD_RETURN_IF_ERROR(ReportPosition(false, false));
+  if (stream_.flush_pending()) OUTBOXD_RETURN_IF_ERROR(stream_.FlushPending());
+  return Status::Ok();
 }
 
-Status CdcRelay::ReadStream() {
+// --- Reading the stream -----------------------------------------------------------
+
+Status CdcSource::Pump(Clock::time_point now) {
+  switch (phase_) {
+    case Phase::kDisconnected:
+      return Status::Ok();
+    case Phase::kStandby:
+      if (now < standby_retry_at_) return Status::Ok();
+      return RestartStream(/*check_slot=*/true);
+    case Phase::kSnapshotting:
+      return ReadSnapshot();
+    case Phase::kRewinding:
+      if (!gate_.TakeFinished(now)) return Status::Ok();
+      // Every report of the old generation is in: what was acknowledged is
+      // released, the rest is read again from the slot.
+      ReleaseAcknowledged();
+      checkpoint_.Reset();
+      ForgetInFlight();
+      return RestartStream(/*check_slot=*/false);
+    case Phase::kStreaming:
+      OUTBOXD_RETURN_IF_ERROR(ReadStream());
+      if (phase_ != Phase::kStreaming) return Status::Ok();  // it rewound
+      OUTBOXD_RETURN_IF_ERROR(ReportPosition(false, false));
+      if (stream_.flush_pending()) OUTBOXD_RETURN_IF_ERROR(stream_.FlushPending());
+      return Status::Ok();
+  }
+  return Status::Ok();
+}
+
+Status CdcSource::ProduceStalled() {
+  while (!stalled_.empty()) {
+    auto [record, pos] = std::move(stalled_.front());
+    stalled_.pop_front();
+    const std::size_t before = stalled_.size();
+    OUTBOXD_RETURN_IF_ERROR(Produce(std::move(record), pos));
+    if (stalled_.size() > before) {
+      // Still no room: it went to the back; put it first again.
+      std::rotate(stalled_.begin(), stalled_.end() - 1, stalled_.end());
+      return Status::Ok();
+    }
+  }
+  return Status::Ok();
+}
+
+bool CdcSource::ReadingPaused() const {
+  return !stalled_.empty() || checkpoint_.pending() >= config_.kafka.max_in_flight;
+}
+
+Status CdcSource::ReadStream() {
   for (std::size_t n = 0; n < kFramesPerTurn && stream_.streaming(); ++n) {
     OUTBOXD_RETURN_IF_ERROR(ProduceStalled());
     if (!stream_.streaming()) break;  // it rewound
@@ -569,7 +627,7 @@ Status CdcRelay::ReadStream() {
     if (!msg.ok()) return msg.status();
     if (std::holds_alternative<WouldBlock>(*msg)) break;
     if (const auto* k = std::get_if<Keepalive>(&*msg)) {
-      if (checkpoint_.empty() && !tx_) {
+      if (checkpoint_.empty() && !tx_ && stalled_.empty()) {
         // Everything the server sent before this keepalive is acknowledged:
         // nothing up to its WAL end needs the slot any more.
         acked_lsn_ = std::max(acked_lsn_, k->wal_end);
@@ -580,7 +638,8 @@ Status CdcRelay::ReadStream() {
     const auto& frame = std::get<XLogData>(*msg);
     auto decoded = decoder_.Decode(frame.payload);
     if (!decoded.ok()) {
-      return decoded.status().Prefixed("replication slot \"" + cdc_.slot + "\": message at " +
+      // Reading it again would fail the same way: stop.
+      return Status::Permanent(decoded.status().message()).Prefixed("replication slot \"" + cdc_.slot + "\": message at " +
                                        frame.wal_start.ToString() + " cannot be decoded; nothing after " +
                                        acked_lsn_.ToString() + " is confirmed");
     }
@@ -589,7 +648,7 @@ Status CdcRelay::ReadStream() {
   return Status::Ok();
 }
 
-const CdcRelay::RelationRole& CdcRelay::RoleOf(const RelationMsg& rel) {
+const CdcSource::RelationRole& CdcSource::RoleOf(const RelationMsg& rel) {
   auto it = roles_.find(rel.oid);
   if (it != roles_.end()) return it->second;
   RelationRole role;
@@ -600,7 +659,7 @@ const CdcRelay::RelationRole& CdcRelay::RoleOf(const RelationMsg& rel) {
   return roles_[rel.oid] = std::move(role);
 }
 
-Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame) {
+Status CdcSource::HandleMessage(const PgoutputMessage& msg, const XLogData& frame) {
   auto not_in_tx = [&](const char* what) {
     return Status::Permanent(std::string("replication slot \"") + cdc_.slot + "\": " + what + " at " +
                              frame.wal_start.ToString() + " outside a transaction");
@@ -701,7 +760,7 @@ Status CdcRelay::HandleMessage(const PgoutputMessage& msg, const XLogData& frame
       msg);
 }
 
-CdcRelay::Routed CdcRelay::RouteInsert(const InsertMsg& msg, uint64_t index) {
+CdcSource::Routed CdcSource::RouteInsert(const InsertMsg& msg, uint64_t index) {
   const RelationRole& role = RoleOf(*msg.relation);
   const OutboxTableConfig& config = *role.outbox;
   const std::string& name = role.name;
@@ -727,7 +786,7 @@ CdcRelay::Routed CdcRelay::RouteInsert(const InsertMsg& msg, uint64_t index) {
   return routed;
 }
 
-std::optional<CdcRelay::Routed> CdcRelay::RouteMessage(const LogicalMsg& msg, const TransactionInfo& tx,
+std::optional<CdcSource::Routed> CdcSource::RouteMessage(const LogicalMsg& msg, const TransactionInfo& tx,
                                                        uint64_t index) {
   auto parsed = ParseOutboxMessage(msg, *cdc_.message_prefix);
   Routed routed{Record{}, &cdc_.dead_letter_topic, "message prefix " + msg.prefix, Status::Ok()};
@@ -752,12 +811,12 @@ std::optional<CdcRelay::Routed> CdcRelay::RouteMessage(const LogicalMsg& msg, co
   return routed;
 }
 
-Status CdcRelay::Emit(Routed routed, uint64_t index) {
-  if (rewinding_) return Status::Ok();  // produced again by the replay
+Status CdcSource::Emit(Routed routed, uint64_t index) {
+  if (gate_.rewinding()) return Status::Ok();  // produced again by the replay
   ++tx_events_;
   Position pos{tx_->commit_lsn, index, EntryKind::kEvent};
   pos.source = routed.metrics_source;
-  pos.commit_time_us = snapshotting_ ? 0 : tx_->commit_time_us;
+  pos.commit_time_us = phase_ == Phase::kSnapshotting ? 0 : tx_->commit_time_us;
   if (!routed.record.timestamp_ms) routed.record.timestamp_ms = tx_->commit_time_us / 1000;
   std::optional<std::pair<std::string, std::string>> refused;  // error name, message
   if (!routed.error.ok()) {
@@ -781,7 +840,7 @@ Status CdcRelay::Emit(Routed routed, uint64_t index) {
   return Produce(DeadLetter(routed, pos, refused->first, refused->second), dead_letter);
 }
 
-Record CdcRelay::DeadLetter(const Routed& routed, const Position& pos, const std::string& error_name,
+Record CdcSource::DeadLetter(const Routed& routed, const Position& pos, const std::string& error_name,
                             const std::string& error_message) const {
   DeadLetterOrigin origin;
   origin.key = routed.record.key;
@@ -797,51 +856,48 @@ Record CdcRelay::DeadLetter(const Routed& routed, const Position& pos, const std
   return DeadLetterRecord(**routed.dead_letter_topic, origin, error_name, error_message);
 }
 
-Status CdcRelay::Produce(Record record, Position pos) {
-  // One record waits for queue space at a time, and goes first.
-  if (stalled_) OUTBOXD_RETURN_IF_ERROR(WaitForRoom());
-  if (rewinding_) return Status::Ok();
+Status CdcSource::Produce(Record record, Position pos) {
+  if (gate_.rewinding()) return Status::Ok();
+  // Records waiting for queue space go first, in order.
+  if (!stalled_.empty()) {
+    stalled_.emplace_back(std::move(record), pos);
+    return Status::Ok();
+  }
   Status st = publisher_->Produce(record, checkpoint_.next_ticket());
   MetricsSource& source = sources_[pos.source];
-  if (st.ok()) {
-    if (pos.kind == EntryKind::kEvent) pos.published = &source.metrics->Published(record.topic);
-    ++source.in_flight;
-    checkpoint_.Add(pos);
-    return st;
-  }
-  if (st.code() != StatusCode::kRetriable) {
-    source.metrics->PublishError(publisher_->last_produce_error());
-  }
-  switch (st.code()) {
-    case StatusCode::kRetriable:  // librdkafka's queue is full: try again after some reports
-      stalled_.emplace(std::move(record), pos);
-      return Status::Ok();
-    case StatusCode::kPermanent:
-      if (pos.kind == EntryKind::kEvent) {
-        // Refused before it left: the replay of the rewind sets it aside.
-        poisoned_[{pos.lsn.value(), pos.index}] = {publisher_->last_produce_error(), st.message()};
-        Rewind("event " + std::to_string(pos.index) + " of the transaction committed at " + pos.lsn.ToString() +
-               " was refused: " + st.message());
-        return Status::Ok();
-      }
-      return st.Prefixed("could not write to the dead-letter topic");
-    default:
+  const FailureAction action = ActionForProduce(st, pos.kind == EntryKind::kDeadLetter, /*has_dead_letter_topic=*/true);
+  switch (action) {
+    case FailureAction::kNone:
+      if (pos.kind == EntryKind::kEvent) pos.published = &source.metrics->Published(record.topic);
+      ++source.in_flight;
+      gate_.Produced();
+      checkpoint_.Add(pos);
       return st;
+    case FailureAction::kWaitForRoom:  // librdkafka's queue is full: again after some reports
+      stalled_.emplace_back(std::move(record), pos);
+      return Status::Ok();
+    case FailureAction::kDeadLetter:
+      // Refused before it left: the replay of the rewind sets it aside.
+      source.metrics->PublishError(publisher_->last_produce_error());
+      poisoned_[{pos.lsn.value(), pos.index}] = {publisher_->last_produce_error(), st.message()};
+      Rewind("event " + std::to_string(pos.index) + " of the transaction committed at " + pos.lsn.ToString() +
+             " was refused: " + st.message());
+      return Status::Ok();
+    case FailureAction::kHalt:
+      source.metrics->PublishError(publisher_->last_produce_error());
+      return Status::Permanent(st.message()).Prefixed("could not write to the dead-letter topic");
+    default:
+      return st;  // kFatal: the runner recreates the producer
   }
 }
 
-// --- Metrics and health -----------------------------------------------------------
+// --- Waiting, health, sampling, stopping ----------------------------------------------
 
-void CdcRelay::ForgetInFlight() {
+void CdcSource::ForgetInFlight() {
   for (MetricsSource& s : sources_) s.in_flight = 0;
 }
 
-Status CdcRelay::SampleMetrics(Clock::time_point now) {
-  if (now < next_sample_) return Status::Ok();
-  next_sample_ = now + kSampleInterval;
-  if (Clock::now() - publisher_->last_answer() > kSampleInterval) {
-    publisher_->ProbeKafka(milliseconds(500));
-  }
+Status CdcSource::Sample() {
   if (!ctl_.healthy()) return Status::Ok();
   auto r = ctl_.Exec(
       "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint, "
@@ -858,132 +914,56 @@ Status CdcRelay::SampleMetrics(Clock::time_point now) {
   return Status::Ok();
 }
 
-void CdcRelay::UpdateHealth(const Status& halt) {
-  health_->Beat();
-  health_->SetPostgresConnected(ctl_.healthy());
-  health_->SetKafkaAnswered(publisher_->last_answer());
-  health_->SetKafkaQueue(publisher_->OutstandingCount());
+void CdcSource::WaitFds(std::vector<pollfd>& fds, bool stopping) const {
+  if (phase_ != Phase::kStreaming) return;
+  short events = 0;
+  if (!ReadingPaused() && !stopping) events |= POLLIN;
+  if (stream_.flush_pending()) events |= POLLOUT;
+  fds.push_back({stream_.socket(), events, 0});
+}
+
+CdcSource::Clock::time_point CdcSource::NextWakeup(Clock::time_point now) const {
+  if (!failures_.empty()) return now;
+  Clock::time_point next = now + std::chrono::seconds(1);
+  switch (phase_) {
+    case Phase::kDisconnected:
+      break;
+    case Phase::kStandby:
+      next = std::min(next, standby_retry_at_);
+      break;
+    case Phase::kSnapshotting:
+      if (!ReadingPaused()) return now;
+      break;
+    case Phase::kRewinding:
+      if (gate_.outstanding() == 0) next = std::min(next, gate_.paused_until());
+      break;
+    case Phase::kStreaming:
+      next = std::min(next, next_status_);
+      break;
+  }
+  if (!stalled_.empty()) next = std::min(next, now + milliseconds(10));
+  return next;
+}
+
+Source::Health CdcSource::CheckHealth() {
   for (const MetricsSource& s : sources_) s.metrics->SetInFlight(s.in_flight);
-  if (stopping_) {
-    health_->SetRunning(false, halt.ok() ? "stopping" : "stopping: " + halt.message());
-  } else if (stream_.streaming() || standby_ || rewinding_) {
-    health_->SetRunning(true);
-  } else {
-    health_->SetRunning(false, streamed_once_ ? "not streaming replication slot \"" + cdc_.slot + "\" (reconnecting)"
-                                              : "starting: replication slot \"" + cdc_.slot + "\" not streamed yet");
+  switch (phase_) {
+    case Phase::kStandby:
+    case Phase::kSnapshotting:
+    case Phase::kStreaming:
+    case Phase::kRewinding:
+      return {true, {}};
+    case Phase::kDisconnected:
+      break;
   }
+  return {false, streamed_once_ ? "not streaming replication slot \"" + cdc_.slot + "\" (reconnecting)"
+                                : "starting: replication slot \"" + cdc_.slot + "\" not streamed yet"};
 }
 
-// --- The loop -----------------------------------------------------------------
-
-milliseconds CdcRelay::NextWait(Clock::time_point now) const {
-  Clock::time_point next = now + milliseconds(1000);
-  if (stream_.streaming()) {
-    next = std::min(next, next_status_);
-  } else if (!rewinding_) {
-    next = std::min(next, reconnect_at_);
-  }
-  if (stalled_) next = std::min(next, now + milliseconds(10));
-  return std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(next - now) + milliseconds(1));
-}
-
-Status CdcRelay::Run(int stop_fd) {
+void CdcSource::Finish() {
   auto log = Logger("cdc");
-  stop_fd_ = stop_fd;
-  Clock::time_point stop_deadline{};
-  Status halt;
-  while (true) {
-    Clock::time_point now = Clock::now();
-    if (!stream_.streaming() && !rewinding_ && !stopping_ && now >= reconnect_at_) {
-      Status st = Connect(!streamed_once_);
-      if (!st.ok()) {
-        if (st.code() == StatusCode::kInvalidConfig && !streamed_once_) return st;
-        if (st.code() == StatusCode::kPermanent || st.code() == StatusCode::kInvalidConfig) return st;
-        Disconnect(st);
-      }
-    }
-
-    publisher_->DrainWakeup();
-    publisher_->Poll(milliseconds(0));
-    if (publisher_->fatal_error_raised()) {
-      OUTBOXD_RETURN_IF_ERROR(publisher_->Recreate());
-      Rewind("the Kafka producer failed and was recreated");  // its queue went with it
-    }
-    Status st = HandleFailures();
-    if (!st.ok() && halt.ok()) halt = st;
-    if (!snapshot_failed_.ok() && halt.ok()) halt = snapshot_failed_;
-    ReleaseAcknowledged();
-    if (rewinding_ && publisher_->OutstandingCount() == 0) {
-      checkpoint_.Reset();
-      ForgetInFlight();
-      rewinding_ = false;
-    }
-
-    if (stream_.streaming() && !stopping_ && halt.ok()) {
-      st = ReadStream();
-      if (!st.ok()) {
-        if (st.code() == StatusCode::kPermanent || st.code() == StatusCode::kInvalidConfig ||
-            st.code() == StatusCode::kInternal) {
-          if (stream_.last_failure() == StreamFailure::kSlotMissing) {
-            st = CheckSlotAgainstState(cdc_.slot, std::nullopt, std::optional<Lsn>(recorded_lsn_), cdc_.state_table);
-          }
-          halt = st;
-        } else if (st.code() == StatusCode::kFatal) {
-          OUTBOXD_RETURN_IF_ERROR(publisher_->Recreate());
-          Rewind("the Kafka producer failed and was recreated");
-        } else {
-          Disconnect(st);
-        }
-      }
-    }
-    if (!halt.ok() && !stopping_) {
-      sources_[0].metrics->SetHalted(true);
-      log->error("{}", halt.message());
-      stopping_ = true;
-      stop_deadline = Clock::now() + config_.kafka.shutdown_timeout;
-    }
-    ReleaseAcknowledged();
-    if (stream_.streaming()) {
-      st = ReportPosition(false, false);
-      if (st.ok() && stream_.flush_pending()) st = stream_.FlushPending();
-      if (!st.ok()) Disconnect(st);
-    }
-    if (!stopping_) {
-      st = SampleMetrics(Clock::now());
-      if (!st.ok() && !ctl_.healthy()) Disconnect(st);
-      if (!st.ok() && ctl_.healthy()) log->warn("{}", st.message());
-    }
-    UpdateHealth(halt);
-
-    now = Clock::now();
-    if (stopping_ && (checkpoint_.pending() == 0 || now >= stop_deadline)) break;
-
-    pollfd fds[3];
-    int nfds = 0;
-    fds[nfds++] = {stop_fd, POLLIN, 0};
-    fds[nfds++] = {publisher_->WakeupFd(), POLLIN, 0};
-    if (stream_.streaming()) {
-      short events = 0;
-      if (!ReadingPaused() && !stopping_) events |= POLLIN;
-      if (stream_.flush_pending()) events |= POLLOUT;
-      fds[nfds++] = {stream_.socket(), events, 0};
-    }
-    const int rc = ::poll(fds, nfds, static_cast<int>(NextWait(now).count()));
-    if (rc < 0 && errno != EINTR) return Status::Internal(std::string("poll failed: ") + std::strerror(errno));
-    if (rc > 0 && (fds[0].revents & POLLIN) && !stopping_) {
-      char buf[128];
-      while (::read(stop_fd, buf, sizeof buf) < 0 && errno == EINTR) {
-      }
-      stopping_ = true;
-      if (on_lifecycle_) on_lifecycle_(Lifecycle::kStopping);
-      stop_deadline = Clock::now() + config_.kafka.shutdown_timeout;
-      log->info("stopping: not reading further; waiting up to {} ms for {} deliveries in flight",
-                config_.kafka.shutdown_timeout.count(), checkpoint_.pending());
-    }
-  }
-
   ReleaseAcknowledged();
-  if (stream_.streaming()) {
+  if (phase_ == Phase::kStreaming) {
     Status st = ReportPosition(false, true);
     // Give the final status a moment to leave; it is sent again on the next start anyway.
     for (int i = 0; i < 100 && st.ok() && stream_.flush_pending(); ++i) {
@@ -998,11 +978,9 @@ Status CdcRelay::Run(int stop_fd) {
               "published again on the next start",
               checkpoint_.pending(), acked_lsn_.ToString());
   }
-  UpdateHealth(halt);
   log->info("slot \"{}\": {} events published, {} dead-lettered; confirmed up to {}", cdc_.slot, published_,
             dead_lettered_, acked_lsn_.ToString());
   stream_.Close();
-  return halt;
 }
 
 }  // namespace outboxd

@@ -1,0 +1,725 @@
+#include "relay/poll_source.h"
+
+#include <prometheus/counter.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+
+#include "common/advisory_locks.h"
+#include "common/logging.h"
+#include "pipeline/dead_letter.h"
+#include "pipeline/failure.h"
+
+namespace outboxd {
+
+namespace {
+
+// Delivery tokens: stream index (12 bits) | dead-letter flag (1 bit) | ticket.
+constexpr int kTicketBits = 51;
+constexpr uint64_t kTicketMask = (uint64_t{1} << kTicketBits) - 1;
+constexpr uint64_t kDeadLetterBit = uint64_t{1} << kTicketBits;
+
+uint64_t Token(std::size_t stream, bool dead_letter, uint64_t ticket) {
+  return (static_cast<uint64_t>(stream) << (kTicketBits + 1)) | (dead_letter ? kDeadLetterBit : 0) |
+         (ticket & kTicketMask);
+}
+
+// A warning that could repeat every turn (the sweep found rows, gaps were
+// merged) is logged at most this often per table.
+constexpr std::chrono::seconds kRepeatedWarningInterval(60);
+
+}  // namespace
+
+struct PollSource::Stream {
+  Stream(std::size_t i, const OutboxTableConfig& c, Router r) : index(i), config(&c), router(std::move(r)) {}
+
+  // Constant after Create().
+  const std::size_t index;  // in streams_ and in delivery tokens
+  const OutboxTableConfig* const config;
+  const Router router;
+
+  std::optional<OutboxTable> table;  // resolved on every connect
+  std::string name() const { return table ? table->name() : config->table; }
+  SourceMetrics* metrics = nullptr;  // from the first connect (needs the resolved name)
+  TableMetrics* table_metrics = nullptr;
+
+  Phase phase = Phase::kStarting;  // changed by Enter() and Halt() only
+
+  // A produced row: its position, the published counter of its topic and
+  // when it was claimed (for outboxd_commit_to_ack_seconds).
+  struct Tracked {
+    long long value;
+    prometheus::Counter* published;
+    Clock::time_point claimed_at;
+  };
+  Checkpoint<Tracked> checkpoint;
+  RewindGate gate;
+  // Positions produced in this generation and not yet deleted/marked: no
+  // read must produce them again.
+  std::unordered_set<long long> claimed;
+  // Acknowledged positions waiting for the DELETE/UPDATE to succeed.
+  std::vector<long long> unreleased;
+  // The cursor and the gaps below it; created on the first connect (its
+  // rule depends on the table's sequence).
+  std::optional<GapTracker> gaps;
+
+  bool more = true;  // the last claim was full: claim again at once
+  bool notified = false;
+  Clock::time_point next_poll{};
+  Clock::time_point next_sweep{};
+  uint64_t published = 0;
+  uint64_t dead_lettered = 0;
+  LogThrottle sweep_warnings{kRepeatedWarningInterval};
+  LogThrottle merge_warnings{kRepeatedWarningInterval};
+  uint64_t gap_merges_logged = 0;
+};
+
+PollSource::PollSource(const Config& config, Metrics& metrics) : config_(config), metrics_(metrics) {}
+PollSource::~PollSource() = default;
+
+Result<std::unique_ptr<PollSource>> PollSource::Create(const Config& config, Metrics& metrics) {
+  std::unique_ptr<PollSource> source(new PollSource(config, metrics));
+  for (const OutboxTableConfig& t : config.outboxes) {
+    if (t.source != OutboxSource::kPoll) continue;  // captured by the cdc source
+    auto router = Router::Create(t);
+    if (!router.ok()) return router.status().Prefixed(t.config_location);
+    source->streams_.push_back(std::make_unique<Stream>(source->streams_.size(), t, std::move(router).value()));
+  }
+  return source;
+}
+
+// --- Phases -----------------------------------------------------------------------
+
+void PollSource::Enter(Stream& s, Phase phase, std::string_view why) {
+  if (s.phase == Phase::kHalted) return;  // final
+  if (!why.empty()) Logger("relay")->info("{}", why);
+  s.phase = phase;
+  if (phase == Phase::kClaiming) s.more = true;
+}
+
+Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
+  auto r = conn_.Exec(kTryLockPollTableSql, {std::to_string(s.table->oid())});
+  if (!r.ok()) return r.status().Prefixed("could not lock \"" + s.name() + "\"");
+  if (std::string_view(PQgetvalue(r->get(), 0, 0)) == "t") {
+    const std::string why =
+        attempt == LockAttempt::kStandbyRetry
+            ? "took over \"" + s.name() + "\" from another outboxd instance"
+            : "relaying \"" + s.name() + "\" (order by " + s.config->order_by + ", " +
+                  (s.config->after_delivery == AfterDelivery::kDelete ? "delete" : "mark") +
+                  " after delivery, topic " + s.config->topic + ")";
+    Enter(s, s.gate.rewinding() ? Phase::kRewinding : Phase::kClaiming, why);
+    return Status::Ok();
+  }
+  if (!s.checkpoint.empty()) {
+    // Another instance took the table while this one was away; what this
+    // one had in flight is that instance's business now.
+    Rewind(s, "another outboxd instance holds the table", RewindGate::Pause::kNone);
+  }
+  if (s.phase != Phase::kStandingBy) {
+    Enter(s, Phase::kStandingBy, "\"" + s.name() + "\" is relayed by another outboxd instance; standing by");
+  }
+  return Status::Ok();
+}
+
+void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pause) {
+  const std::chrono::milliseconds delay = s.gate.Start(pause, Clock::now());
+  if (pause == RewindGate::Pause::kBackOff) {
+    // Kafka refused or lost records librdkafka had already retried: wait a
+    // little longer each time before producing them again.
+    Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again in {} ms", s.name(), why,
+                          delay.count());
+  } else {
+    Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again", s.name(), why);
+  }
+  s.checkpoint.Reset();
+  s.claimed.clear();
+  for (long long p : s.unreleased) s.claimed.insert(p);  // still to be deleted/marked
+  if (s.gaps) s.gaps->Reset();
+  if (s.phase == Phase::kClaiming) Enter(s, Phase::kRewinding);
+}
+
+void PollSource::Halt(Stream& s, const std::string& why) {
+  if (s.metrics != nullptr) s.metrics->SetHalted(true);
+  if (s.phase != Phase::kHalted) {
+    Logger("relay")->error(
+        "\"{}\" halted: {}. The row stays unsent; fix it or configure dead_letter_topic, then restart outboxd",
+        s.name(), why);
+  }
+  s.phase = Phase::kHalted;  // final: Enter() changes it no more
+}
+
+// --- Connecting ---------------------------------------------------------------------
+
+Status PollSource::Connect(bool first) {
+  auto log = Logger("relay");
+  auto conn = PgConn::Connect(config_.postgres.conninfo, config_.postgres.password, "outboxd");
+  if (!conn.ok()) return conn.status();
+  conn_ = std::move(conn).value();
+
+  std::set<std::string> channels;
+  for (auto& s : streams_) {
+    auto table = OutboxTable::Resolve(conn_, *s->config, s->router);
+    if (!table.ok()) return table.status();
+    s->table = std::move(table).value();
+    if (s->metrics == nullptr) {
+      s->metrics = &metrics_.Source(TableSource(s->table->name()));
+      s->table_metrics = &metrics_.Table(s->table->name());
+    }
+    if (!s->gaps || s->gaps->fill() != s->table->gap_fill()) {
+      if (s->table->gap_fill() == GapFill::kOpenSessions) {
+        log->info("\"{}\": {}; a gap below the cursor is watched until the sessions connected "
+                  "when it appeared have disconnected",
+                  s->name(), s->table->gap_fill_reason());
+      }
+      if (!s->gaps) s->gaps.emplace(s->table->gap_fill());
+      else s->gaps->SetFill(s->table->gap_fill());
+    }
+    if (s->config->notify_channel) channels.insert(*s->config->notify_channel);
+  }
+  for (const std::string& ch : channels) {
+    auto r = conn_.Exec("LISTEN " + conn_.QuoteIdentifier(ch));
+    if (!r.ok()) return r.status().Prefixed("could not LISTEN on channel \"" + ch + "\"");
+  }
+  for (auto& s : streams_) {
+    // Halted tables keep their lock too: a standby would halt on the same row.
+    OUTBOXD_RETURN_IF_ERROR(TryLock(*s, LockAttempt::kOnConnect));
+    s->next_poll = Clock::now();
+  }
+  resolved_once_ = true;
+  if (lost_connection_) {
+    for (auto& s : streams_) s->metrics->Reconnected();
+  }
+  lost_connection_ = false;
+  log->info("connected to PostgreSQL{}", first ? "" : " again");
+  return Status::Ok();
+}
+
+void PollSource::Disconnect() {
+  conn_.reset();
+  lost_connection_ = resolved_once_;
+  // The session's advisory locks went with it; Connect() takes them again.
+}
+
+// --- Deliveries ---------------------------------------------------------------------
+
+void PollSource::OnDelivery(const DeliveryReport& r) {
+  const std::size_t index = static_cast<std::size_t>(r.token >> (kTicketBits + 1));
+  const bool dead_letter = (r.token & kDeadLetterBit) != 0;
+  const uint64_t ticket = r.token & kTicketMask;
+  if (index >= streams_.size()) return;
+  Stream& s = *streams_[index];
+  s.gate.Reported();
+  if (!s.checkpoint.IsTracked(ticket)) return;  // from before a rewind
+  if (r.outcome == DeliveryOutcome::kPersisted) {
+    const Stream::Tracked tracked = *s.checkpoint.PositionOf(ticket);
+    if (s.checkpoint.MarkAcked(ticket)) {
+      s.gate.Delivered();
+      ++s.published;
+      if (dead_letter) {
+        ++s.dead_lettered;
+        s.metrics->DeadLettered();
+      } else {
+        if (tracked.published != nullptr) tracked.published->Increment();
+        s.metrics->ObserveCommitToAck(std::chrono::duration<double>(Clock::now() - tracked.claimed_at).count());
+        s.metrics->Delivered();
+      }
+    }
+    return;
+  }
+  s.metrics->PublishError(r.error_name);
+  failures_.push_back({index, ticket, dead_letter, r});
+}
+
+Status PollSource::Settle(Clock::time_point) {
+  if (conn_.healthy()) {
+    for (auto& s : streams_) OUTBOXD_RETURN_IF_ERROR(ReleaseAcknowledged(*s));
+  }
+  HandleFailures();
+  return Status::Ok();
+}
+
+void PollSource::OnProducerLost() {
+  for (auto& s : streams_) {
+    if (s->phase != Phase::kHalted) Rewind(*s, "the Kafka producer failed fatally", RewindGate::Pause::kBackOff);
+    s->gate.ProducerLost();  // its queue went with it
+  }
+  failures_.clear();
+}
+
+void PollSource::HandleFailures() {
+  std::vector<Failure> failures;
+  failures.swap(failures_);
+  for (const Failure& f : failures) HandleFailure(f);
+}
+
+void PollSource::HandleFailure(const Failure& f) {
+  Stream& s = *streams_[f.stream];
+  const Stream::Tracked* pos = s.checkpoint.PositionOf(f.ticket);
+  if (pos == nullptr) return;  // made stale by an earlier rewind
+  const std::string what = "row " + s.config->order_by + "=" + std::to_string(pos->value) + " of \"" + s.name() + "\"";
+  const std::string err = f.report.error_name + ": " + f.report.error_message;
+  switch (ActionFor(f.report.outcome, f.dead_letter, s.config->dead_letter_topic.has_value())) {
+    case FailureAction::kRewind:
+      Rewind(s, what + " was not delivered (" + err + ")", RewindGate::Pause::kBackOff);
+      return;
+    case FailureAction::kHalt:
+      s.checkpoint.MarkFailed(f.ticket);
+      Halt(s, f.dead_letter ? what + " could not be written to the dead-letter topic \"" +
+                                  *s.config->dead_letter_topic + "\" either: " + err
+                            : what + " can never be delivered: " + err);
+      return;
+    case FailureAction::kDeadLetter:
+      break;
+    default:
+      return;  // kRecreateProducer: the runner recreates it and every stream rewinds
+  }
+  if (!conn_.healthy()) {
+    Rewind(s, what + " must go to the dead-letter topic but PostgreSQL is unreachable", RewindGate::Pause::kNone);
+    return;
+  }
+  auto res = conn_.Exec(s.table->fetch_sql(), {PgInt64Array({pos->value})});
+  if (!res.ok()) {
+    Rewind(s, what + " must go to the dead-letter topic: " + res.status().message(), RewindGate::Pause::kNone);
+    return;
+  }
+  if (PQntuples(res->get()) == 0) {
+    // The row is gone or was marked sent by someone else: nothing left to
+    // publish for it.
+    Logger("relay")->warn("{} failed with {} and no longer exists unsent; skipping it", what, err);
+    s.checkpoint.MarkAcked(f.ticket);
+    return;
+  }
+  std::optional<std::string> original_topic;
+  const Row row = s.table->RowAt(res->get(), 0);
+  auto routed = s.router.Route(row);
+  if (routed.ok()) original_topic = routed->topic;
+  ToDeadLetter(s, f.ticket, row, f.report.error_name, f.report.error_message, original_topic)
+      .IgnoreError();  // on failure it already rewound or halted the stream
+}
+
+Status PollSource::ProduceRows(Stream& s, const std::vector<RowRef>& rows,
+                                const std::function<void(std::size_t)>& took, bool* completed) {
+  *completed = false;
+  const Clock::time_point claimed_at = Clock::now();
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (s.phase == Phase::kHalted || s.gate.rewinding()) return Status::Ok();
+    const OutboxPosition pos{rows[i].pos};
+    if (s.claimed.count(pos.value)) {  // already in flight
+      took(i);
+      continue;
+    }
+    Row row = s.table->RowAt(rows[i].res, rows[i].row);
+    auto routed = s.router.Route(row);
+    Status st;
+    if (routed.ok()) {
+      st = publisher_->Produce(*routed, Token(s.index, false, s.checkpoint.next_ticket()));
+      if (st.ok()) s.gate.Produced();
+      if (st.ok() || st.code() != StatusCode::kRetriable) {
+        // Tracked from here on: acknowledged, failed, or handed to dead letter.
+        s.checkpoint.Add({pos.value, &s.metrics->Published(routed->topic), claimed_at});
+      }
+    } else {
+      st = routed.status();
+      s.checkpoint.Add({pos.value, nullptr, claimed_at});
+    }
+    const FailureAction action = ActionForProduce(st, /*dead_letter_record=*/false, s.config->dead_letter_topic.has_value());
+    if (action == FailureAction::kWaitForRoom) {
+      s.more = false;  // librdkafka's queue is full; wait for deliveries
+      return Status::Ok();
+    }
+    s.claimed.insert(pos.value);
+    took(i);
+    if (action == FailureAction::kNone) continue;
+    if (action == FailureAction::kRecreateProducer) return Status::Ok();  // the runner recreates it
+    // The row cannot be published as it is.
+    const uint64_t ticket = s.checkpoint.next_ticket() - 1;
+    const std::string name = routed.ok() ? publisher_->last_produce_error() : std::string(kUnroutable);
+    s.metrics->PublishError(name);
+    if (action == FailureAction::kDeadLetter) {
+      if (!ToDeadLetter(s, ticket, row, name, st.message(),
+                        routed.ok() ? std::optional<std::string>(routed->topic) : std::nullopt)
+               .ok()) {
+        return Status::Ok();  // rewound or halted
+      }
+    } else {
+      s.checkpoint.MarkFailed(ticket);
+      Halt(s, "row " + s.config->order_by + "=" + std::to_string(pos.value) +
+                  " can never be delivered: " + st.message());
+    }
+  }
+  *completed = true;
+  return Status::Ok();
+}
+
+
+
+Result<PollSource::GapRows> PollSource::ReadGaps(Stream& s) {
+  auto snapshot = conn_.Exec(s.table->snapshot_sql());
+  if (!snapshot.ok()) return snapshot.status().Prefixed("could not read the current snapshot");
+  const PGresult* res = snapshot->get();
+  std::optional<uint32_t> youngest_running;
+  if (!PQgetisnull(res, 0, 2)) {
+    youngest_running = static_cast<uint32_t>(std::strtoul(PQgetvalue(res, 0, 2), nullptr, 10));
+  }
+  std::vector<int> sessions;
+  if (PQnfields(res) > 3) {
+    // "{123,456}": the pids of the other sessions.
+    for (const char* p = PQgetvalue(res, 0, 3); *p != '\0';) {
+      char* end = nullptr;
+      const long pid = std::strtol(p, &end, 10);
+      if (end != p) {
+        sessions.push_back(static_cast<int>(pid));
+        p = end;
+      } else {
+        ++p;
+      }
+    }
+  }
+  const GapSnapshot after_claim = GapSnapshot::FromServer(
+      std::strtoull(PQgetvalue(res, 0, 0), nullptr, 10), std::strtoull(PQgetvalue(res, 0, 1), nullptr, 10),
+      youngest_running, std::move(sessions), Clock::now());
+  s.gaps->BeginRound(after_claim);
+  if (s.gaps->empty()) return GapRows{};
+
+  std::vector<long long> firsts, lasts;
+  std::string listed;  // for the trace log
+  const bool trace = Logger("relay")->should_log(spdlog::level::trace);
+  for (const GapTracker::Range& r : s.gaps->Ranges()) {
+    firsts.push_back(r.first);
+    lasts.push_back(r.last);
+    if (trace) listed += " " + std::to_string(r.first) + ".." + std::to_string(r.last);
+  }
+  if (trace) {
+    Logger("relay")->trace("\"{}\": xmin {} xmax {} cursor {}, gaps{}", s.name(), after_claim.xmin,
+                           after_claim.xmax, s.gaps->cursor().value_or(0), listed);
+  }
+  // Rows in flight may lie in a merged range: read past them.
+  const std::size_t limit = s.config->batch_size + s.claimed.size();
+  auto rows = conn_.Exec(s.table->gap_read_sql(),
+                         {PgInt64Array(firsts), PgInt64Array(lasts), std::to_string(limit)});
+  if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
+  const bool hit_limit = static_cast<std::size_t>(PQntuples(rows->get())) == limit;
+  return GapRows{std::move(rows).value(), hit_limit};
+}
+
+
+
+Status PollSource::Sweep(Stream& s) {
+  const std::optional<long long> cursor = s.gaps->cursor();
+  if (!cursor) return Status::Ok();
+  const std::size_t limit = s.claimed.size() + s.config->batch_size;
+  auto r = conn_.Exec(s.table->sweep_sql(), {std::to_string(*cursor), std::to_string(limit)});
+  if (!r.ok()) return r.status().Prefixed("could not sweep \"" + s.name() + "\" for late rows");
+  std::vector<long long> missed;
+  for (int i = 0; i < PQntuples(r->get()) && missed.size() < s.config->batch_size; ++i) {
+    const long long p = s.table->PositionAt(r->get(), i).value;
+    // In flight, or in a gap (read with the next claim, in order): not missed.
+    if (!s.claimed.count(p) && !s.gaps->Contains(p)) missed.push_back(p);
+  }
+  if (missed.empty()) return Status::Ok();
+  auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(missed)});
+  if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
+  const int n = PQntuples(rows->get());
+  if (n == 0) return Status::Ok();  // committed meanwhile... or gone
+  s.table_metrics->SweepRows(static_cast<std::size_t>(n));
+  if (s.sweep_warnings.Allow(Clock::now())) {
+    Logger("relay")->warn(
+        "\"{}\": the sweep found {} unsent rows below position {} outside every watched gap "
+        "(first {}={}); they are published now, possibly after later rows of their keys. "
+        "Positions should come from a sequence; see outboxd_poll_sweep_rows_total",
+        s.name(), n, *cursor, s.config->order_by, s.table->PositionAt(rows->get(), 0).value);
+  }
+  std::vector<RowRef> refs;
+  for (int i = 0; i < n; ++i) refs.push_back({rows->get(), i, s.table->PositionAt(rows->get(), i).value});
+  bool completed = false;
+  return ProduceRows(s, refs, [](std::size_t) {}, &completed);
+}
+
+
+
+void PollSource::UpdateGapMetrics(Stream& s, Clock::time_point now) {
+  if (s.table_metrics == nullptr || !s.gaps) return;
+  const auto oldest = s.gaps->OldestSince();
+  s.table_metrics->SetGaps(s.gaps->size(),
+                           oldest ? std::chrono::duration<double>(now - *oldest).count() : 0.0);
+  if (s.gaps->merges() > s.gap_merges_logged) {
+    s.gap_merges_logged = s.gaps->merges();
+    if (s.merge_warnings.Allow(now)) {
+      Logger("relay")->warn(
+          "\"{}\": more gaps below the cursor than outboxd tracks one by one; the closest were "
+          "merged into wider ranges (read a little more, never skipped). Long transactions or "
+          "many sessions holding cached sequence values cause this",
+          s.name());
+    }
+  }
+}
+
+
+
+Status PollSource::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
+                                 const std::string& reason_name, const std::string& reason,
+                                 const std::optional<std::string>& original_topic) {
+  const Stream::Tracked pos = *s.checkpoint.PositionOf(ticket);
+  DeadLetterOrigin origin;
+  if (s.config->key) {
+    if (const auto* k = row.Find(*s.config->key)) origin.key = *k;
+  }
+  if (const auto* id = row.Find(s.config->id)) origin.id = *id;
+  if (const auto* payload = row.Find(s.config->payload)) origin.value = *payload;
+  origin.original_topic = original_topic;
+  origin.where = {{"outboxd.table", s.name()}, {"outboxd.position", std::to_string(pos.value)}};
+  const Record dl = DeadLetterRecord(*s.config->dead_letter_topic, origin, reason_name, reason);
+  Logger("relay")->warn("row {}={} of \"{}\" goes to dead-letter topic \"{}\": {}: {}",
+                        s.config->order_by, pos.value, s.name(), dl.topic, reason_name, reason);
+  Status st = publisher_->Produce(dl, Token(s.index, true, ticket));
+  switch (ActionForProduce(st, /*dead_letter_record=*/true, true)) {
+    case FailureAction::kNone:
+      s.gate.Produced();
+      break;
+    case FailureAction::kRecreateProducer:
+      break;  // the runner recreates it; every stream rewinds
+    case FailureAction::kWaitForRoom:
+      Rewind(s, "could not queue a dead-letter record: " + st.message(), RewindGate::Pause::kBackOff);
+      break;
+    default:
+      s.metrics->PublishError(publisher_->last_produce_error());
+      s.checkpoint.MarkFailed(ticket);
+      Halt(s, "row " + std::to_string(pos.value) + " could not be written to the dead-letter topic: " +
+                  st.message());
+      break;
+  }
+  return st;
+}
+
+
+
+Status PollSource::ReleaseAcknowledged(Stream& s) {
+  for (const Stream::Tracked& p : s.checkpoint.TakeReleasable()) s.unreleased.push_back(p.value);
+  if (s.unreleased.empty() || !s.table) return Status::Ok();
+  auto r = conn_.Exec(s.table->checkpoint_sql(), {PgInt64Array(s.unreleased)});
+  if (!r.ok()) {
+    return r.status().Prefixed(std::string("could not ") +
+                               (s.config->after_delivery == AfterDelivery::kDelete
+                                    ? "delete delivered rows from \""
+                                    : "mark delivered rows sent in \"") +
+                               s.name() + "\"");
+  }
+  for (long long p : s.unreleased) s.claimed.erase(p);
+  s.unreleased.clear();
+  return Status::Ok();
+}
+
+
+Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
+  switch (s.phase) {
+    case Phase::kStarting:
+    case Phase::kHalted:
+      return Status::Ok();
+    case Phase::kStandingBy:
+      if (now < s.next_poll) return Status::Ok();
+      s.next_poll = now + s.config->poll_interval;
+      OUTBOXD_RETURN_IF_ERROR(TryLock(s, LockAttempt::kStandbyRetry));
+      if (s.phase == Phase::kStandingBy) return Status::Ok();
+      break;
+    case Phase::kRewinding:
+      if (!s.gate.TakeFinished(now)) return Status::Ok();
+      Enter(s, Phase::kClaiming);
+      break;
+    case Phase::kClaiming:
+      break;
+  }
+  if (s.phase != Phase::kClaiming) return Status::Ok();
+  const std::size_t pending = TotalPending();
+  if (pending >= config_.kafka.max_in_flight) return Status::Ok();
+  if (!(s.more || s.notified || now >= s.next_poll)) return Status::Ok();
+
+  GapTracker& gaps = *s.gaps;
+  const std::size_t limit = std::min(s.config->batch_size, config_.kafka.max_in_flight - pending);
+  const std::optional<long long> cursor = gaps.cursor();
+  Result<PgResult> claim = cursor
+      ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*cursor), std::to_string(limit)})
+      : conn_.Exec(s.table->claim_first_sql(), {std::to_string(limit)});
+  if (!claim.ok()) return claim.status().Prefixed("could not claim rows from \"" + s.name() + "\"");
+  const std::size_t n = static_cast<std::size_t>(PQntuples(claim->get()));
+  if (n > 0) s.metrics->ObserveBatch(n);
+  s.more = n == limit;
+  s.notified = false;
+  s.next_poll = now + s.config->poll_interval;
+  // An empty claim with no gaps has nothing to read or settle: an idle poll
+  // costs one query (plus the periodic sweep).
+  bool completed = true;
+  if (n > 0 || !gaps.empty()) {
+    std::vector<long long> claimed_positions, late_positions;
+    claimed_positions.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      claimed_positions.push_back(s.table->PositionAt(claim->get(), static_cast<int>(i)).value);
+    }
+    // The gaps are read after the claim: a row that committed before the
+    // claim, in a gap, is seen and goes out before the claimed rows. Claimed
+    // rows that follow the cursor without a hole, with no gaps open (the
+    // busy steady state), need neither the snapshot nor a read.
+    Result<GapRows> late = GapRows{};
+    if (gaps.NeedsSnapshot(claimed_positions)) {
+      late = ReadGaps(s);
+      if (!late.ok()) return late.status();
+    } else {
+      gaps.BeginRoundWithoutSnapshot();
+    }
+    const PGresult* late_res = late->rows.get();
+    const int late_n = late_res == nullptr ? 0 : PQntuples(late_res);
+    for (int i = 0; i < late_n; ++i) late_positions.push_back(s.table->PositionAt(late_res, i).value);
+    const std::vector<GapTracker::RoundRow> order =
+        gaps.Order(claimed_positions, late_positions, late->hit_limit);
+    if (late->hit_limit) s.more = true;  // the claimed rows wait for the rest of the gap rows
+
+    std::vector<RowRef> refs;
+    refs.reserve(order.size());
+    std::size_t late_taken = 0;
+    for (const GapTracker::RoundRow& r : order) {
+      const PGresult* res = r.from == GapTracker::RoundRow::From::kGap ? late_res : claim->get();
+      refs.push_back({res, r.index, r.position});
+    }
+    Status st = ProduceRows(
+        s, refs,
+        [&](std::size_t i) {
+          gaps.Took(order[i]);
+          if (order[i].from == GapTracker::RoundRow::From::kGap) ++late_taken;
+        },
+        &completed);
+    gaps.EndRound();
+    if (late_taken > 0) {
+      s.table_metrics->LateRows(late_taken);
+      Logger("relay")->debug("\"{}\": {} rows committed late below position {}, published in order",
+                             s.name(), late_taken, cursor ? *cursor : 0);
+    }
+    OUTBOXD_RETURN_IF_ERROR(st);
+  }
+  UpdateGapMetrics(s, now);
+
+  // The safety net: rows below the cursor outside every gap (none are
+  // expected; each one is counted).
+  if (completed && now >= s.next_sweep && s.phase == Phase::kClaiming) {
+    s.next_sweep = now + std::max<std::chrono::milliseconds>(10 * s.config->poll_interval,
+                                                             std::chrono::seconds(1));
+    OUTBOXD_RETURN_IF_ERROR(Sweep(s));
+  }
+  return Status::Ok();
+}
+
+
+Status PollSource::Pump(Clock::time_point now) {
+  for (auto& s : streams_) OUTBOXD_RETURN_IF_ERROR(ClaimAndProduce(*s, now));
+  return ReadNotifications();
+}
+
+Status PollSource::ReadNotifications() {
+  if (PQconsumeInput(conn_.get()) == 0) return ClassifyPgError(conn_.get(), nullptr, "lost the PostgreSQL connection");
+  while (PGnotify* n = PQnotifies(conn_.get())) {
+    for (auto& s : streams_) {
+      if (s->config->notify_channel && *s->config->notify_channel == n->relname) s->notified = true;
+    }
+    PQfreemem(n);
+  }
+  return Status::Ok();
+}
+
+// --- Waiting, health, sampling, stopping ----------------------------------------------
+
+Status PollSource::Sample() {
+  for (auto& s : streams_) {
+    if (!s->table || s->table_metrics == nullptr) continue;
+    auto r = conn_.Exec(s->table->stats_sql());
+    if (!r.ok()) return r.status().Prefixed("could not count the pending rows of \"" + s->name() + "\"");
+    const PGresult* res = r->get();
+    const long long count = std::strtoll(PQgetvalue(res, 0, 0), nullptr, 10);
+    const long long min = PQgetisnull(res, 0, 1) ? 0 : std::strtoll(PQgetvalue(res, 0, 1), nullptr, 10);
+    const long long max = PQgetisnull(res, 0, 2) ? 0 : std::strtoll(PQgetvalue(res, 0, 2), nullptr, 10);
+    s->table_metrics->Sample(count, min, max, Clock::now());
+  }
+  return Status::Ok();
+}
+
+void PollSource::WaitFds(std::vector<pollfd>& fds, bool) const {
+  if (conn_.healthy()) fds.push_back({conn_.socket(), POLLIN, 0});
+}
+
+PollSource::Clock::time_point PollSource::NextWakeup(Clock::time_point now) const {
+  if (!failures_.empty()) return now;
+  Clock::time_point next = now + std::chrono::seconds(1);
+  if (!conn_.healthy()) return next;
+  const bool room = TotalPending() < config_.kafka.max_in_flight;
+  for (const auto& s : streams_) {
+    switch (s->phase) {
+      case Phase::kStarting:
+      case Phase::kHalted:
+        break;
+      case Phase::kRewinding:
+        // Woken by the Kafka fd while the old generation reports; then at
+        // the end of the pause.
+        if (s->gate.outstanding() == 0) next = std::min(next, s->gate.paused_until());
+        break;
+      case Phase::kStandingBy:
+        next = std::min(next, s->next_poll);
+        break;
+      case Phase::kClaiming:
+        if (room && (s->more || s->notified)) return now;
+        if (room) next = std::min(next, s->next_poll);
+        break;
+    }
+  }
+  return next;
+}
+
+Source::Health PollSource::CheckHealth() {
+  const Stream* halted = nullptr;
+  for (const auto& s : streams_) {
+    if (s->metrics != nullptr) s->metrics->SetInFlight(static_cast<int64_t>(s->gate.outstanding()));
+    if (s->phase == Phase::kHalted && halted == nullptr) halted = s.get();
+  }
+  if (!resolved_once_) return {false, "starting: the outbox tables were not checked yet"};
+  if (halted != nullptr) {
+    return {false, "table \"" + halted->name() + "\" is halted by a row that cannot be delivered"};
+  }
+  return {true, {}};
+}
+
+std::size_t PollSource::TotalPending() const {
+  std::size_t n = 0;
+  for (const auto& s : streams_) n += s->checkpoint.pending();
+  return n;
+}
+
+bool PollSource::Drained() const {
+  for (const auto& s : streams_) {
+    if (s->phase == Phase::kHalted) continue;
+    // Acknowledged rows still to delete/mark count too: drained only once
+    // released (or when PostgreSQL is gone and the deadline passes).
+    if (s->checkpoint.pending() > 0 || !s->unreleased.empty() || s->checkpoint.size() > s->checkpoint.pending()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void PollSource::Finish() {
+  auto log = Logger("relay");
+  std::size_t left = 0;
+  for (auto& s : streams_) {
+    if (conn_.healthy()) {
+      Status st = ReleaseAcknowledged(*s);
+      if (!st.ok()) log->warn("{}", st.message());
+    }
+    left += s->checkpoint.pending() + s->unreleased.size();
+    log->info("\"{}\": {} events published, {} dead-lettered{}", s->name(), s->published, s->dead_lettered,
+              s->phase == Phase::kHalted ? " (halted)" : "");
+  }
+  if (left > 0) {
+    log->warn("{} events were not confirmed before shutdown; they stay unsent and are published again on the "
+              "next start",
+              left);
+  }
+  log->info("stopped");
+}
+
+}  // namespace outboxd
