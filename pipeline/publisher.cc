@@ -184,12 +184,6 @@ void Publisher::Poll(std::chrono::milliseconds timeout) {
   if (rk_ != nullptr) rd_kafka_poll(rk_, static_cast<int>(timeout.count()));
 }
 
-int Publisher::Flush(std::chrono::milliseconds timeout) {
-  if (rk_ == nullptr) return 0;
-  rd_kafka_flush(rk_, static_cast<int>(timeout.count()));
-  return rd_kafka_outq_len(rk_);
-}
-
 int Publisher::OutstandingCount() const { return rk_ ? rd_kafka_outq_len(rk_) : 0; }
 
 bool Publisher::ProbeKafka(std::chrono::milliseconds timeout) {
@@ -228,7 +222,6 @@ void Publisher::OnDelivery(rd_kafka_t* rk, const rd_kafka_message_t* msg, void* 
   }
   if (r.outcome == DeliveryOutcome::kFatal) self->fatal_raised_ = true;
   if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) self->last_answer_ = std::chrono::steady_clock::now();
-  r.possibly_persisted = rd_kafka_message_status(msg) != RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
   r.partition = msg->partition;
   r.offset = msg->offset;
   self->on_delivery_(r);

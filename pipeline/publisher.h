@@ -40,7 +40,6 @@ struct DeliveryReport {
   rd_kafka_resp_err_t error = RD_KAFKA_RESP_ERR_NO_ERROR;
   std::string error_name;     // e.g. "MSG_SIZE_TOO_LARGE"
   std::string error_message;  // librdkafka's description
-  bool possibly_persisted = false;
   int32_t partition = -1;
   int64_t offset = -1;
 };
@@ -51,7 +50,7 @@ class Publisher {
 
   // Builds the producer from [kafka]; an unknown or invalid librdkafka
   // property is an InvalidConfig error naming it. `on_delivery` is called from
-  // Poll() and Flush() for every produced record.
+  // Poll() for every produced record.
   [[nodiscard]] static Result<std::unique_ptr<Publisher>> Create(const KafkaConfig& config,
                                                                  DeliveryHandler on_delivery);
   ~Publisher();
@@ -68,10 +67,6 @@ class Publisher {
 
   // Serves delivery reports and errors; waits up to `timeout` for one.
   void Poll(std::chrono::milliseconds timeout);
-
-  // Waits up to `timeout` for every record to be reported; returns how many
-  // were still outstanding.
-  int Flush(std::chrono::milliseconds timeout);
 
   // Replaces a producer that raised a fatal error with a new one. Records not
   // reported yet are dropped without reports.
