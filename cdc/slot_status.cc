@@ -150,6 +150,7 @@ Result<std::vector<std::string>> EnsurePublication(const PgConn& conn, std::stri
                           {std::string(publication)});
     if (!have.ok()) return have.status().Prefixed("could not list the tables of " + pub_name);
     std::vector<std::pair<std::string, std::string>> present;
+    present.reserve(static_cast<std::size_t>(PQntuples(have->get())));
     for (int i = 0; i < PQntuples(have->get()); ++i) {
       present.emplace_back(PQgetvalue(have->get(), i, 0), PQgetvalue(have->get(), i, 1));
     }

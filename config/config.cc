@@ -1147,9 +1147,9 @@ Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   } else if (unit == "s") {
     factor = 1000;
   } else if (unit == "m") {
-    factor = 60 * 1000;
+    factor = std::int64_t{60} * 1000;
   } else if (unit == "h") {
-    factor = 60 * 60 * 1000;
+    factor = std::int64_t{60} * 60 * 1000;
   } else {
     return invalid(kExpected);
   }

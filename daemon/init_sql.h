@@ -34,7 +34,7 @@ inline constexpr std::string_view kDefaultInitRole = "outboxd";
 // NULL DEFAULT now(), and with after_delivery = "mark" the sent_column as
 // timestamptz. An existing table is left as it is. kInvalidConfig for a cdc
 // block or a topic template that does not parse.
-[[nodiscard]] Result<std::vector<std::string>> OutboxTableInitSql(const OutboxTableConfig& table);
+[[nodiscard]] Result<std::vector<std::string>> OutboxTableInitSql(const OutboxTableConfig& config);
 
 // OutboxTableInitSql() for every poll [[outbox]] block, in config order.
 [[nodiscard]] Result<std::vector<std::string>> PollOutboxInitSql(const Config& config);

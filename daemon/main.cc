@@ -13,7 +13,6 @@
 // systemd watchdog.
 
 #include <poll.h>
-#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -24,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <functional>
 #include <iostream>

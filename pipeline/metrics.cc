@@ -228,8 +228,9 @@ SlotMetrics& Metrics::Slot(const std::string& slot) {
   std::lock_guard lock(mu_);
   auto& entry = slots_[slot];
   if (!entry) {
-    entry.reset(new SlotMetrics{slot_lag_.Add({{"slot", slot}}), slot_retained_.Add({{"slot", slot}}),
-                                slot_confirmed_.Add({{"slot", slot}})});
+    entry = std::make_unique<SlotMetrics>(SlotMetrics{slot_lag_.Add({{"slot", slot}}),
+                                                      slot_retained_.Add({{"slot", slot}}),
+                                                      slot_confirmed_.Add({{"slot", slot}})});
   }
   return *entry;
 }

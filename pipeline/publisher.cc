@@ -165,7 +165,9 @@ Status Publisher::Produce(const Record& record, uint64_t token) {
       rk_, RD_KAFKA_V_TOPIC(record.topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
       RD_KAFKA_V_KEY(const_cast<char*>(key), key_len), RD_KAFKA_V_VALUE(value, value_len),
       RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(record.timestamp_ms.value_or(0)),
-      RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))), RD_KAFKA_V_END);
+      // The token travels in the opaque pointer and comes back in the report.
+      RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))),  // NOLINT(performance-no-int-to-ptr)
+      RD_KAFKA_V_END);
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::Ok();
   rd_kafka_headers_destroy(headers);  // not taken over on failure
   last_produce_error_ = rd_kafka_err2name(err);

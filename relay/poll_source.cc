@@ -431,6 +431,7 @@ Status PollSource::Sweep(Stream& s) {
         s.name(), n, *cursor, s.config->order_by, s.table->PositionAt(rows->get(), 0).value);
   }
   std::vector<RowRef> refs;
+  refs.reserve(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) refs.push_back({rows->get(), i, s.table->PositionAt(rows->get(), i).value});
   bool completed = false;
   return ProduceRows(s, refs, [](std::size_t) {}, &completed);
