@@ -592,7 +592,9 @@ TEST(CdcFault, KafkaDownSixtySecondsConfirmsNothingAndKeepsTheStream) {
             << reconnect_lines << "\n";
   // The stream outlived wal_sender_timeout: outboxd kept answering keepalives
   // (status every 500 ms) while it could not publish.
-  EXPECT_EQ(std::set<int64_t>{*walsender}, walsenders) << "the walsender changed during the outage";
+  EXPECT_EQ(std::set<int64_t>{*walsender}, walsenders)
+      << "the walsender changed during the outage; outboxd's log since Kafka stopped:\n"
+      << outboxd.Log().substr(log_at_stop);
   EXPECT_EQ(0, inactive_samples) << "the slot was released during the outage";
   EXPECT_GT(written_in_outage, 1000u) << "the writer stalled: " << writer.last_error();
 
