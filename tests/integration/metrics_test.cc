@@ -224,5 +224,52 @@ TEST_F(MetricsCdcTest, ValuesMoveAsEventsFlow) {
   EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
 }
 
+// --- both sources in one process ------------------------------------------------
+
+// A poll table and a cdc slot relayed by one outboxd: two source threads,
+// librdkafka's threads and the HTTP listener's share the Metrics while
+// /metrics is scraped over and over (the ThreadSanitizer target of
+// scripts/test.sh --tsan).
+TEST_F(MetricsCdcTest, PollAndCdcSourcesRunTogetherWhileScraped) {
+  RequireTool(kCurl, "curl");
+  const int port = FreePort();
+  db_->Exec(OutboxDdl("poll_outbox") + "; CREATE TABLE orders (id int PRIMARY KEY, total int)");
+  const std::string type = UniqueTopic("order");
+  KafkaAdmin().CreateTopic("outbox.event." + type, 1);
+  KafkaAdmin().CreateTopic(TableTopic("orders"), 1);
+  CdcToml toml = Toml();
+  toml.tables = {"public.orders"};
+  toml.outbox_blocks = "[[outbox]]\ntable = \"public.poll_outbox\"\norder_by = \"seq\"\npoll_interval = \"50ms\"\n" +
+                       HttpSection(port);
+  OutboxdProcess outboxd(toml.Build());
+  ASSERT_TRUE(StartStreaming(outboxd)) << outboxd.Log();
+  ASSERT_TRUE(outboxd.WaitForLog("relaying \"public.poll_outbox\"", 30s)) << outboxd.Log();
+
+  constexpr int kRounds = 20;
+  for (int i = 0; i < kRounds; ++i) {
+    db_->Exec("INSERT INTO poll_outbox (aggregatetype, aggregateid, type, payload) SELECT '" + type +
+              "', 'k' || g, 'Created', '{}' FROM generate_series(1, 10) g");
+    db_->Exec("INSERT INTO orders VALUES (" + std::to_string(i) + ", 10)");
+    EXPECT_EQ(200, Get(port, "/metrics").status);
+    EXPECT_EQ(200, Get(port, "/healthz").status);
+  }
+  const Scrape::Labels poll_source{{"source", "table:public.poll_outbox"}};
+  const Scrape::Labels slot_source{{"source", "slot:" + slot_}};
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        Scrape m = ScrapeMetrics(port);
+        return m.Or0("outboxd_events_published_total", poll_source) >= 10 * kRounds &&
+               m.Or0("outboxd_events_published_total", slot_source) >= kRounds;
+      },
+      60s))
+      << ScrapeMetrics(port).text() << outboxd.Log();
+  Scrape m = ScrapeMetrics(port);
+  EXPECT_EQ(10 * kRounds, m.Or0("outboxd_events_published_total", poll_source));
+  EXPECT_EQ(kRounds, m.Or0("outboxd_events_published_total", slot_source));
+  EXPECT_EQ(1, m.Or0("outboxd_ready"));
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+}
+
 }  // namespace
 }  // namespace outboxd::testing

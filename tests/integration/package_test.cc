@@ -207,7 +207,8 @@ TEST(PackageTest, RuntimeStageProvidesEveryLibraryOfTheBinary) {
     SCOPED_TRACE(lib.path);
 #ifdef OUTBOXD_SANITIZED
     // The sanitizer runtimes of a test build; the image is built without them.
-    if (lib.soname.rfind("libasan", 0) == 0 || lib.soname.rfind("libubsan", 0) == 0) {
+    if (lib.soname.rfind("libasan", 0) == 0 || lib.soname.rfind("libubsan", 0) == 0 ||
+        lib.soname.rfind("libtsan", 0) == 0) {
       seen_needed.insert(lib.soname);
       continue;
     }
