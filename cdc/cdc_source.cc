@@ -533,7 +533,11 @@ void CdcSource::OnProducerLost() {
 
 void CdcSource::ReleaseAcknowledged() {
   for (const Position& p : checkpoint_.TakeReleasable()) {
-    if (p.kind == EntryKind::kCommit) acked_lsn_ = std::max(acked_lsn_, p.lsn);
+    if (p.kind == EntryKind::kEvent || p.kind == EntryKind::kDeadLetter) ++released_events_;
+    if (p.kind == EntryKind::kCommit) {
+      acked_lsn_ = std::max(acked_lsn_, p.lsn);
+      acked_commit_lsn_ = std::max(acked_commit_lsn_, p.lsn);
+    }
     if (p.kind == EntryKind::kSnapshotDone && snapshot_ == SnapshotState::kUnacknowledged) {
       snapshot_ = SnapshotState::kUnrecorded;
       Logger("cdc")->info("initial snapshot acknowledged by Kafka");
@@ -541,10 +545,16 @@ void CdcSource::ReleaseAcknowledged() {
   }
 }
 
-Status CdcSource::ReportPosition(bool reply_requested, bool force) {
+Status CdcSource::ReportPosition(Report when) {
   if (!stream_.streaming()) return Status::Ok();
   const Clock::time_point now = Clock::now();
-  if (!force && !reply_requested && now < next_status_) return Status::Ok();
+  // Acknowledged transactions are confirmed close behind Kafka's acks (what a
+  // crash replays); the idle WAL end that keepalives move on only with the
+  // status_interval keepalive — else every report's own state-table write
+  // would move it again.
+  const bool confirm_due = acked_commit_lsn_ > reported_lsn_ &&
+                           (now >= next_confirm_ || released_events_ >= static_cast<uint64_t>(cdc_.confirm_events));
+  if (when == Report::kWhenDue && !confirm_due && now < next_status_) return Status::Ok();
   const Lsn flushed = acked_lsn_;
   if (flushed > recorded_lsn_ || snapshot_ == SnapshotState::kUnrecorded) {
     // Recorded first: the slot must never be past the state row (see
@@ -556,6 +566,8 @@ Status CdcSource::ReportPosition(bool reply_requested, bool force) {
   OUTBOXD_RETURN_IF_ERROR(
       stream_.SendStatus(std::max(stream_.received_lsn(), flushed), flushed, flushed, /*reply_requested=*/false));
   reported_lsn_ = flushed;
+  released_events_ = 0;
+  next_confirm_ = now + std::min(cdc_.confirm_interval, cdc_.status_interval);
   next_status_ = now + (ReadingPaused() ? std::min(cdc_.status_interval, kPausedStatusInterval) : cdc_.status_interval);
   return Status::Ok();
 }
@@ -565,7 +577,7 @@ Status CdcSource::Settle(Clock::time_point) {
   if (snapshot_ == SnapshotState::kFailed) return snapshot_failure_;
   ReleaseAcknowledged();
   if (phase_ != Phase::kStreaming) return Status::Ok();
-  OUTBOXD_RETURN_IF_ERROR(ReportPosition(false, false));
+  OUTBOXD_RETURN_IF_ERROR(ReportPosition(Report::kWhenDue));
   if (stream_.flush_pending()) OUTBOXD_RETURN_IF_ERROR(stream_.FlushPending());
   return Status::Ok();
 }
@@ -592,7 +604,7 @@ Status CdcSource::Pump(Clock::time_point now) {
     case Phase::kStreaming:
       OUTBOXD_RETURN_IF_ERROR(ReadStream());
       if (phase_ != Phase::kStreaming) return Status::Ok();  // it rewound
-      OUTBOXD_RETURN_IF_ERROR(ReportPosition(false, false));
+      OUTBOXD_RETURN_IF_ERROR(ReportPosition(Report::kWhenDue));
       if (stream_.flush_pending()) OUTBOXD_RETURN_IF_ERROR(stream_.FlushPending());
       return Status::Ok();
   }
@@ -632,7 +644,7 @@ Status CdcSource::ReadStream() {
         // nothing up to its WAL end needs the slot any more.
         acked_lsn_ = std::max(acked_lsn_, k->wal_end);
       }
-      if (k->reply_requested) OUTBOXD_RETURN_IF_ERROR(ReportPosition(true, true));
+      if (k->reply_requested) OUTBOXD_RETURN_IF_ERROR(ReportPosition(Report::kNow));
       continue;
     }
     const auto& frame = std::get<XLogData>(*msg);
@@ -939,6 +951,7 @@ CdcSource::Clock::time_point CdcSource::NextWakeup(Clock::time_point now) const 
       break;
     case Phase::kStreaming:
       next = std::min(next, next_status_);
+      if (acked_commit_lsn_ > reported_lsn_) next = std::min(next, next_confirm_);
       break;
   }
   if (!stalled_.empty()) next = std::min(next, now + milliseconds(10));
@@ -964,7 +977,7 @@ void CdcSource::Finish() {
   auto log = Logger("cdc");
   ReleaseAcknowledged();
   if (phase_ == Phase::kStreaming) {
-    Status st = ReportPosition(false, true);
+    Status st = ReportPosition(Report::kNow);
     // Give the final status a moment to leave; it is sent again on the next start anyway.
     for (int i = 0; i < 100 && st.ok() && stream_.flush_pending(); ++i) {
       pollfd out{stream_.socket(), POLLOUT, 0};

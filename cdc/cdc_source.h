@@ -212,7 +212,12 @@ class CdcSource final : public Source {
   [[nodiscard]] Status HandleFailures();
   void Rewind(const std::string& why);
   void ReleaseAcknowledged();
-  [[nodiscard]] Status ReportPosition(bool reply_requested, bool force);
+  // Records the acknowledged position in the state table, then sends it to
+  // the server as flushed: kWhenDue when a confirmation (confirm_interval,
+  // confirm_events) or the keepalive (status_interval) is due, kNow at once
+  // (the server asked; stopping).
+  enum class Report : uint8_t { kWhenDue, kNow };
+  [[nodiscard]] Status ReportPosition(Report when);
   // Reads and handles frames until the socket has none, the in-flight bound
   // is reached or a record waits for queue space.
   [[nodiscard]] Status ReadStream();
@@ -272,8 +277,11 @@ class CdcSource final : public Source {
   std::deque<std::pair<Record, Position>> stalled_;
   Lsn acked_lsn_;      // every commit up to here is acknowledged
   Lsn recorded_lsn_;   // in the state table
-  Lsn reported_lsn_;   // sent to the server as flushed
+  Lsn acked_commit_lsn_;  // the last acknowledged commit (acked_lsn_ also follows idle keepalives)
+  Lsn reported_lsn_;      // sent to the server as flushed
+  uint64_t released_events_ = 0;  // events acknowledged since the last report
   Clock::time_point next_status_{};
+  Clock::time_point next_confirm_{};
   std::map<std::pair<uint64_t, uint64_t>, Poisoned> poisoned_;  // (commit LSN, index)
   std::vector<Failure> failures_;  // filled by OnDelivery, handled by Settle
   uint64_t published_ = 0;

@@ -39,9 +39,10 @@ constexpr std::array<std::string_view, 15> kOutboxKeys = {
 // Keys of an [[outbox]] block that only mean something when the table is polled.
 constexpr std::array<std::string_view, 6> kPollOnlyKeys = {"order_by",   "after_delivery", "sent_column",
                                                            "batch_size", "poll_interval",  "notify_channel"};
-constexpr std::array<std::string_view, 11> kCdcKeys = {
-    "slot",   "publication", "create",   "message_prefix",  "message_topic", "dead_letter_topic",
-    "tables", "topic_prefix", "snapshot", "status_interval", "state_table"};
+constexpr std::array<std::string_view, 13> kCdcKeys = {
+    "slot",         "publication",    "create",   "message_prefix",  "message_topic",
+    "dead_letter_topic", "tables",    "topic_prefix", "snapshot",    "status_interval",
+    "confirm_interval",  "confirm_events", "state_table"};
 
 constexpr std::int64_t kMaxBatchSize = 100000;
 constexpr std::size_t kMaxIdentifierBytes = 63;  // PostgreSQL's NAMEDATALEN - 1
@@ -947,6 +948,20 @@ void ReadCdc(const toml::table& table, Diagnostics& diag, CdcConfig& out, CdcIde
       r.MustBe("status_interval", "greater than zero and at most \"1h\"");
     } else {
       out.status_interval = *d;
+    }
+  }
+  if (auto d = r.Duration("confirm_interval")) {
+    if (d->count() <= 0 || *d > out.status_interval) {
+      r.MustBe("confirm_interval", "greater than zero and at most status_interval");
+    } else {
+      out.confirm_interval = *d;
+    }
+  }
+  if (auto n = r.Integer("confirm_events")) {
+    if (*n < 1) {
+      r.MustBe("confirm_events", "a positive integer, got " + std::to_string(*n));
+    } else {
+      out.confirm_events = *n;
     }
   }
   if (r.Get("state_table") != nullptr) identity.state_table.reset();

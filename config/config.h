@@ -97,7 +97,15 @@ struct CdcConfig {
   std::vector<std::string> tables;
   std::string topic_prefix = "pg";      // row changes go to <prefix>.<schema>.<table>
   SnapshotMode snapshot = SnapshotMode::kNever;
+  // Keepalive: the position is reported to the server at least this often,
+  // also while idle.
   std::chrono::milliseconds status_interval{10000};
+  // Acknowledged transactions are recorded in the state table and confirmed
+  // to the server at most this long after Kafka acknowledged them, or once
+  // this many events were acknowledged, whichever comes first: what a crash
+  // of outboxd replays.
+  std::chrono::milliseconds confirm_interval{100};
+  std::int64_t confirm_events = 10000;
   // Table (created by `outboxd init`) in which outboxd records, per slot, the
   // last position it confirmed, to notice a slot dropped and re-created.
   std::string state_table = "public.outboxd_slot_state";

@@ -593,8 +593,10 @@ TEST_F(ConfigTest, CdcEveryKeySet) {
       "topic_prefix = \"prod.pg\"\n"
       "snapshot = \"initial\"\n"
       "status_interval = \"1.5s\"\n"
+      "confirm_interval = \"250ms\"\n"
+      "confirm_events = 500\n"
       "state_table = \"outboxd.slot_state\"\n"
-      "[[outbox]]\n"  // line 13
+      "[[outbox]]\n"  // line 15
       "table = \"app.outbox\"\n"
       "source = \"cdc\"\n"
       "id = \"event_id\"\n"
@@ -619,6 +621,8 @@ TEST_F(ConfigTest, CdcEveryKeySet) {
   EXPECT_EQ(cdc.topic_prefix, "prod.pg");
   EXPECT_EQ(cdc.snapshot, SnapshotMode::kInitial);
   EXPECT_EQ(cdc.status_interval, milliseconds(1500));
+  EXPECT_EQ(cdc.confirm_interval, milliseconds(250));
+  EXPECT_EQ(cdc.confirm_events, 500);
   EXPECT_EQ(cdc.state_table, "outboxd.slot_state");
   EXPECT_EQ(cdc.config_location, At(1, 1));
 
@@ -634,7 +638,7 @@ TEST_F(ConfigTest, CdcEveryKeySet) {
   EXPECT_EQ(o.headers, (Headers{{"type", "event_type"}, {"traceparent", "traceparent"}}));
   EXPECT_EQ(o.timestamp, "created_at");
   EXPECT_EQ(o.dead_letter_topic, "outbox.dlq");
-  EXPECT_EQ(o.config_location, At(13, 1));
+  EXPECT_EQ(o.config_location, At(15, 1));
 }
 
 TEST_F(ConfigTest, CdcDefaults) {
@@ -652,6 +656,8 @@ TEST_F(ConfigTest, CdcDefaults) {
   EXPECT_EQ(cdc.topic_prefix, "pg");
   EXPECT_EQ(cdc.snapshot, SnapshotMode::kNever);
   EXPECT_EQ(cdc.status_interval, milliseconds(10000));
+  EXPECT_EQ(cdc.confirm_interval, milliseconds(100));
+  EXPECT_EQ(cdc.confirm_events, 10000);
   EXPECT_EQ(cdc.state_table, "public.outboxd_slot_state");
   EXPECT_EQ(cdc.config_location, At(1, 1));
 }
@@ -900,6 +906,24 @@ TEST_F(CdcKeyTest, StatusInterval) {
                         "unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
   EXPECT_EQ(CdcValid("status_interval = \"1h\"").status_interval, milliseconds(3600000));
   EXPECT_EQ(CdcValid("status_interval = \"1ms\"").status_interval, milliseconds(1));
+}
+
+TEST_F(CdcKeyTest, ConfirmIntervalIsPositiveAndAtMostTheStatusInterval) {
+  const std::string range = ": 'confirm_interval' in [cdc] must be greater than zero and at most status_interval";
+  EXPECT_EQ(CdcError("confirm_interval = \"0s\""), At(2, 20) + range);
+  EXPECT_EQ(CdcError("confirm_interval = \"11s\""), At(2, 20) + range);  // the default status_interval is 10 s
+  EXPECT_EQ(CdcError("status_interval = \"50ms\"\nconfirm_interval = \"100ms\""), At(3, 20) + range);
+  // Whichever line comes first.
+  EXPECT_EQ(CdcError("confirm_interval = \"100ms\"\nstatus_interval = \"50ms\""), At(2, 20) + range);
+  EXPECT_EQ(CdcValid("confirm_interval = \"10s\"").confirm_interval, milliseconds(10000));
+  EXPECT_EQ(CdcValid("status_interval = \"1s\"\nconfirm_interval = \"1s\"").confirm_interval, milliseconds(1000));
+}
+
+TEST_F(CdcKeyTest, ConfirmEventsIsPositive) {
+  EXPECT_EQ(CdcError("confirm_events = 0"), At(2, 18) + ": 'confirm_events' in [cdc] must be a positive integer, got 0");
+  EXPECT_EQ(CdcError("confirm_events = -5"),
+            At(2, 18) + ": 'confirm_events' in [cdc] must be a positive integer, got -5");
+  EXPECT_EQ(CdcValid("confirm_events = 1").confirm_events, 1);
 }
 
 TEST_F(CdcKeyTest, StateTable) {
