@@ -36,6 +36,10 @@ class PipelineRunner {
   // How often the source samples (pending rows, slot lag) and, when nothing
   // was acknowledged meanwhile, Kafka is asked for metadata (for /readyz).
   static constexpr std::chrono::seconds kSampleInterval{10};
+  // Reconnecting to PostgreSQL waits 100 ms at first, doubling per failure up
+  // to this: a standby whose own connection dropped (maybe repeatedly) is
+  // back to its takeover retry within it (docs/operations.md, "Takeover").
+  static constexpr std::chrono::milliseconds kMaxReconnectDelay{3000};
 
   enum class Lifecycle : uint8_t { kReady, kStopping };
   enum class Phase : uint8_t {
@@ -91,7 +95,7 @@ class PipelineRunner {
   Phase phase_ = Phase::kStarting;
   Status stop_reason_;  // why the source stopped, when it could not go on
   Clock::time_point stop_deadline_{};
-  Backoff reconnect_backoff_{std::chrono::milliseconds(100), std::chrono::seconds(30)};
+  Backoff reconnect_backoff_{std::chrono::milliseconds(100), kMaxReconnectDelay};
   Clock::time_point reconnect_at_{};
   std::optional<Clock::time_point> connected_at_;  // of the current connection
   Clock::time_point next_sample_{};
