@@ -98,15 +98,17 @@ std::string RelayConfig(const std::string& conninfo, const std::string& bootstra
 
 // Every committed event is in Kafka, and every record's id carries the
 // payload that was written with that id (duplicates are true duplicates).
-void ExpectAllDelivered(const std::map<std::string, std::string>& committed,
-                        const std::vector<KafkaRecord>& records) {
+// Returns how many records were duplicates.
+std::size_t ExpectAllDelivered(const std::map<std::string, std::string>& committed,
+                               const std::vector<KafkaRecord>& records) {
   std::map<std::string, int> seen;
   for (const auto& r : records) {
     const std::string id = HeaderValue(r, "id");
-    ASSERT_EQ(36u, id.size()) << "record without a proper id header";
+    if (id.size() != 36 || EventId(std::stoi(id.substr(24))) != id || !r.value.has_value()) {
+      ADD_FAILURE() << "record without a proper id header or value: id \"" << id << "\" at offset " << r.offset;
+      continue;
+    }
     const int n = std::stoi(id.substr(24));
-    ASSERT_EQ(EventId(n), id);
-    ASSERT_TRUE(r.value.has_value());
     EXPECT_EQ(EventPayload(n), *r.value) << "id " << id << " carries another event's payload";
     ++seen[id];
   }
@@ -116,6 +118,7 @@ void ExpectAllDelivered(const std::map<std::string, std::string>& committed,
   std::size_t duplicates = records.size() - seen.size();
   std::cout << "[ stats    ] " << committed.size() << " events, " << records.size()
             << " records, " << duplicates << " duplicates\n";
+  return duplicates;
 }
 
 TEST(Fault, SigkillSeveralTimesLosesNothing) {
@@ -150,8 +153,11 @@ TEST(Fault, SigkillSeveralTimesLosesNothing) {
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s));
   const auto committed = writer.committed();
-  ExpectAllDelivered(committed, ConsumeTopic(SharedServices().kafka_bootstrap, topic,
-                                             committed.size(), 60s));
+  const std::size_t duplicates =
+      ExpectAllDelivered(committed, ConsumeTopic(SharedServices().kafka_bootstrap, topic, committed.size(), 60s));
+  // A kill replays what Kafka had not acknowledged and the acknowledged rows
+  // not yet deleted: well under a quarter second of traffic per kill.
+  EXPECT_LE(duplicates, 4 * 250u);
 }
 
 TEST(Fault, KafkaDown30SecondsLosesNothingAndMarksNothingEarly) {
@@ -229,8 +235,7 @@ TEST(Fault, KafkaOutageLongerThanMessageTimeoutLosesNothing) {
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s));
   const auto committed = writer.committed();
-  ExpectAllDelivered(committed, ConsumeTopic(services.info().kafka_bootstrap, topic,
-                                             committed.size(), 60s));
+  ExpectAllDelivered(committed, ConsumeTopic(services.info().kafka_bootstrap, topic, committed.size(), 60s));
 }
 
 TEST(Fault, PostgresRestartAndTerminatedBackendLoseNothing) {
