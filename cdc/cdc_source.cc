@@ -429,6 +429,12 @@ Status CdcSource::RestartStream(bool check_slot) {
 
 void CdcSource::Disconnect() {
   if (streamed_once_) lost_connection_ = true;
+  if (phase_ == Phase::kStreaming && checkpoint_.pending() > 0 && !gate_.rewinding()) {
+    // Stream again only once what is in flight is reported: what Kafka
+    // acknowledged meanwhile is then released, not read and sent again.
+    restart_cause_ = ResendCause::kReconnect;
+    gate_.Start(RewindGate::Pause::kNone, Clock::now());
+  }
   stream_.Close();
   ctl_.reset();
   tx_.reset();
@@ -501,11 +507,12 @@ Status CdcSource::HandleFailures() {
         break;
     }
   }
-  if (!why.empty()) Rewind(why);
+  if (!why.empty()) Rewind(why, ResendCause::kRewind);
   return Status::Ok();
 }
 
-void CdcSource::Rewind(const std::string& why) {
+void CdcSource::Rewind(const std::string& why, ResendCause cause) {
+  restart_cause_ = cause;
   if (!snapshot_done() && snapshot_ != SnapshotState::kFailed && snapshot_ != SnapshotState::kPending) {
     // The snapshot's rows cannot be replayed from the slot: stop, and take
     // the snapshot again at the next start (RecoverUnfinishedSnapshot).
@@ -525,10 +532,18 @@ void CdcSource::Rewind(const std::string& why) {
   if (phase_ != Phase::kDisconnected) Enter(Phase::kRewinding);
 }
 
+void CdcSource::CountResent() {
+  for (uint32_t i = 0; i < sources_.size(); ++i) {
+    sources_[i].metrics->Resent(restart_cause_, checkpoint_.CountAcked([i](const Position& p) {
+      return p.source == i && (p.kind == EntryKind::kEvent || p.kind == EntryKind::kDeadLetter);
+    }));
+  }
+}
+
 void CdcSource::OnProducerLost() {
   gate_.ProducerLost();  // its queue went with it
   failures_.clear();
-  Rewind("the Kafka producer failed and was recreated");
+  Rewind("the Kafka producer failed and was recreated", ResendCause::kProducer);
 }
 
 void CdcSource::ReleaseAcknowledged() {
@@ -598,6 +613,7 @@ Status CdcSource::Pump(Clock::time_point now) {
       // Every report of the old generation is in: what was acknowledged is
       // released, the rest is read again from the slot.
       ReleaseAcknowledged();
+      CountResent();
       checkpoint_.Reset();
       ForgetInFlight();
       return RestartStream(/*check_slot=*/false);
@@ -893,7 +909,8 @@ Status CdcSource::Produce(Record record, Position pos) {
       source.metrics->PublishError(publisher_->last_produce_error());
       poisoned_[{pos.lsn.value(), pos.index}] = {publisher_->last_produce_error(), st.message()};
       Rewind("event " + std::to_string(pos.index) + " of the transaction committed at " + pos.lsn.ToString() +
-             " was refused: " + st.message());
+                 " was refused: " + st.message(),
+             ResendCause::kRewind);
       return Status::Ok();
     case FailureAction::kHalt:
       source.metrics->PublishError(publisher_->last_produce_error());

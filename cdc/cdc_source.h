@@ -210,7 +210,10 @@ class CdcSource final : public Source {
   // Produces the record waiting for queue space, if any.
   [[nodiscard]] Status ProduceStalled();
   [[nodiscard]] Status HandleFailures();
-  void Rewind(const std::string& why);
+  void Rewind(const std::string& why, ResendCause cause);
+  // Counts, per source, the acknowledged events the restart from acked_lsn_
+  // produces again (outboxd_events_resent_total).
+  void CountResent();
   void ReleaseAcknowledged();
   // Records the acknowledged position in the state table, then sends it to
   // the server as flushed: kWhenDue when a confirmation (confirm_interval,
@@ -282,6 +285,7 @@ class CdcSource final : public Source {
   uint64_t released_events_ = 0;  // events acknowledged since the last report
   Clock::time_point next_status_{};
   Clock::time_point next_confirm_{};
+  ResendCause restart_cause_ = ResendCause::kRewind;  // why the stream restarts at the gate
   std::map<std::pair<uint64_t, uint64_t>, Poisoned> poisoned_;  // (commit LSN, index)
   std::vector<Failure> failures_;  // filled by OnDelivery, handled by Settle
   uint64_t published_ = 0;

@@ -73,6 +73,25 @@ class Checkpoint {
     front_ticket_ = next_ticket_;
   }
 
+  // Acknowledged events still tracked (behind one not yet acknowledged or
+  // failed) for which `pred(position)` holds: producing the stream again
+  // from its released position sends them a second time.
+  template <typename Pred>
+  std::size_t CountAcked(Pred pred) const {
+    std::size_t n = 0;
+    for (const Entry& e : entries_) n += e.state == State::kAcked && pred(e.pos) ? 1 : 0;
+    return n;
+  }
+  // The tickets still waiting for their report.
+  std::vector<Ticket> PendingTickets() const {
+    std::vector<Ticket> out;
+    out.reserve(pending_);
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      if (entries_[i].state == State::kPending) out.push_back(front_ticket_ + i);
+    }
+    return out;
+  }
+
   bool IsTracked(Ticket t) const { return t >= front_ticket_ && t < next_ticket_; }
   // Events produced but not yet acknowledged.
   std::size_t pending() const { return pending_; }

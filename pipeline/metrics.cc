@@ -29,6 +29,18 @@ double UnixNow() {
 
 }  // namespace
 
+std::string_view ResendCauseName(ResendCause cause) {
+  switch (cause) {
+    case ResendCause::kRewind:
+      return "rewind";
+    case ResendCause::kProducer:
+      return "producer";
+    case ResendCause::kReconnect:
+      return "reconnect";
+  }
+  return "unknown";
+}
+
 std::string TableSource(std::string_view table) { return "table:" + std::string(table); }
 std::string SlotSource(std::string_view slot) { return "slot:" + std::string(slot); }
 
@@ -43,7 +55,12 @@ SourceMetrics::SourceMetrics(Metrics& m, std::string source)
       batch_size_(m.batch_size_.Add({{"source", source_}}, kBatchBuckets)),
       reconnects_(m.reconnects_.Add({{"source", source_}, {"target", "postgres"}})),
       last_delivery_(m.last_delivery_.Add({{"source", source_}})),
-      halted_(m.halted_.Add({{"source", source_}})) {}
+      halted_(m.halted_.Add({{"source", source_}})) {
+  for (ResendCause cause : {ResendCause::kRewind, ResendCause::kProducer, ResendCause::kReconnect}) {
+    resent_[static_cast<int>(cause)] =
+        &m.resent_.Add({{"source", source_}, {"cause", std::string(ResendCauseName(cause))}});
+  }
+}
 
 prometheus::Counter& SourceMetrics::Published(const std::string& topic) {
   auto it = published_.find(topic);
@@ -66,6 +83,9 @@ void SourceMetrics::SetInFlight(int64_t n) { in_flight_.Set(static_cast<double>(
 void SourceMetrics::ObserveCommitToAck(double seconds) { commit_to_ack_.Observe(std::max(0.0, seconds)); }
 void SourceMetrics::ObserveBatch(std::size_t events) { batch_size_.Observe(static_cast<double>(events)); }
 void SourceMetrics::Reconnected() { reconnects_.Increment(); }
+void SourceMetrics::Resent(ResendCause cause, std::size_t events) {
+  if (events > 0) resent_[static_cast<int>(cause)]->Increment(static_cast<double>(events));
+}
 void SourceMetrics::Delivered() { last_delivery_.Set(UnixNow()); }
 void SourceMetrics::SetHalted(bool halted) { halted_.Set(halted ? 1 : 0); }
 
@@ -185,6 +205,10 @@ Metrics::Metrics(const std::string& version)
                       .Name("outboxd_reconnects_total")
                       .Help("Re-established connections")
                       .Register(*registry_)),
+      resent_(BuildCounter()
+                  .Name("outboxd_events_resent_total")
+                  .Help("Events produced again although Kafka had acknowledged them, by cause")
+                  .Register(*registry_)),
       last_delivery_(BuildGauge()
                          .Name("outboxd_last_delivery_timestamp_seconds")
                          .Help("Unix time of the last event acknowledged by Kafka")

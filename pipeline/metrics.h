@@ -14,6 +14,7 @@
 // SourceMetrics. Creating handles (Source(), Table(), Slot(), AddRelay()),
 // Serialize(), Liveness() and Readiness() are thread-safe.
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -42,6 +43,15 @@ class Metrics;
 std::string TableSource(std::string_view table);
 std::string SlotSource(std::string_view slot);
 
+// Why outboxd produced an event a second time although Kafka had
+// acknowledged its first copy (the `cause` of outboxd_events_resent_total).
+enum class ResendCause : uint8_t {
+  kRewind,     // a delivery failed: the stream was produced again from its last released position
+  kProducer,   // the producer failed fatally and was recreated
+  kReconnect,  // the PostgreSQL connection was lost and the stream read again
+};
+std::string_view ResendCauseName(ResendCause cause);
+
 class SourceMetrics {
  public:
   // The published counter of one topic, created on first use and cached:
@@ -54,6 +64,8 @@ class SourceMetrics {
   void ObserveCommitToAck(double seconds);
   void ObserveBatch(std::size_t events);
   void Reconnected();  // target="postgres"
+  // Events produced again whose first copy Kafka had acknowledged.
+  void Resent(ResendCause cause, std::size_t events);
   // Stamps outboxd_last_delivery_timestamp_seconds with the current time.
   void Delivered();
   void SetHalted(bool halted);
@@ -71,6 +83,7 @@ class SourceMetrics {
   prometheus::Histogram& commit_to_ack_;
   prometheus::Histogram& batch_size_;
   prometheus::Counter& reconnects_;
+  std::array<prometheus::Counter*, 3> resent_{};  // by ResendCause
   prometheus::Gauge& last_delivery_;
   prometheus::Gauge& halted_;
 };
@@ -211,6 +224,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& commit_to_ack_;
   prometheus::Family<prometheus::Histogram>& batch_size_;
   prometheus::Family<prometheus::Counter>& reconnects_;
+  prometheus::Family<prometheus::Counter>& resent_;
   prometheus::Family<prometheus::Gauge>& last_delivery_;
   prometheus::Family<prometheus::Gauge>& halted_;
   prometheus::Gauge& kafka_queue_;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <set>
+#include <unordered_map>
 
 #include "common/advisory_locks.h"
 #include "common/logging.h"
@@ -60,6 +61,9 @@ struct PollSource::Stream {
   std::unordered_set<long long> claimed;
   // Acknowledged positions waiting for the DELETE/UPDATE to succeed.
   std::vector<long long> unreleased;
+  // Tickets forgotten by a rewind before their report came: an
+  // acknowledgement counts the row as resent, for this cause.
+  std::unordered_map<uint64_t, ResendCause> resend_if_acked;
   // The cursor and the gaps below it; created on the first connect (its
   // rule depends on the table's sequence).
   std::optional<GapTracker> gaps;
@@ -114,7 +118,7 @@ Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
   if (!s.checkpoint.empty()) {
     // Another instance took the table while this one was away; what this
     // one had in flight is that instance's business now.
-    Rewind(s, "another outboxd instance holds the table", RewindGate::Pause::kNone);
+    Rewind(s, "another outboxd instance holds the table", RewindGate::Pause::kNone, std::nullopt);
   }
   if (s.phase != Phase::kStandingBy) {
     Enter(s, Phase::kStandingBy, "\"" + s.name() + "\" is relayed by another outboxd instance; standing by");
@@ -122,8 +126,15 @@ Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
   return Status::Ok();
 }
 
-void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pause) {
+void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pause,
+                        std::optional<ResendCause> cause) {
   const std::chrono::milliseconds delay = s.gate.Start(pause, Clock::now());
+  if (cause && s.metrics != nullptr) {
+    // Rows claimed again once the gate opens: those acknowledged already, and
+    // those whose report is still owed if it says acknowledged (OnDelivery).
+    s.metrics->Resent(*cause, s.checkpoint.CountAcked([](const Stream::Tracked&) { return true; }));
+    for (uint64_t ticket : s.checkpoint.PendingTickets()) s.resend_if_acked[ticket] = *cause;
+  }
   if (pause == RewindGate::Pause::kBackOff) {
     // Kafka refused or lost records librdkafka had already retried: wait a
     // little longer each time before producing them again.
@@ -210,7 +221,13 @@ void PollSource::OnDelivery(const DeliveryReport& r) {
   if (index >= streams_.size()) return;
   Stream& s = *streams_[index];
   s.gate.Reported();
-  if (!s.checkpoint.IsTracked(ticket)) return;  // from before a rewind
+  if (!s.checkpoint.IsTracked(ticket)) {  // from before a rewind
+    auto it = s.resend_if_acked.find(ticket);
+    if (it == s.resend_if_acked.end()) return;
+    if (r.outcome == DeliveryOutcome::kPersisted) s.metrics->Resent(it->second, 1);
+    s.resend_if_acked.erase(it);
+    return;
+  }
   if (r.outcome == DeliveryOutcome::kPersisted) {
     const Stream::Tracked tracked = *s.checkpoint.PositionOf(ticket);
     if (s.checkpoint.MarkAcked(ticket)) {
@@ -241,8 +258,11 @@ Status PollSource::Settle(Clock::time_point) {
 
 void PollSource::OnProducerLost() {
   for (auto& s : streams_) {
-    if (s->phase != Phase::kHalted) Rewind(*s, "the Kafka producer failed fatally", RewindGate::Pause::kBackOff);
-    s->gate.ProducerLost();  // its queue went with it
+    if (s->phase != Phase::kHalted) {
+      Rewind(*s, "the Kafka producer failed fatally", RewindGate::Pause::kBackOff, ResendCause::kProducer);
+    }
+    s->gate.ProducerLost();  // its queue went with it, and the reports it owed
+    s->resend_if_acked.clear();
   }
   failures_.clear();
 }
@@ -261,7 +281,7 @@ void PollSource::HandleFailure(const Failure& f) {
   const std::string err = f.report.error_name + ": " + f.report.error_message;
   switch (ActionFor(f.report.outcome, f.dead_letter, s.config->dead_letter_topic.has_value())) {
     case FailureAction::kRewind:
-      Rewind(s, what + " was not delivered (" + err + ")", RewindGate::Pause::kBackOff);
+      Rewind(s, what + " was not delivered (" + err + ")", RewindGate::Pause::kBackOff, ResendCause::kRewind);
       return;
     case FailureAction::kHalt:
       s.checkpoint.MarkFailed(f.ticket);
@@ -275,12 +295,14 @@ void PollSource::HandleFailure(const Failure& f) {
       return;  // kRecreateProducer: the runner recreates it and every stream rewinds
   }
   if (!conn_.healthy()) {
-    Rewind(s, what + " must go to the dead-letter topic but PostgreSQL is unreachable", RewindGate::Pause::kNone);
+    Rewind(s, what + " must go to the dead-letter topic but PostgreSQL is unreachable", RewindGate::Pause::kNone,
+           ResendCause::kRewind);
     return;
   }
   auto res = conn_.Exec(s.table->fetch_sql(), {PgInt64Array({pos->value})});
   if (!res.ok()) {
-    Rewind(s, what + " must go to the dead-letter topic: " + res.status().message(), RewindGate::Pause::kNone);
+    Rewind(s, what + " must go to the dead-letter topic: " + res.status().message(), RewindGate::Pause::kNone,
+           ResendCause::kRewind);
     return;
   }
   if (PQntuples(res->get()) == 0) {
@@ -481,7 +503,8 @@ Status PollSource::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
     case FailureAction::kRecreateProducer:
       break;  // the runner recreates it; every stream rewinds
     case FailureAction::kWaitForRoom:
-      Rewind(s, "could not queue a dead-letter record: " + st.message(), RewindGate::Pause::kBackOff);
+      Rewind(s, "could not queue a dead-letter record: " + st.message(), RewindGate::Pause::kBackOff,
+             ResendCause::kRewind);
       break;
     default:
       s.metrics->PublishError(publisher_->last_produce_error());

@@ -113,8 +113,10 @@ class PollSource final : public Source {
   // The one place a table's phase changes.
   void Enter(Stream& s, Phase phase, std::string_view why = {});
   // Forgets what the stream has in flight and claims again from its lowest
-  // unsent row once the old generation is reported (pipeline/rewind_gate.h).
-  void Rewind(Stream& s, const std::string& why, RewindGate::Pause pause);
+  // unsent row once the old generation is reported (pipeline/rewind_gate.h);
+  // `cause`: why rows Kafka already acknowledged are then produced again
+  // (nullopt: the table went to another instance).
+  void Rewind(Stream& s, const std::string& why, RewindGate::Pause pause, std::optional<ResendCause> cause);
   void Halt(Stream& s, const std::string& why);
   // Takes the table's advisory lock if free; moves between kStandingBy and
   // kClaiming (or kRewinding).

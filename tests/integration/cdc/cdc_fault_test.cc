@@ -619,7 +619,8 @@ TEST(CdcFault, KafkaDownSixtySecondsConfirmsNothingAndKeepsTheStream) {
             << " kB at the end\n";
   EXPECT_LT(hwm_kb, 256 * 1024) << "memory not bounded during the outage";
   EXPECT_EQ(0, writer.failures()) << writer.last_error();
-  ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "60 s Kafka outage");
+  // Nothing was confirmed early and the stream was kept: nothing is sent twice.
+  EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "60 s Kafka outage"));
 }
 
 TEST(CdcFault, PostgresRestartAndTerminatedWalsenderLoseNothing) {
@@ -655,7 +656,9 @@ TEST(CdcFault, PostgresRestartAndTerminatedWalsenderLoseNothing) {
   ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
   const auto committed = writer.Rows();
   std::cout << "[ stats    ] writer statements failed during the restart: " << writer.failures() << "\n";
-  ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "restart + terminate");
+  // The slot is read again only once what was in flight is reported: what
+  // Kafka acknowledged meanwhile is confirmed, not sent twice.
+  EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "restart + terminate"));
 }
 
 TEST(CdcFault, SecondOutboxdWaitsForTheSlotAndTakesOver) {

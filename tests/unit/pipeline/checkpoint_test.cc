@@ -84,5 +84,23 @@ TEST_F(CheckpointTest, NextTicketPredictsAdd) {
   EXPECT_EQ(4, cp_.PositionOf(predicted)->value);
 }
 
+// What a rewind produces again: acknowledged events stuck behind a failed or
+// unreported one, and the pending ones whose report is still owed.
+TEST_F(CheckpointTest, CountAckedAndPendingTicketsSayWhatARewindSendsAgain) {
+  auto a = Produce(1), b = Produce(2), c = Produce(3), d = Produce(4), e = Produce(5);
+  cp_.MarkAcked(a);
+  cp_.MarkFailed(b);
+  cp_.MarkAcked(c);
+  cp_.MarkAcked(e);
+  EXPECT_EQ((Positions{{1}}), Release());
+  const auto all = [](const OutboxPosition&) { return true; };
+  EXPECT_EQ(2u, cp_.CountAcked(all));  // 3 and 5: not the failed 2, not the released 1
+  EXPECT_EQ(1u, cp_.CountAcked([](const OutboxPosition& p) { return p.value > 4; }));
+  EXPECT_EQ(std::vector<uint64_t>{d}, cp_.PendingTickets());
+  cp_.Reset();
+  EXPECT_EQ(0u, cp_.CountAcked(all));
+  EXPECT_TRUE(cp_.PendingTickets().empty());
+}
+
 }  // namespace
 }  // namespace outboxd
