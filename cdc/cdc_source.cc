@@ -49,17 +49,16 @@ OutboxTableConfig MessageRouting(const CdcConfig& cdc) {
 
 }  // namespace
 
-CdcSource::CdcSource(const Config& config, Metrics& metrics)
+CdcSource::CdcSource(const Config& config)
     : config_(config),
       cdc_(*config.cdc),
-      metrics_(metrics),
       stream_(config.postgres.conninfo, config.postgres.password, "outboxd-cdc") {}
 
 CdcSource::~CdcSource() = default;
 
 Result<std::unique_ptr<CdcSource>> CdcSource::Create(const Config& config, Metrics& metrics) {
   if (!config.cdc) return Status::InvalidConfig("no [cdc] section");
-  std::unique_ptr<CdcSource> source(new CdcSource(config, metrics));
+  std::unique_ptr<CdcSource> source(new CdcSource(config));
   source->sources_.push_back({&metrics.Source(SlotSource(config.cdc->slot))});
   for (const OutboxTableConfig& t : config.outboxes) {
     if (t.source != OutboxSource::kCdc) continue;
@@ -235,7 +234,7 @@ Status CdcSource::BeginSnapshot() {
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
   tx_ = TransactionInfo{exported->consistent_point, now_us, 0};
-  snapshot_reader_.emplace();
+  snapshot_reader_ = SnapshotReader{};
   snapshot_reader_->consistent_point = exported->consistent_point;
   snapshot_ = SnapshotState::kReading;
   Enter(Phase::kSnapshotting);
@@ -310,8 +309,10 @@ Status CdcSource::CheckTables() {
         "AND NOT a.attisdropped ORDER BY a.attnum",
         {QuoteQualifiedTable(table)});
     if (!res.ok()) return res.status().Prefixed("could not read the columns of table \"" + table + "\"");
+    const int rows = PQntuples(res->get());
     std::vector<std::string> cols;
-    for (int i = 0; i < PQntuples(res->get()); ++i) cols.emplace_back(PQgetvalue(res->get(), i, 0));
+    cols.reserve(static_cast<std::size_t>(rows));
+    for (int i = 0; i < rows; ++i) cols.emplace_back(PQgetvalue(res->get(), i, 0));
     if (cols.empty()) return Status::InvalidConfig("table \"" + table + "\" does not exist");
     return cols;
   };
@@ -768,10 +769,10 @@ Status CdcSource::HandleMessage(const PgoutputMessage& msg, const XLogData& fram
           if (!routed) return Status::Ok();
           Logger("cdc")->debug("non-transactional message at {} (published even if its transaction rolled back)",
                                m.lsn.ToString());
-          std::optional<TransactionInfo> outer = std::move(tx_);
+          const std::optional<TransactionInfo> outer = tx_;
           tx_ = alone;
           Status st = Emit(std::move(*routed), kNonTransactionalIndexFlag);
-          tx_ = std::move(outer);
+          tx_ = outer;
           if (st.ok() && !tx_) {
             const auto ticket = checkpoint_.Add({m.lsn, 0, EntryKind::kCommit});
             checkpoint_.MarkAcked(ticket);

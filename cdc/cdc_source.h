@@ -181,7 +181,7 @@ class CdcSource final : public Source {
     int64_t in_flight = 0;
   };
 
-  CdcSource(const Config& config, Metrics& metrics);
+  explicit CdcSource(const Config& config);
 
   // The one place the phase changes.
   void Enter(Phase phase);
@@ -244,7 +244,6 @@ class CdcSource final : public Source {
   // Constant after Create() (Attach() sets the two pointers).
   const Config& config_;
   const CdcConfig& cdc_;
-  Metrics& metrics_;
   Publisher* publisher_ = nullptr;  // owned by the runner
   RelayHealth* health_ = nullptr;   // owned by the Metrics
   SlotMetrics* slot_metrics_ = nullptr;

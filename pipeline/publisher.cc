@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -161,14 +162,29 @@ Status Publisher::Produce(const Record& record, uint64_t token) {
   // pointer is a null value (tombstone).
   void* value = record.value ? const_cast<char*>(record.value->data()) : nullptr;
   const std::size_t value_len = record.value ? record.value->size() : 0;
-  const rd_kafka_resp_err_t err = rd_kafka_producev(
-      rk_, RD_KAFKA_V_TOPIC(record.topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-      RD_KAFKA_V_KEY(const_cast<char*>(key), key_len), RD_KAFKA_V_VALUE(value, value_len),
-      RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(record.timestamp_ms.value_or(0)),
-      // The token travels in the opaque pointer and comes back in the report.
-      RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))),  // NOLINT(performance-no-int-to-ptr)
-      RD_KAFKA_V_END);
-  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::Ok();
+  // rd_kafka_produceva rather than rd_kafka_producev: the same call without
+  // the RD_KAFKA_V_* macros' GNU statement expressions.
+  std::array<rd_kafka_vu_t, 7> args{};
+  args[0].vtype = RD_KAFKA_VTYPE_TOPIC;
+  args[0].u.cstr = record.topic.c_str();
+  args[1].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
+  args[1].u.i = RD_KAFKA_MSG_F_COPY;
+  args[2].vtype = RD_KAFKA_VTYPE_KEY;
+  args[2].u.mem = {const_cast<char*>(key), key_len};
+  args[3].vtype = RD_KAFKA_VTYPE_VALUE;
+  args[3].u.mem = {value, value_len};
+  args[4].vtype = RD_KAFKA_VTYPE_HEADERS;
+  args[4].u.headers = headers;
+  args[5].vtype = RD_KAFKA_VTYPE_TIMESTAMP;
+  args[5].u.i64 = record.timestamp_ms.value_or(0);
+  // The token travels in the opaque pointer and comes back in the report.
+  args[6].vtype = RD_KAFKA_VTYPE_OPAQUE;
+  args[6].u.ptr = reinterpret_cast<void*>(static_cast<uintptr_t>(token));  // NOLINT(performance-no-int-to-ptr)
+  rd_kafka_error_t* error = rd_kafka_produceva(rk_, args.data(), args.size());
+  if (error == nullptr) return Status::Ok();
+  // A fatal error comes with its cause's code; producev said _FATAL.
+  const rd_kafka_resp_err_t err = rd_kafka_error_is_fatal(error) ? RD_KAFKA_RESP_ERR__FATAL : rd_kafka_error_code(error);
+  rd_kafka_error_destroy(error);
   rd_kafka_headers_destroy(headers);  // not taken over on failure
   last_produce_error_ = rd_kafka_err2name(err);
   const std::string what = last_produce_error_ + ": " + rd_kafka_err2str(err);
