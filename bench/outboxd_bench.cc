@@ -47,8 +47,8 @@
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
-#include <cstdarg>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -96,12 +96,13 @@ struct Options {
   std::string log_level = "info";
   std::vector<std::pair<std::string, std::string>> kafka_properties;
   // cdc scenarios
-  int row_bytes = 200;         // approximate size of a captured row as stored
-  int tx_rows = 100;           // rows per transaction in the "small transactions" run
-  double cdc_rate = 2000;      // cdc latency: events (one-row transactions) per second
+  int row_bytes = 200;     // approximate size of a captured row as stored
+  int tx_rows = 100;       // rows per transaction in the "small transactions" run
+  double cdc_rate = 2000;  // cdc latency: events (one-row transactions) per second
   bool cdc_async_commit = false;
-  std::string cdc_status_interval;  // cdc latency: [cdc] status_interval; empty: outboxd's default (10s)  // cdc latency: keep the server's synchronous_commit = off for the writer
-  std::string pg_recvlogical;  // empty: PATH, then the server's version's bindir
+  std::string cdc_status_interval;  // cdc latency: [cdc] status_interval; empty: outboxd's default (10s)  // cdc
+                                    // latency: keep the server's synchronous_commit = off for the writer
+  std::string pg_recvlogical;       // empty: PATH, then the server's version's bindir
 };
 
 void Usage(const char* argv0) {
@@ -361,10 +362,10 @@ class CpuMeter {
     return rows;
   }
   std::pair<std::string, std::string> MachineRow() const {
-    return {"CPU machine (all processes)",
-            machine_busy_ < 0 ? "n/a"
-                              : Fmt("%.0f%% busy of %ld cores, load average %s", 100 * machine_busy_,
-                                    ::sysconf(_SC_NPROCESSORS_ONLN), LoadAverage().c_str())};
+    return {"CPU machine (all processes)", machine_busy_ < 0
+                                               ? "n/a"
+                                               : Fmt("%.0f%% busy of %ld cores, load average %s", 100 * machine_busy_,
+                                                     ::sysconf(_SC_NPROCESSORS_ONLN), LoadAverage().c_str())};
   }
 
  private:
@@ -400,8 +401,9 @@ class DbWatch {
 
   // pid of the PostgreSQL backend serving outboxd's connection, or -1.
   pid_t OutboxdBackendPid() const {
-    auto res = Run("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                   "AND application_name = 'outboxd' AND backend_type = 'client backend'");
+    auto res =
+        Run("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'outboxd' AND backend_type = 'client backend'");
     if (PQntuples(res.get()) != 1) return -1;
     return static_cast<pid_t>(std::atol(PQgetvalue(res.get(), 0, 0)));
   }
@@ -409,16 +411,16 @@ class DbWatch {
   // pid of the walsender streaming replication slot `slot` (the bench's slot
   // names are [a-z0-9_]), or -1 while nobody streams it.
   pid_t SlotActivePid(const std::string& slot) const {
-    auto res = Run("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '" + slot +
-                   "' AND active_pid IS NOT NULL");
+    auto res =
+        Run("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '" + slot + "' AND active_pid IS NOT NULL");
     if (PQntuples(res.get()) != 1) return -1;
     return static_cast<pid_t>(std::atol(PQgetvalue(res.get(), 0, 0)));
   }
 
   // True once the slot's confirmed_flush_lsn is at or past `lsn` ("0/1EB1028").
   bool SlotConfirmedPast(const std::string& slot, const std::string& lsn) const {
-    return Rows("SELECT 1 FROM pg_replication_slots WHERE slot_name = '" + slot +
-                "' AND confirmed_flush_lsn >= '" + lsn + "'::pg_lsn") == 1;
+    return Rows("SELECT 1 FROM pg_replication_slots WHERE slot_name = '" + slot + "' AND confirmed_flush_lsn >= '" +
+                lsn + "'::pg_lsn") == 1;
   }
 
  private:
@@ -455,9 +457,7 @@ class Table {
   std::vector<std::pair<std::string, std::string>> rows_;
 };
 
-void Progress(const std::string& what) {
-  std::fprintf(stderr, "[bench] %s\n", what.c_str());
-}
+void Progress(const std::string& what) { std::fprintf(stderr, "[bench] %s\n", what.c_str()); }
 
 // ---------------------------------------------------------------------------
 // Schema and outboxd
@@ -467,8 +467,8 @@ void Progress(const std::string& what) {
 std::string PayloadSql(const std::string& n_sql, int keys, int bytes, bool with_n) {
   // The fixed part of the JSON text below is about 131 bytes; "n" adds about 11.
   const int pad = std::max(0, bytes - 131 - (with_n ? 11 : 0));
-  return std::string("jsonb_build_object(") + (with_n ? "'n', " + n_sql + ", " : "") +
-         "'orderId', " + n_sql + ", 'customerId', 'customer-' || (" + n_sql + " % " + std::to_string(keys) +
+  return std::string("jsonb_build_object(") + (with_n ? "'n', " + n_sql + ", " : "") + "'orderId', " + n_sql +
+         ", 'customerId', 'customer-' || (" + n_sql + " % " + std::to_string(keys) +
          "), 'status', 'CREATED', 'currency', 'EUR', 'amount', round((" + n_sql +
          " % 100000) / 100.0, 2), 'lines', 3, 'note', repeat('x', " + std::to_string(pad) + "))";
 }
@@ -532,10 +532,10 @@ struct KcatRecord {
 // Up to `count` records of partition `p` from `offset` ("beginning", "-1"),
 // read with kcat.
 std::vector<KcatRecord> ReadRecords(const std::string& topic, int p, const std::string& offset, int count) {
-  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-p",
-                                std::to_string(p), "-o", offset, "-c", std::to_string(count), "-e", "-q", "-f",
-                                "%T %o %k\\n"},
-                               seconds(60));
+  CommandResult r =
+      RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-p", std::to_string(p), "-o",
+                  offset, "-c", std::to_string(count), "-e", "-q", "-f", "%T %o %k\\n"},
+                 seconds(60));
   if (r.exit_code != 0) throw HarnessError("kcat failed reading " + topic + ":" + std::to_string(p) + ": " + r.output);
   std::vector<KcatRecord> out;
   std::istringstream in(r.output);
@@ -594,8 +594,8 @@ RawDrain DrainWithDelete(const TestDatabase& db, const std::string& table, int b
   auto conn = PgConn::Connect(db.conninfo(), std::nullopt, "outboxd-bench-raw");
   if (!conn.ok()) throw HarnessError(conn.status().message());
   const std::string sql = "DELETE FROM " + table + " WHERE seq IN (SELECT seq FROM " + table +
-                          (keyset ? " WHERE seq > $1::bigint" : "") + " ORDER BY seq LIMIT " +
-                          std::to_string(batch) + ") RETURNING *";
+                          (keyset ? " WHERE seq > $1::bigint" : "") + " ORDER BY seq LIMIT " + std::to_string(batch) +
+                          ") RETURNING *";
   RawDrain d;
   long long last = 0;
   std::vector<std::string> values;  // copied out, as a relay would
@@ -639,7 +639,9 @@ struct DrainRun {
   std::vector<std::pair<std::string, std::string>> cpu_rows;
 
   double wall_seconds() const { return (empty_wall - t0_wall) / 1e3; }
-  double append_seconds() const { return static_cast<double>(std::max<int64_t>(1, span.last_ts - span.first_ts)) / 1e3; }
+  double append_seconds() const {
+    return static_cast<double>(std::max<int64_t>(1, span.last_ts - span.first_ts)) / 1e3;
+  }
 };
 
 // Cold: outboxd starts on a table already holding the events (its producer
@@ -676,11 +678,16 @@ DrainRun DrainWithOutboxd(const Options& o, const TestDatabase& db, bool warm) {
     if (!outboxd.WaitForLog("relaying", seconds(60))) Fail(outboxd, "outboxd did not start relaying");
     db.Exec("INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) VALUES ('" + suffix +
             "', 'warmup', 'Warmup', '{}')");
-    if (!WaitUntil([&] { running(); return watch.Empty(table); }, seconds(60))) {
+    if (!WaitUntil(
+            [&] {
+              running();
+              return watch.Empty(table);
+            },
+            seconds(60))) {
       Fail(outboxd, "the warm-up event was not relayed within 60 s");
     }
-    Progress(Fmt("throughput (warm): committing %" PRId64 " events in one transaction into %s", o.events,
-                 table.c_str()));
+    Progress(
+        Fmt("throughput (warm): committing %" PRId64 " events in one transaction into %s", o.events, table.c_str()));
     // The INSERT itself is not measured: the clock starts at its COMMIT.
     db.Exec(FillSql(table, o, suffix, 1, o.events));
     run.t0_wall = WallMs();
@@ -724,9 +731,7 @@ DrainRun DrainWithOutboxd(const Options& o, const TestDatabase& db, bool warm) {
   return run;
 }
 
-std::string Rate(int64_t events, double seconds) {
-  return Fmt("%.0f events/s", static_cast<double>(events) / seconds);
-}
+std::string Rate(int64_t events, double seconds) { return Fmt("%.0f events/s", static_cast<double>(events) / seconds); }
 
 std::string Mib(int64_t kb) { return kb >= 0 ? Fmt("%.1f MiB", static_cast<double>(kb) / 1024) : "n/a"; }
 
@@ -751,8 +756,7 @@ int RunThroughput(const Options& o, const TestDatabase& db) {
   // The event size, from a sample of the same rows.
   db.Exec(OutboxDdl("public.outbox_sample"));
   db.Exec(FillSql("public.outbox_sample", o, "sample", 1, std::min<int64_t>(o.events, 10000)));
-  const std::string avg_payload =
-      db.QueryString("SELECT round(avg(length(payload::text))) FROM public.outbox_sample");
+  const std::string avg_payload = db.QueryString("SELECT round(avg(length(payload::text))) FROM public.outbox_sample");
   const std::string avg_row = db.QueryString("SELECT round(avg(pg_column_size(t.*))) FROM public.outbox_sample t");
   db.Exec("DROP TABLE public.outbox_sample");
 
@@ -766,8 +770,8 @@ int RunThroughput(const Options& o, const TestDatabase& db) {
   const double cold_rate = static_cast<double>(o.events) / cold.append_seconds();
   const double warm_rate = static_cast<double>(o.events) / warm.append_seconds();
 
-  Table t(Fmt("THROUGHPUT  %" PRId64 " events, %d keys, topic %d partitions (LogAppendTime), batch_size %d",
-              o.events, o.keys, o.partitions, o.batch_size));
+  Table t(Fmt("THROUGHPUT  %" PRId64 " events, %d keys, topic %d partitions (LogAppendTime), batch_size %d", o.events,
+              o.keys, o.partitions, o.batch_size));
   t.Row("event size", "payload " + avg_payload + " B JSON, row " + avg_row + " B");
   t.Row("raw limit: DELETE ... RETURNING, no Kafka",
         Fmt("%.0f events/s  (%.2f s, %.1f MB read; keyset: seq > previous batch)", raw_rate, raw.seconds,
@@ -781,15 +785,15 @@ int RunThroughput(const Options& o, const TestDatabase& db) {
     t.Row(k + "first produce -> last ack",
           Rate(o.events, r->append_seconds()) + Fmt("  (%.2f s by LogAppendTime)", r->append_seconds()));
     t.Row(k + from + " -> outbox empty", Rate(o.events, r->wall_seconds()) + Fmt("  (%.2f s wall)", r->wall_seconds()));
-    t.Row(k + "ratio outboxd / raw",
-          Fmt("%.2f  (wall: %.2f)", (is_warm ? warm_rate : cold_rate) / raw_rate,
-              static_cast<double>(o.events) / r->wall_seconds() / raw_rate));
+    t.Row(k + "ratio outboxd / raw", Fmt("%.2f  (wall: %.2f)", (is_warm ? warm_rate : cold_rate) / raw_rate,
+                                         static_cast<double>(o.events) / r->wall_seconds() / raw_rate));
     t.Row(k + "timeline from " + from,
           Fmt("first append +%.0f ms, last append +%.0f ms, outbox empty +%.0f ms",
               static_cast<double>(r->span.first_ts) - r->t0_wall, static_cast<double>(r->span.last_ts) - r->t0_wall,
               r->empty_wall - r->t0_wall));
-    t.Row(k + "records in topic", Fmt("%" PRId64 " (%s per partition)%s", r->span.records, r->span.per_partition.c_str(),
-                                      r->span.records == o.events ? "" : "  DIFFERS from the events written"));
+    t.Row(k + "records in topic",
+          Fmt("%" PRId64 " (%s per partition)%s", r->span.records, r->span.per_partition.c_str(),
+              r->span.records == o.events ? "" : "  DIFFERS from the events written"));
     t.Row(k + "outboxd peak RSS (VmHWM)", Mib(r->mem.peak_rss_kb));
     for (const auto& [m, v] : r->cpu_rows) t.Row(k + m, v);
   }
@@ -884,8 +888,8 @@ int RunLatency(const Options& o, const TestDatabase& db) {
   KafkaAdmin admin(SharedServices().kafka_bootstrap);
   admin.CreateTopic(topic, o.partitions, {{"message.timestamp.type", "LogAppendTime"}});
 
-  OutboxdProcess outboxd(OutboxdToml(o, db, table,
-                                     "notify_channel = " + Quote(channel) + "\npoll_interval = \"250ms\"\n"));
+  OutboxdProcess outboxd(
+      OutboxdToml(o, db, table, "notify_channel = " + Quote(channel) + "\npoll_interval = \"250ms\"\n"));
   const DbWatch watch(db);
   outboxd.Start();
   if (!outboxd.WaitForLog("relaying", seconds(60))) Fail(outboxd, "outboxd did not start relaying");
@@ -896,9 +900,8 @@ int RunLatency(const Options& o, const TestDatabase& db) {
   Progress("latency: warm-up");
   double first_commit_ms = 0;
   for (int i = 1; i <= 50; ++i) {
-    db.Exec("INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) VALUES ('" + suffix +
-            "', 'order-" + std::to_string(i) + "', 'Warmup', " +
-            PayloadSql(std::to_string(-i), o.keys, o.payload_bytes, true) + ")");
+    db.Exec("INSERT INTO " + table + " (aggregatetype, aggregateid, type, payload) VALUES ('" + suffix + "', 'order-" +
+            std::to_string(i) + "', 'Warmup', " + PayloadSql(std::to_string(-i), o.keys, o.payload_bytes, true) + ")");
     if (i == 1) first_commit_ms = WallMs();
   }
   const auto empty = [&] {
@@ -934,8 +937,8 @@ int RunLatency(const Options& o, const TestDatabase& db) {
   SaveLog(o, outboxd, "latency.log");
 
   // Every record: "LogAppendTime<TAB>value".
-  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-o",
-                                "beginning", "-e", "-q", "-f", "%T\\t%s\\n"},
+  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-o", "beginning",
+                                "-e", "-q", "-f", "%T\\t%s\\n"},
                                seconds(300));
   if (r.exit_code != 0) throw HarnessError("kcat could not read " + topic + ": " + r.output);
   std::vector<double> ack_ms(static_cast<std::size_t>(w.count), -1);
@@ -985,9 +988,10 @@ int RunLatency(const Options& o, const TestDatabase& db) {
   int64_t over_50 = 0;
   for (double l : latency) over_50 += l >= 50 ? 1 : 0;
 
-  Table t(Fmt("LATENCY  %.0f events/s for %d s, one event per transaction, NOTIFY trigger, poll_interval 250ms",
-              o.rate, o.seconds));
-  t.Row("events written (achieved rate)", Fmt("%" PRId64 " (%.0f/s)", w.count, static_cast<double>(w.count) / writer_seconds));
+  Table t(Fmt("LATENCY  %.0f events/s for %d s, one event per transaction, NOTIFY trigger, poll_interval 250ms", o.rate,
+              o.seconds));
+  t.Row("events written (achieved rate)",
+        Fmt("%" PRId64 " (%.0f/s)", w.count, static_cast<double>(w.count) / writer_seconds));
   t.Row("writer behind schedule", Fmt("max %.1f ms, %" PRId64 " inserts > 10 ms late", w.max_behind_ms, w.behind_10ms));
   t.Row("latencies measured (commit -> LogAppendTime)",
         Fmt("%zu (missing %" PRId64 ", duplicates %" PRId64 ")", latency.size(), missing, duplicates));
@@ -997,8 +1001,9 @@ int RunLatency(const Options& o, const TestDatabase& db) {
   t.Row("p99.9", Fmt("%.1f ms", Percentile(latency, 0.999)));
   t.Row("max", Fmt("%.1f ms", latency.empty() ? NAN : latency.back()));
   t.Row("min", Fmt("%.1f ms", latency.empty() ? NAN : latency.front()));
-  t.Row("events >= 50 ms", Fmt("%" PRId64 " (%.2f%%)", over_50,
-                               latency.empty() ? 0.0 : 100.0 * static_cast<double>(over_50) / static_cast<double>(latency.size())));
+  t.Row("events >= 50 ms",
+        Fmt("%" PRId64 " (%.2f%%)", over_50,
+            latency.empty() ? 0.0 : 100.0 * static_cast<double>(over_50) / static_cast<double>(latency.size())));
   t.Row("first event after outboxd start (not above)",
         first_ack_ms < 0 ? "n/a" : Fmt("%.1f ms", first_ack_ms - first_commit_ms));
   t.Row("outboxd peak RSS (VmHWM)", Mib(mem.peak_rss_kb));
@@ -1018,12 +1023,12 @@ int RunLatency(const Options& o, const TestDatabase& db) {
 // Names of one cdc run. Slots are cluster-wide and named [a-z0-9_], so slot
 // and publication names carry the bench's pid; the topic prefix is unique.
 struct CdcNames {
-  std::string table;         // "public.cdc_1tx"
+  std::string table;  // "public.cdc_1tx"
   std::string publication;
-  std::string slot;          // outboxd's
-  std::string raw_slot;      // pg_recvlogical's
+  std::string slot;      // outboxd's
+  std::string raw_slot;  // pg_recvlogical's
   std::string topic_prefix;
-  std::string topic;         // <topic_prefix>.public.cdc_<kind>
+  std::string topic;  // <topic_prefix>.public.cdc_<kind>
 };
 
 CdcNames MakeCdcNames(const std::string& kind) {
@@ -1059,8 +1064,8 @@ std::string CdcRowValuesSql(const std::string& n_sql, const Options& o) {
 
 std::string CdcFillSql(const std::string& table, const Options& o, const std::string& from_sql,
                        const std::string& to_sql) {
-  return "INSERT INTO " + table + " " + kCdcColumns + " SELECT " + CdcRowValuesSql("i", o) +
-         " FROM generate_series(" + from_sql + ", " + to_sql + ") i";
+  return "INSERT INTO " + table + " " + kCdcColumns + " SELECT " + CdcRowValuesSql("i", o) + " FROM generate_series(" +
+         from_sql + ", " + to_sql + ") i";
 }
 
 // Rows 1..o.events: one INSERT (one transaction) when tx_rows >= o.events,
@@ -1156,12 +1161,25 @@ struct RawStream {
   double cpu_walsender = -1;  // its walsender's, last sample before it exited
 };
 
-RawStream StreamWithPgRecvlogical(const Options& o, const TestDatabase& db, const DbWatch& watch,
-                                  const CdcNames& n, const std::string& end_lsn) {
-  const std::vector<std::string> args = {PgRecvlogicalPath(o, db), "-d", db.conninfo(), "--slot", n.raw_slot,
-                                         "--start", "--no-loop", "-o", "proto_version=1",
-                                         "-o", "publication_names=" + n.publication, "-o", "messages=true",
-                                         "--endpos", end_lsn, "-f", "/dev/null"};
+RawStream StreamWithPgRecvlogical(const Options& o, const TestDatabase& db, const DbWatch& watch, const CdcNames& n,
+                                  const std::string& end_lsn) {
+  const std::vector<std::string> args = {PgRecvlogicalPath(o, db),
+                                         "-d",
+                                         db.conninfo(),
+                                         "--slot",
+                                         n.raw_slot,
+                                         "--start",
+                                         "--no-loop",
+                                         "-o",
+                                         "proto_version=1",
+                                         "-o",
+                                         "publication_names=" + n.publication,
+                                         "-o",
+                                         "messages=true",
+                                         "--endpos",
+                                         end_lsn,
+                                         "-f",
+                                         "/dev/null"};
   RawStream raw;
   CommandResult result;
   std::exception_ptr error;
@@ -1193,7 +1211,9 @@ RawStream StreamWithPgRecvlogical(const Options& o, const TestDatabase& db, cons
   if (error) std::rethrow_exception(error);
   rusage after{};
   ::getrusage(RUSAGE_CHILDREN, &after);
-  const auto secs = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  const auto secs = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+  };
   raw.cpu_self = secs(after.ru_utime) - secs(before.ru_utime) + secs(after.ru_stime) - secs(before.ru_stime);
   if (result.exit_code != 0) {
     throw HarnessError(Fmt("pg_recvlogical exited with %d: ", result.exit_code) + result.output);
@@ -1328,10 +1348,10 @@ int RunCdcThroughput(const Options& o, const TestDatabase& db) {
     t.Row(k + "raw: CPU pg_recvlogical / its walsender",
           Fmt("%.2f s / %.2f s (%.0f%% / %.0f%% of one core)", r->raw.cpu_self, r->raw.cpu_walsender,
               100 * r->raw.cpu_self / r->raw.seconds, 100 * r->raw.cpu_walsender / r->raw.seconds));
-    t.Row(k + "outboxd: start -> last ack", Rate(o.events, r->start_to_last_ack()) +
-                                                Fmt("  (%.2f s to the last LogAppendTime)", r->start_to_last_ack()));
-    t.Row(k + "ratio outboxd / pg_recvlogical", Fmt("%.2f  (goal >= 0.6: %s)", rate / raw_rate,
-                                                    rate / raw_rate >= 0.6 ? "met" : "NOT met"));
+    t.Row(k + "outboxd: start -> last ack",
+          Rate(o.events, r->start_to_last_ack()) + Fmt("  (%.2f s to the last LogAppendTime)", r->start_to_last_ack()));
+    t.Row(k + "ratio outboxd / pg_recvlogical",
+          Fmt("%.2f  (goal >= 0.6: %s)", rate / raw_rate, rate / raw_rate >= 0.6 ? "met" : "NOT met"));
     t.Row(k + "outboxd: first -> last append",
           Rate(o.events, r->first_to_last_append()) + Fmt("  (%.2f s)", r->first_to_last_append()));
     t.Row(k + "outboxd: start -> slot confirmed",
@@ -1365,7 +1385,12 @@ int RunCdcLatency(const Options& o, const TestDatabase& db) {
     if (!outboxd.Running()) Fail(outboxd, "outboxd exited during the cdc latency run");
   };
   outboxd.Start();
-  if (!WaitUntil([&] { running(); return watch.SlotActivePid(n.slot) > 0; }, seconds(60))) {
+  if (!WaitUntil(
+          [&] {
+            running();
+            return watch.SlotActivePid(n.slot) > 0;
+          },
+          seconds(60))) {
     Fail(outboxd, "outboxd did not start streaming slot " + n.slot);
   }
 
@@ -1422,8 +1447,8 @@ int RunCdcLatency(const Options& o, const TestDatabase& db) {
   SaveLog(o, outboxd, "cdc-latency.log");
 
   // Every record: "LogAppendTime<TAB>key", the key being {"id":N}.
-  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", n.topic, "-o",
-                                "beginning", "-e", "-q", "-f", "%T\\t%k\\n"},
+  CommandResult r = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", n.topic, "-o", "beginning",
+                                "-e", "-q", "-f", "%T\\t%k\\n"},
                                seconds(300));
   if (r.exit_code != 0) throw HarnessError("kcat could not read " + n.topic + ": " + r.output);
   std::vector<double> ack_ms(static_cast<std::size_t>(w.count), -1);
@@ -1480,11 +1505,11 @@ int RunCdcLatency(const Options& o, const TestDatabase& db) {
   int64_t over_25 = 0;
   for (double l : latency) over_25 += l >= 25 ? 1 : 0;
 
-  Table t(Fmt("CDC LATENCY  %.0f one-row transactions/s for %d s, row changes of a captured table, "
-              "status_interval %s, writer synchronous_commit = %s",
-              o.cdc_rate, o.seconds,
-              o.cdc_status_interval.empty() ? "10s (default)" : o.cdc_status_interval.c_str(),
-              o.cdc_async_commit ? "off" : "on"));
+  Table t(
+      Fmt("CDC LATENCY  %.0f one-row transactions/s for %d s, row changes of a captured table, "
+          "status_interval %s, writer synchronous_commit = %s",
+          o.cdc_rate, o.seconds, o.cdc_status_interval.empty() ? "10s (default)" : o.cdc_status_interval.c_str(),
+          o.cdc_async_commit ? "off" : "on"));
   t.Row("rows written (achieved rate)",
         Fmt("%" PRId64 " (%.0f/s)", w.count, static_cast<double>(w.count) / writer_seconds));
   t.Row("writer behind schedule", Fmt("max %.1f ms, %" PRId64 " inserts > 10 ms late", w.max_behind_ms, w.behind_10ms));
@@ -1496,17 +1521,17 @@ int RunCdcLatency(const Options& o, const TestDatabase& db) {
   t.Row("p99.9", Fmt("%.1f ms", Percentile(latency, 0.999)));
   t.Row("max", Fmt("%.1f ms", latency.empty() ? NAN : latency.back()));
   t.Row("min", Fmt("%.1f ms", latency.empty() ? NAN : latency.front()));
-  t.Row("events >= 25 ms", Fmt("%" PRId64 " (%.2f%%)", over_25,
-                               latency.empty() ? 0.0
-                                               : 100.0 * static_cast<double>(over_25) / static_cast<double>(latency.size())));
+  t.Row("events >= 25 ms",
+        Fmt("%" PRId64 " (%.2f%%)", over_25,
+            latency.empty() ? 0.0 : 100.0 * static_cast<double>(over_25) / static_cast<double>(latency.size())));
   t.Row("first row after outboxd start (not above)",
         first_ack_ms < 0 ? "n/a" : Fmt("%.1f ms", first_ack_ms - first_commit_ms));
   t.Row("outboxd peak RSS (VmHWM)", Mib(mem.peak_rss_kb));
   t.Rows(cpu.Rows(writer_seconds));
   t.Row(cpu.MachineRow().first, cpu.MachineRow().second);
   t.Row("outboxd CPU by thread (whole run)", threads);
-  t.Row("goal p99 < 25 ms at 2000 events/s", o.cdc_rate < 2000 ? Fmt("not checked (rate %.0f/s)", o.cdc_rate)
-                                                                 : (p99 < 25 ? "met" : "NOT met"));
+  t.Row("goal p99 < 25 ms at 2000 events/s",
+        o.cdc_rate < 2000 ? Fmt("not checked (rate %.0f/s)", o.cdc_rate) : (p99 < 25 ? "met" : "NOT met"));
   if (unparsed > 0) t.Row("unparseable records", std::to_string(unparsed));
   t.Print();
   return (missing == 0 && unparsed == 0) ? 0 : 1;
@@ -1522,8 +1547,8 @@ int Main(int argc, char** argv) {
   utsname u{};
   ::uname(&u);
   std::printf("outboxd benchmark  %s\n", Today().c_str());
-  std::printf("  machine     %ld CPUs (%s), %s %s\n", ::sysconf(_SC_NPROCESSORS_ONLN), CpuModel().c_str(),
-              u.sysname, u.release);
+  std::printf("  machine     %ld CPUs (%s), %s %s\n", ::sysconf(_SC_NPROCESSORS_ONLN), CpuModel().c_str(), u.sysname,
+              u.release);
   std::printf("  postgres    %s on %s:%d (harness: fsync=off, synchronous_commit=off)\n",
               db.QueryString("SHOW server_version").c_str(), services.pg_host.c_str(), services.pg_port);
   std::printf("  kafka       %s (harness single-node broker)\n", services.kafka_bootstrap.c_str());

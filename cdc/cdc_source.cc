@@ -50,9 +50,7 @@ OutboxTableConfig MessageRouting(const CdcConfig& cdc) {
 }  // namespace
 
 CdcSource::CdcSource(const Config& config)
-    : config_(config),
-      cdc_(*config.cdc),
-      stream_(config.postgres.conninfo, config.postgres.password, "outboxd-cdc") {}
+    : config_(config), cdc_(*config.cdc), stream_(config.postgres.conninfo, config.postgres.password, "outboxd-cdc") {}
 
 CdcSource::~CdcSource() = default;
 
@@ -96,8 +94,7 @@ Status CdcSource::CheckSlot(bool first) {
     // Nothing set up yet: name the slot first, it is what matters most.
     auto slot = ReadSlotStatus(ctl_, cdc_.slot);
     if (recorded.status().code() == StatusCode::kInvalidConfig && slot.ok() && !*slot) {
-      return Status::InvalidConfig("replication slot \"" + cdc_.slot + "\" and the state table " +
-                                   cdc_.state_table +
+      return Status::InvalidConfig("replication slot \"" + cdc_.slot + "\" and the state table " + cdc_.state_table +
                                    " do not exist (create them with `outboxd init`, or set [cdc] create = true)");
     }
     return recorded.status();
@@ -126,9 +123,10 @@ Status CdcSource::CheckSlot(bool first) {
     snapshot_ = SnapshotState::kPending;  // created with its snapshot on the replication connection
   } else {
     if (cdc_.snapshot == SnapshotMode::kInitial && *status && !recorded_lsn) {
-      log->info("replication slot \"{}\" already exists: snapshot = \"initial\" is taken only when outboxd "
-                "creates the slot itself",
-                cdc_.slot);
+      log->info(
+          "replication slot \"{}\" already exists: snapshot = \"initial\" is taken only when outboxd "
+          "creates the slot itself",
+          cdc_.slot);
     }
     health_->SetInLongCall(true);  // creating a slot waits for running transactions to end
     auto slot_ran = EnsureSlot(ctl_, cdc_.slot, create_slot);
@@ -161,7 +159,8 @@ Status CdcSource::CheckSlot(bool first) {
 
 Status CdcSource::LockSnapshot() {
   auto locked = ctl_.Exec(kTryLockCdcSnapshotSql, {cdc_.slot});
-  if (!locked.ok()) return locked.status().Prefixed("could not lock the initial snapshot of slot \"" + cdc_.slot + "\"");
+  if (!locked.ok())
+    return locked.status().Prefixed("could not lock the initial snapshot of slot \"" + cdc_.slot + "\"");
   if (std::string_view(PQgetvalue(locked->get(), 0, 0)) != "t") {
     return Status::Retriable("the initial snapshot of replication slot \"" + cdc_.slot +
                              "\" is being taken by another outboxd instance");
@@ -191,17 +190,20 @@ Status CdcSource::RecoverUnfinishedSnapshot(const SlotState& recorded) {
     // A new snapshot needs a new slot, and dropping this one would lose the
     // outbox events and messages it holds since its consistent point.
     return Status::Permanent(
-        "the initial snapshot of " + name + " did not finish, and the slot holds outbox events and messages "
-        "committed since " + recorded.confirmed.ToString() + " that a new slot would skip. To publish them, set " +
+        "the initial snapshot of " + name +
+        " did not finish, and the slot holds outbox events and messages "
+        "committed since " +
+        recorded.confirmed.ToString() + " that a new slot would skip. To publish them, set " +
         "[cdc] snapshot = \"never\" and restart (the rows of `tables` that the snapshot did not deliver must then "
         "be published by other means); or, if nothing was written since, drop the slot and its row in " +
         cdc_.state_table + " and start again");
   }
   // Only row changes of `tables` come from this slot, and a new snapshot
   // gives every row's current state: drop the slot, take it again.
-  log->warn("the initial snapshot of {} did not finish; dropping the slot (nothing was confirmed from it) to take "
-            "the snapshot again",
-            name);
+  log->warn(
+      "the initial snapshot of {} did not finish; dropping the slot (nothing was confirmed from it) to take "
+      "the snapshot again",
+      name);
   auto dropped = ctl_.Exec("SELECT pg_drop_replication_slot($1)", {cdc_.slot});
   if (!dropped.ok()) return dropped.status().Prefixed("could not drop " + name);
   OUTBOXD_RETURN_IF_ERROR(DeleteSlotState(ctl_, cdc_.state_table, cdc_.slot));
@@ -230,9 +232,9 @@ Status CdcSource::BeginSnapshot() {
   // The replication connection stays idle until streaming starts: the
   // snapshot it exported lives until its next command.
   OUTBOXD_RETURN_IF_ERROR(BeginSnapshotTransaction(ctl_, exported->snapshot_name));
-  const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                          std::chrono::system_clock::now().time_since_epoch())
-                          .count();
+  const auto now_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   tx_ = TransactionInfo{exported->consistent_point, now_us, 0};
   snapshot_reader_ = SnapshotReader{};
   snapshot_reader_->consistent_point = exported->consistent_point;
@@ -338,10 +340,11 @@ Status CdcSource::CheckTables() {
       const std::string_view kind = PQgetvalue(ident->get(), 0, 0);
       const bool has_pk = std::string_view(PQgetvalue(ident->get(), 0, 1)) == "t";
       if (kind == "n" || (kind == "d" && !has_pk)) {
-        Logger("cdc")->warn("table \"{}\" has no replica identity (no primary key, REPLICA IDENTITY {}): "
-                            "PostgreSQL refuses its updates and deletes while it is published, and its "
-                            "change events have no key",
-                            t, kind == "n" ? "NOTHING" : "DEFAULT");
+        Logger("cdc")->warn(
+            "table \"{}\" has no replica identity (no primary key, REPLICA IDENTITY {}): "
+            "PostgreSQL refuses its updates and deletes while it is published, and its "
+            "change events have no key",
+            t, kind == "n" ? "NOTHING" : "DEFAULT");
       }
     }
   }
@@ -466,9 +469,9 @@ void CdcSource::OnDelivery(const DeliveryReport& report) {
       ++published_;
       if (pos->published != nullptr) pos->published->Increment();
       if (pos->commit_time_us > 0) {
-        const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count();
+        const int64_t now_us =
+            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+                .count();
         source.metrics->ObserveCommitToAck(static_cast<double>(now_us - pos->commit_time_us) / 1e6);
       }
       source.metrics->Delivered();
@@ -486,8 +489,8 @@ Status CdcSource::HandleFailures() {
   failures.swap(failures_);
   std::string why;
   for (const Failure& f : failures) {
-    const std::string event = "event " + std::to_string(f.pos.index) + " of the transaction committed at " +
-                              f.pos.lsn.ToString();
+    const std::string event =
+        "event " + std::to_string(f.pos.index) + " of the transaction committed at " + f.pos.lsn.ToString();
     switch (ActionFor(f.report.outcome, f.pos.kind == EntryKind::kDeadLetter, /*has_dead_letter_topic=*/true)) {
       case FailureAction::kHalt:  // the dead-letter record itself was refused
         return Status::Permanent(event + " could not be written to the dead-letter topic either: " +
@@ -518,9 +521,9 @@ void CdcSource::Rewind(const std::string& why, ResendCause cause) {
     // The snapshot's rows cannot be replayed from the slot: stop, and take
     // the snapshot again at the next start (RecoverUnfinishedSnapshot).
     snapshot_ = SnapshotState::kFailed;
-    snapshot_failure_ = Status::Permanent("the initial snapshot of replication slot \"" + cdc_.slot +
-                                          "\" could not be delivered: " + why +
-                                          "; it is taken again when outboxd starts next");
+    snapshot_failure_ =
+        Status::Permanent("the initial snapshot of replication slot \"" + cdc_.slot +
+                          "\" could not be delivered: " + why + "; it is taken again when outboxd starts next");
   }
   if (!gate_.rewinding()) {
     Logger("cdc")->warn("{}; streaming again from {} once the deliveries in flight are reported", why,
@@ -668,9 +671,9 @@ Status CdcSource::ReadStream() {
     auto decoded = decoder_.Decode(frame.payload);
     if (!decoded.ok()) {
       // Reading it again would fail the same way: stop.
-      return Status::Permanent(decoded.status().message()).Prefixed("replication slot \"" + cdc_.slot + "\": message at " +
-                                       frame.wal_start.ToString() + " cannot be decoded; nothing after " +
-                                       acked_lsn_.ToString() + " is confirmed");
+      return Status::Permanent(decoded.status().message())
+          .Prefixed("replication slot \"" + cdc_.slot + "\": message at " + frame.wal_start.ToString() +
+                    " cannot be decoded; nothing after " + acked_lsn_.ToString() + " is confirmed");
     }
     OUTBOXD_RETURN_IF_ERROR(HandleMessage(*decoded, frame));
   }
@@ -816,7 +819,7 @@ CdcSource::Routed CdcSource::RouteInsert(const InsertMsg& msg, uint64_t index) {
 }
 
 std::optional<CdcSource::Routed> CdcSource::RouteMessage(const LogicalMsg& msg, const TransactionInfo& tx,
-                                                       uint64_t index) {
+                                                         uint64_t index) {
   auto parsed = ParseOutboxMessage(msg, *cdc_.message_prefix);
   Routed routed{Record{}, &cdc_.dead_letter_topic, "message prefix " + msg.prefix, Status::Ok()};
   if (parsed.ok() && !parsed->has_value()) return std::nullopt;  // another prefix: not ours
@@ -862,15 +865,15 @@ Status CdcSource::Emit(Routed routed, uint64_t index) {
     return Status::Permanent(event + " can never be delivered: " + refused->first + ": " + refused->second +
                              "; configure a dead_letter_topic to set such events aside");
   }
-  Logger("cdc")->warn("{} goes to dead-letter topic \"{}\": {}: {}", event, **routed.dead_letter_topic,
-                      refused->first, refused->second);
+  Logger("cdc")->warn("{} goes to dead-letter topic \"{}\": {}: {}", event, **routed.dead_letter_topic, refused->first,
+                      refused->second);
   Position dead_letter = pos;
   dead_letter.kind = EntryKind::kDeadLetter;
   return Produce(DeadLetter(routed, pos, refused->first, refused->second), dead_letter);
 }
 
 Record CdcSource::DeadLetter(const Routed& routed, const Position& pos, const std::string& error_name,
-                            const std::string& error_message) const {
+                             const std::string& error_message) const {
   DeadLetterOrigin origin;
   origin.key = routed.record.key;
   origin.value = routed.record.value;
@@ -1005,9 +1008,10 @@ void CdcSource::Finish() {
     if (!st.ok()) log->warn("could not report the final position: {}", st.message());
   }
   if (checkpoint_.pending() > 0) {
-    log->warn("{} events were not acknowledged before shutdown; the slot was confirmed up to {} and they are "
-              "published again on the next start",
-              checkpoint_.pending(), acked_lsn_.ToString());
+    log->warn(
+        "{} events were not acknowledged before shutdown; the slot was confirmed up to {} and they are "
+        "published again on the next start",
+        checkpoint_.pending(), acked_lsn_.ToString());
   }
   log->info("slot \"{}\": {} events published, {} dead-lettered; confirmed up to {}", cdc_.slot, published_,
             dead_lettered_, acked_lsn_.ToString());

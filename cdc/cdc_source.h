@@ -149,7 +149,7 @@ class CdcSource final : public Source {
     const std::optional<std::string>* dead_letter_topic;  // of its source; never null
     std::string source;                                   // "table s.t" / "message prefix p", for logs
     Status error;
-    uint32_t metrics_source = 0;                          // index into sources_
+    uint32_t metrics_source = 0;  // index into sources_
   };
   // The initial snapshot being read: which table, its cursor and the batch
   // not yet produced.
@@ -160,7 +160,7 @@ class CdcSource final : public Source {
     std::optional<SnapshotCursor> cursor;
     std::vector<TupleData> batch;
     std::size_t next_in_batch = 0;
-    uint64_t index = 0;      // rows of the whole snapshot so far
+    uint64_t index = 0;  // rows of the whole snapshot so far
     uint64_t table_rows = 0;
   };
   // What outboxd does with a relation's changes, cached by oid.
@@ -235,9 +235,7 @@ class CdcSource final : public Source {
                     const std::string& error_message) const;
   const RelationRole& RoleOf(const RelationMsg& rel);
   bool ReadingPaused() const;
-  bool snapshot_done() const {
-    return snapshot_ == SnapshotState::kDone || snapshot_ == SnapshotState::kUnrecorded;
-  }
+  bool snapshot_done() const { return snapshot_ == SnapshotState::kDone || snapshot_ == SnapshotState::kUnrecorded; }
   // The checkpoint forgot its events: nothing is in flight for the metrics.
   void ForgetInFlight();
 
@@ -277,16 +275,16 @@ class CdcSource final : public Source {
   // Records librdkafka's queue had no room for (one change can become
   // several: a TRUNCATE of many tables): produced before anything else.
   std::deque<std::pair<Record, Position>> stalled_;
-  Lsn acked_lsn_;      // every commit up to here is acknowledged
-  Lsn recorded_lsn_;   // in the state table
-  Lsn acked_commit_lsn_;  // the last acknowledged commit (acked_lsn_ also follows idle keepalives)
-  Lsn reported_lsn_;      // sent to the server as flushed
+  Lsn acked_lsn_;                 // every commit up to here is acknowledged
+  Lsn recorded_lsn_;              // in the state table
+  Lsn acked_commit_lsn_;          // the last acknowledged commit (acked_lsn_ also follows idle keepalives)
+  Lsn reported_lsn_;              // sent to the server as flushed
   uint64_t released_events_ = 0;  // events acknowledged since the last report
   Clock::time_point next_status_{};
   Clock::time_point next_confirm_{};
-  ResendCause restart_cause_ = ResendCause::kRewind;  // why the stream restarts at the gate
+  ResendCause restart_cause_ = ResendCause::kRewind;            // why the stream restarts at the gate
   std::map<std::pair<uint64_t, uint64_t>, Poisoned> poisoned_;  // (commit LSN, index)
-  std::vector<Failure> failures_;  // filled by OnDelivery, handled by Settle
+  std::vector<Failure> failures_;                               // filled by OnDelivery, handled by Settle
   uint64_t published_ = 0;
   uint64_t dead_lettered_ = 0;
 };

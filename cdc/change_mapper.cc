@@ -41,12 +41,10 @@ enum : uint32_t {
 // Array type oid → element type oid, for the common built-in arrays.
 uint32_t BuiltinArrayElement(uint32_t oid) {
   static constexpr std::array<std::pair<uint32_t, uint32_t>, 23> kArrays{{
-      {1000, kBool},      {1001, kBytea},       {1002, kChar},     {1003, kName},
-      {1005, kInt2},      {1007, kInt4},        {1009, kText},     {1014, kBpchar},
-      {1015, kVarchar},   {1016, kInt8},        {1021, kFloat4},   {1022, kFloat8},
-      {1028, kOid},       {1115, kTimestamp},   {1182, kDate},     {1183, kTime},
-      {1185, kTimestamptz}, {1187, kInterval},  {1231, kNumeric},  {1270, kTimetz},
-      {2951, kUuid},      {199, kJson},         {3807, kJsonb},
+      {1000, kBool},    {1001, kBytea},     {1002, kChar},    {1003, kName}, {1005, kInt2},        {1007, kInt4},
+      {1009, kText},    {1014, kBpchar},    {1015, kVarchar}, {1016, kInt8}, {1021, kFloat4},      {1022, kFloat8},
+      {1028, kOid},     {1115, kTimestamp}, {1182, kDate},    {1183, kTime}, {1185, kTimestamptz}, {1187, kInterval},
+      {1231, kNumeric}, {1270, kTimetz},    {2951, kUuid},    {199, kJson},  {3807, kJsonb},
   }};
   for (const auto& [array, element] : kArrays) {
     if (array == oid) return element;
@@ -227,10 +225,9 @@ struct DateTime {
 };
 
 bool ParseDateTime(std::string_view s, std::size_t& pos, DateTime* dt) {
-  if (!(Digits(s, pos, 4, &dt->year) && Char(s, pos, '-') && Digits(s, pos, 2, &dt->month) &&
-        Char(s, pos, '-') && Digits(s, pos, 2, &dt->day) && Char(s, pos, ' ') && Digits(s, pos, 2, &dt->hour) &&
-        Char(s, pos, ':') && Digits(s, pos, 2, &dt->minute) && Char(s, pos, ':') &&
-        Digits(s, pos, 2, &dt->second))) {
+  if (!(Digits(s, pos, 4, &dt->year) && Char(s, pos, '-') && Digits(s, pos, 2, &dt->month) && Char(s, pos, '-') &&
+        Digits(s, pos, 2, &dt->day) && Char(s, pos, ' ') && Digits(s, pos, 2, &dt->hour) && Char(s, pos, ':') &&
+        Digits(s, pos, 2, &dt->minute) && Char(s, pos, ':') && Digits(s, pos, 2, &dt->second))) {
     return false;
   }
   dt->fraction = {};
@@ -240,15 +237,15 @@ bool ParseDateTime(std::string_view s, std::size_t& pos, DateTime* dt) {
     if (pos == start) return false;
     dt->fraction = s.substr(start, pos - start);
   }
-  return dt->month >= 1 && dt->month <= 12 && dt->day >= 1 && dt->day <= 31 && dt->hour <= 24 &&
-         dt->minute <= 59 && dt->second <= 60;
+  return dt->month >= 1 && dt->month <= 12 && dt->day >= 1 && dt->day <= 31 && dt->hour <= 24 && dt->minute <= 59 &&
+         dt->second <= 60;
 }
 
 std::string FormatIso(int64_t year, unsigned month, unsigned day, unsigned hour, unsigned minute, unsigned second,
                       std::string_view fraction, bool utc) {
   char buf[32];
-  std::snprintf(buf, sizeof(buf), "%04lld-%02u-%02uT%02u:%02u:%02u", static_cast<long long>(year), month, day,
-                hour, minute, second);
+  std::snprintf(buf, sizeof(buf), "%04lld-%02u-%02uT%02u:%02u:%02u", static_cast<long long>(year), month, day, hour,
+                minute, second);
   std::string out(buf);
   if (!fraction.empty()) {
     out += '.';
@@ -614,9 +611,8 @@ Result<std::optional<std::string>> ChangeMapper::Key(const RelationMsg& rel, con
   return std::optional<std::string>(std::move(key));
 }
 
-Result<Record> ChangeMapper::Envelope(const RelationMsg& rel, Op op, std::string_view before,
-                                      std::string_view after, std::optional<std::string> key,
-                                      const TransactionInfo& tx, uint64_t index) const {
+Result<Record> ChangeMapper::Envelope(const RelationMsg& rel, Op op, std::string_view before, std::string_view after,
+                                      std::optional<std::string> key, const TransactionInfo& tx, uint64_t index) const {
   auto topic = TopicFor(rel);
   if (!topic.ok()) return topic.status();
   const std::string ms = std::to_string(CommitMillis(tx));
@@ -663,7 +659,7 @@ Result<Record> ChangeMapper::MapInsert(const InsertMsg& msg, const TransactionIn
 }
 
 Result<Record> ChangeMapper::MapSnapshotRow(const RelationMsg& rel, const TupleData& row, const TransactionInfo& tx,
-                                           uint64_t index) const {
+                                            uint64_t index) const {
   auto after = RowJson(rel, row, false);
   if (!after.ok()) return after.status();
   auto key = Key(rel, row, nullptr);
@@ -714,8 +710,8 @@ Result<std::vector<Record>> ChangeMapper::MapTruncate(const TruncateMsg& msg, co
 Result<std::optional<OutboxMessage>> ParseOutboxMessage(const LogicalMsg& msg, std::string_view prefix) {
   if (msg.prefix != prefix) return std::optional<OutboxMessage>();
   auto error = [&](const std::string& what) {
-    return Status::Permanent("logical decoding message at LSN " + msg.lsn.ToString() + " with prefix \"" +
-                             msg.prefix + "\": " + what);
+    return Status::Permanent("logical decoding message at LSN " + msg.lsn.ToString() + " with prefix \"" + msg.prefix +
+                             "\": " + what);
   };
   const Json content = Json::parse(msg.content, nullptr, /*allow_exceptions=*/false);
   if (content.is_discarded()) return error("content is not valid JSON");

@@ -56,8 +56,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/lsn.h"
 #include "cdc/pgoutput_decoder.h"
+#include "common/lsn.h"
 #include "common/status.h"
 #include "pipeline/record.h"
 
@@ -124,9 +124,7 @@ struct TransactionInfo {
   int64_t commit_time_us;  // Unix epoch microseconds
   uint32_t xid;
 
-  static TransactionInfo From(const BeginMsg& begin) {
-    return {begin.final_lsn, begin.commit_time_us, begin.xid};
-  }
+  static TransactionInfo From(const BeginMsg& begin) { return {begin.final_lsn, begin.commit_time_us, begin.xid}; }
 };
 
 struct ChangeMapperOptions {
@@ -146,12 +144,9 @@ class ChangeMapper {
   // feeds DeterministicEventId. Errors (kPermanent): a tuple in binary
   // format, a tuple whose column count differs from its relation's, a topic
   // that is not a legal Kafka topic name, a key column that is absent.
-  [[nodiscard]] Result<Record> MapInsert(const InsertMsg& msg, const TransactionInfo& tx,
-                                         uint64_t index) const;
-  [[nodiscard]] Result<Record> MapUpdate(const UpdateMsg& msg, const TransactionInfo& tx,
-                                         uint64_t index) const;
-  [[nodiscard]] Result<Record> MapDelete(const DeleteMsg& msg, const TransactionInfo& tx,
-                                         uint64_t index) const;
+  [[nodiscard]] Result<Record> MapInsert(const InsertMsg& msg, const TransactionInfo& tx, uint64_t index) const;
+  [[nodiscard]] Result<Record> MapUpdate(const UpdateMsg& msg, const TransactionInfo& tx, uint64_t index) const;
+  [[nodiscard]] Result<Record> MapDelete(const DeleteMsg& msg, const TransactionInfo& tx, uint64_t index) const;
   // A row read by the initial snapshot: like an insert, with op "r". `tx`
   // stands for the snapshot (commit_lsn: the slot's consistent point).
   [[nodiscard]] Result<Record> MapSnapshotRow(const RelationMsg& relation, const TupleData& row,
@@ -167,9 +162,9 @@ class ChangeMapper {
  private:
   enum class Op : char { kCreate = 'c', kUpdate = 'u', kDelete = 'd', kTruncate = 't', kRead = 'r' };
   // `before` and `after` are JSON texts ("null" or an object).
-  [[nodiscard]] Result<Record> Envelope(const RelationMsg& rel, Op op, std::string_view before,
-                                        std::string_view after, std::optional<std::string> key,
-                                        const TransactionInfo& tx, uint64_t index) const;
+  [[nodiscard]] Result<Record> Envelope(const RelationMsg& rel, Op op, std::string_view before, std::string_view after,
+                                        std::optional<std::string> key, const TransactionInfo& tx,
+                                        uint64_t index) const;
   // The row (or its key columns) as a JSON object text, columns in order.
   [[nodiscard]] Result<std::string> RowJson(const RelationMsg& rel, const TupleData& tuple, bool key_only) const;
   // Appends one column value as JSON (as PgTextToJson maps it).
@@ -204,8 +199,7 @@ struct OutboxMessage {
 // is not a JSON object, an empty "id", "headers" that is not an object of
 // strings (or null), a header named "id". A missing or null "id" is left for
 // EnsureMessageId() to fill in.
-[[nodiscard]] Result<std::optional<OutboxMessage>> ParseOutboxMessage(const LogicalMsg& msg,
-                                                                      std::string_view prefix);
+[[nodiscard]] Result<std::optional<OutboxMessage>> ParseOutboxMessage(const LogicalMsg& msg, std::string_view prefix);
 
 // Gives a message without an "id" (absent or null) the deterministic id of
 // its place in the stream, DeterministicEventId(commit_lsn, index).

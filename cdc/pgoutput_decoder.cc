@@ -111,26 +111,46 @@ class MessageReader {
 
 const char* MessageName(char type) {
   switch (type) {
-    case 'B': return "Begin";
-    case 'C': return "Commit";
-    case 'O': return "Origin";
-    case 'R': return "Relation";
-    case 'Y': return "Type";
-    case 'I': return "Insert";
-    case 'U': return "Update";
-    case 'D': return "Delete";
-    case 'T': return "Truncate";
-    case 'M': return "Message";
-    case 'S': return "Stream Start";
-    case 'E': return "Stream Stop";
-    case 'c': return "Stream Commit";
-    case 'A': return "Stream Abort";
-    case 'b': return "Begin Prepare";
-    case 'P': return "Prepare";
-    case 'K': return "Commit Prepared";
-    case 'r': return "Rollback Prepared";
-    case 'p': return "Stream Prepare";
-    default: return nullptr;
+    case 'B':
+      return "Begin";
+    case 'C':
+      return "Commit";
+    case 'O':
+      return "Origin";
+    case 'R':
+      return "Relation";
+    case 'Y':
+      return "Type";
+    case 'I':
+      return "Insert";
+    case 'U':
+      return "Update";
+    case 'D':
+      return "Delete";
+    case 'T':
+      return "Truncate";
+    case 'M':
+      return "Message";
+    case 'S':
+      return "Stream Start";
+    case 'E':
+      return "Stream Stop";
+    case 'c':
+      return "Stream Commit";
+    case 'A':
+      return "Stream Abort";
+    case 'b':
+      return "Begin Prepare";
+    case 'P':
+      return "Prepare";
+    case 'K':
+      return "Commit Prepared";
+    case 'r':
+      return "Rollback Prepared";
+    case 'p':
+      return "Stream Prepare";
+    default:
+      return nullptr;
   }
 }
 
@@ -150,10 +170,9 @@ Status ReadTuple(MessageReader& r, const RelationMsg& rel, TupleData* out) {
   uint16_t ncols = 0;
   OUTBOXD_RETURN_IF_ERROR(r.U16("tuple column count", &ncols));
   if (ncols != rel.columns.size()) {
-    return MessageReader::ErrorAt(
-        start, "tuple has " + std::to_string(ncols) + " columns but relation \"" + rel.namespace_name +
-                   "." + rel.name + "\" (oid " + std::to_string(rel.oid) + ") has " +
-                   std::to_string(rel.columns.size()));
+    return MessageReader::ErrorAt(start, "tuple has " + std::to_string(ncols) + " columns but relation \"" +
+                                             rel.namespace_name + "." + rel.name + "\" (oid " +
+                                             std::to_string(rel.oid) + ") has " + std::to_string(rel.columns.size()));
   }
   out->columns.clear();
   out->columns.reserve(ncols);
@@ -175,8 +194,8 @@ Status ReadTuple(MessageReader& r, const RelationMsg& rel, TupleData* out) {
         int32_t len = 0;
         OUTBOXD_RETURN_IF_ERROR(r.I32("column value length", &len));
         if (len < 0) {
-          return MessageReader::ErrorAt(len_at, "negative length " + std::to_string(len) +
-                                                    " of column \"" + rel.columns[i].name + "\"");
+          return MessageReader::ErrorAt(
+              len_at, "negative length " + std::to_string(len) + " of column \"" + rel.columns[i].name + "\"");
         }
         OUTBOXD_RETURN_IF_ERROR(r.Bytes("column value", static_cast<std::size_t>(len), &col.value));
         break;
@@ -210,8 +229,7 @@ Result<PgoutputMessage> PgoutputDecoder::Decode(std::string_view message) {
   }
   const char* name = MessageName(static_cast<char>(type));
   if (name == nullptr) {
-    return MessageReader::ErrorAt(0, "unknown message type " + Printable(type))
-        .Prefixed("malformed pgoutput message");
+    return MessageReader::ErrorAt(0, "unknown message type " + Printable(type)).Prefixed("malformed pgoutput message");
   }
   const std::string context = std::string("malformed pgoutput ") + name + " message";
 
@@ -222,8 +240,8 @@ Result<PgoutputMessage> PgoutputDecoder::Decode(std::string_view message) {
     OUTBOXD_RETURN_IF_ERROR(r.U32("relation oid", &oid));
     *out = FindRelation(oid);
     if (*out == nullptr) {
-      return MessageReader::ErrorAt(at, "relation oid " + std::to_string(oid) +
-                                            " was not described by a Relation message");
+      return MessageReader::ErrorAt(at,
+                                    "relation oid " + std::to_string(oid) + " was not described by a Relation message");
     }
     return Status::Ok();
   };
@@ -271,7 +289,10 @@ Result<PgoutputMessage> PgoutputDecoder::Decode(std::string_view message) {
         uint8_t ident = 0;
         OUTBOXD_RETURN_IF_ERROR(r.U8("replica identity", &ident));
         switch (ident) {
-          case 'd': case 'n': case 'f': case 'i':
+          case 'd':
+          case 'n':
+          case 'f':
+          case 'i':
             m.replica_identity = static_cast<RelationMsg::ReplicaIdentity>(ident);
             break;
           default:
@@ -331,8 +352,7 @@ Result<PgoutputMessage> PgoutputDecoder::Decode(std::string_view message) {
           OUTBOXD_RETURN_IF_ERROR(r.U8("tuple tag", &tag));
         }
         if (tag != 'N') {
-          return MessageReader::ErrorAt(r.offset() - 1,
-                                        "expected tuple tag 'K', 'O' or 'N', got " + Printable(tag));
+          return MessageReader::ErrorAt(r.offset() - 1, "expected tuple tag 'K', 'O' or 'N', got " + Printable(tag));
         }
         return ReadTuple(r, *m.relation, &m.new_tuple);
       }();
@@ -361,8 +381,8 @@ Result<PgoutputMessage> PgoutputDecoder::Decode(std::string_view message) {
         OUTBOXD_RETURN_IF_ERROR(r.U32("relation count", &nrels));
         OUTBOXD_RETURN_IF_ERROR(r.U8("options", &m.options));
         if (nrels > r.remaining() / 4) {
-          return r.Error(std::to_string(nrels) + " relation oids run past the end (" +
-                         std::to_string(r.remaining()) + " bytes left)");
+          return r.Error(std::to_string(nrels) + " relation oids run past the end (" + std::to_string(r.remaining()) +
+                         " bytes left)");
         }
         m.relations.reserve(nrels);
         for (uint32_t i = 0; i < nrels; ++i) {

@@ -160,8 +160,8 @@ struct LogicalMsg {
   bool transactional() const { return (flags & kTransactionalFlag) != 0; }
 };
 
-using PgoutputMessage = std::variant<BeginMsg, CommitMsg, OriginMsg, RelationMsg, TypeMsg, InsertMsg,
-                                     UpdateMsg, DeleteMsg, TruncateMsg, LogicalMsg>;
+using PgoutputMessage = std::variant<BeginMsg, CommitMsg, OriginMsg, RelationMsg, TypeMsg, InsertMsg, UpdateMsg,
+                                     DeleteMsg, TruncateMsg, LogicalMsg>;
 
 class PgoutputDecoder {
  public:

@@ -31,8 +31,7 @@ void AppendU64(std::string* out, uint64_t v) {
 int64_t PgTimeToUnixMicros(uint64_t pg_us) { return static_cast<int64_t>(pg_us) + kPostgresEpochUnixMicros; }
 
 int64_t NowUnixMicros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -66,13 +65,20 @@ std::string ServerMessage(const PGconn* conn, const PGresult* res) {
 
 std::string_view StreamFailureName(StreamFailure f) {
   switch (f) {
-    case StreamFailure::kNone: return "none";
-    case StreamFailure::kConnectionLost: return "connection lost";
-    case StreamFailure::kEndOfStream: return "end of stream";
-    case StreamFailure::kSlotHeldByAnotherProcess: return "slot held by another process";
-    case StreamFailure::kSlotMissing: return "slot missing";
-    case StreamFailure::kProtocol: return "protocol error";
-    case StreamFailure::kRejected: return "rejected by server";
+    case StreamFailure::kNone:
+      return "none";
+    case StreamFailure::kConnectionLost:
+      return "connection lost";
+    case StreamFailure::kEndOfStream:
+      return "end of stream";
+    case StreamFailure::kSlotHeldByAnotherProcess:
+      return "slot held by another process";
+    case StreamFailure::kSlotMissing:
+      return "slot missing";
+    case StreamFailure::kProtocol:
+      return "protocol error";
+    case StreamFailure::kRejected:
+      return "rejected by server";
   }
   return "unknown";
 }
@@ -173,9 +179,7 @@ void ReplicationStream::CopyBufferDeleter::operator()(char* p) const { PQfreemem
 
 ReplicationStream::ReplicationStream(std::string conninfo, std::optional<std::string> password,
                                      std::string application_name)
-    : conninfo_(std::move(conninfo)),
-      password_(std::move(password)),
-      application_name_(std::move(application_name)) {}
+    : conninfo_(std::move(conninfo)), password_(std::move(password)), application_name_(std::move(application_name)) {}
 
 ReplicationStream::ReplicationStream(ReplicationStream&& other) noexcept
     : conninfo_(std::move(other.conninfo_)),
@@ -313,7 +317,8 @@ Result<ExportedSlot> ReplicationStream::CreateSlotExportingSnapshot(const std::s
                 Status::Internal("CREATE_REPLICATION_SLOT returned no exported snapshot for slot \"" + slot + "\""));
   }
   auto lsn = Lsn::Parse(PQgetvalue(res.get(), 0, 1));
-  if (!lsn.ok()) return Fail(StreamFailure::kProtocol, lsn.status().Prefixed("CREATE_REPLICATION_SLOT consistent_point"));
+  if (!lsn.ok())
+    return Fail(StreamFailure::kProtocol, lsn.status().Prefixed("CREATE_REPLICATION_SLOT consistent_point"));
   return ExportedSlot{*lsn, PQgetvalue(res.get(), 0, 2)};
 }
 

@@ -47,8 +47,8 @@ namespace outboxd {
 struct SystemIdentity {
   std::string system_id;  // decimal, as the server prints it (does not fit int64 safely as text)
   uint32_t timeline = 0;
-  Lsn xlogpos;            // current WAL flush position of the server
-  std::string dbname;     // database of this replication connection
+  Lsn xlogpos;         // current WAL flush position of the server
+  std::string dbname;  // database of this replication connection
 };
 
 struct StartOptions {
@@ -77,8 +77,8 @@ struct ExportedSlot {
 
 // A primary keepalive ('k') frame.
 struct Keepalive {
-  Lsn wal_end;                 // current end of WAL on the server
-  int64_t server_time_us = 0;  // Unix epoch microseconds
+  Lsn wal_end;                   // current end of WAL on the server
+  int64_t server_time_us = 0;    // Unix epoch microseconds
   bool reply_requested = false;  // answer with SendStatus() at once, or wal_sender_timeout kills the stream
 };
 
@@ -165,7 +165,7 @@ class ReplicationStream {
   std::optional<std::string> password_;
   std::string application_name_;
   PgConn conn_;
-  std::string slot_;  // of the last Start(), for error messages
+  std::string slot_;                                // of the last Start(), for error messages
   std::unique_ptr<char, CopyBufferDeleter> frame_;  // last buffer from PQgetCopyData
   bool streaming_ = false;
   bool flush_pending_ = false;
@@ -189,7 +189,6 @@ class ReplicationStream {
 [[nodiscard]] Result<ReplicationMessage> ParseReplicationFrame(std::string_view frame);
 
 // The 34-byte standby status update; `now_unix_us` is the client clock.
-std::string EncodeStandbyStatusUpdate(Lsn written, Lsn flushed, Lsn applied, int64_t now_unix_us,
-                                      bool reply_requested);
+std::string EncodeStandbyStatusUpdate(Lsn written, Lsn flushed, Lsn applied, int64_t now_unix_us, bool reply_requested);
 
 }  // namespace outboxd

@@ -142,7 +142,8 @@ Result<std::vector<std::string>> EnsurePublication(const PgConn& conn, std::stri
   if (!pub.ok()) return pub.status().Prefixed("could not read " + pub_name);
   if (PQntuples(pub->get()) == 0) {
     if (!create) {
-      return Status::InvalidConfig(pub_name + " does not exist (create it with `outboxd init`, or set [cdc] create = true)");
+      return Status::InvalidConfig(pub_name +
+                                   " does not exist (create it with `outboxd init`, or set [cdc] create = true)");
     }
     OUTBOXD_RETURN_IF_ERROR(run(CreatePublicationSql(publication, tables), "could not create " + pub_name));
   } else if (std::string_view(PQgetvalue(pub->get(), 0, 0)) != "t" && !tables.empty()) {
@@ -210,8 +211,7 @@ Result<std::optional<SlotState>> ReadSlotState(const PgConn& conn, std::string_v
   return std::optional<SlotState>(SlotState{*lsn, std::string_view(PQgetvalue(res->get(), 0, 1)) == "t"});
 }
 
-Status WriteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot,
-                      const SlotState& state) {
+Status WriteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot, const SlotState& state) {
   const std::string table = QuoteQualifiedTable(state_table);
   auto res = conn.Exec("INSERT INTO " + table +
                            " AS s (slot_name, confirmed_lsn, snapshot_done) VALUES ($1, $2::pg_lsn, $3) "
@@ -223,8 +223,8 @@ Status WriteSlotState(const PgConn& conn, std::string_view state_table, std::str
 }
 
 Status DeleteSlotState(const PgConn& conn, std::string_view state_table, std::string_view slot) {
-  auto res = conn.Exec("DELETE FROM " + QuoteQualifiedTable(state_table) + " WHERE slot_name = $1",
-                       {std::string(slot)});
+  auto res =
+      conn.Exec("DELETE FROM " + QuoteQualifiedTable(state_table) + " WHERE slot_name = $1", {std::string(slot)});
   if (!res.ok()) return res.status().Prefixed("could not forget the state of " + SlotName(slot));
   return Status::Ok();
 }
@@ -232,14 +232,16 @@ Status DeleteSlotState(const PgConn& conn, std::string_view state_table, std::st
 Status CheckSlotAgainstState(std::string_view slot, const std::optional<SlotStatus>& status,
                              const std::optional<Lsn>& recorded, std::string_view state_table) {
   if (!recorded) return Status::Ok();
-  const std::string forget = "; to start over from the slot deliberately, check what was missed, then run "
-                             "DELETE FROM " + QuoteQualifiedTable(state_table) + " WHERE slot_name = '" +
-                             std::string(slot) + "'";
+  const std::string forget =
+      "; to start over from the slot deliberately, check what was missed, then run "
+      "DELETE FROM " +
+      QuoteQualifiedTable(state_table) + " WHERE slot_name = '" + std::string(slot) + "'";
   if (!status) {
     return Status::Permanent(SlotName(slot) + " was dropped: outboxd had streamed from it up to " +
                              recorded->ToString() +
                              ". It is not re-created automatically, since changes made since then would be "
-                             "skipped" + forget + " and create the slot (`outboxd init`)");
+                             "skipped" +
+                             forget + " and create the slot (`outboxd init`)");
   }
   if (status->confirmed_flush_lsn && *status->confirmed_flush_lsn > *recorded) {
     return Status::Permanent(SlotName(slot) + " was re-created (or advanced by hand): its confirmed_flush_lsn " +

@@ -72,8 +72,8 @@ Result<SnapshotCursor> SnapshotCursor::Open(const PgConn& conn, const RelationMs
     columns += QuoteIdentifierStandard(c.name);
   }
   const std::string table = QuoteIdentifierStandard(rel.namespace_name) + "." + QuoteIdentifierStandard(rel.name);
-  auto res = conn.Exec(std::string("DECLARE ") + kCursor + " NO SCROLL CURSOR FOR SELECT " + columns + " FROM " +
-                       table);
+  auto res =
+      conn.Exec(std::string("DECLARE ") + kCursor + " NO SCROLL CURSOR FOR SELECT " + columns + " FROM " + table);
   if (!res.ok()) return res.status().Prefixed("could not read table " + table + " for the snapshot");
   return SnapshotCursor(conn);
 }
@@ -89,7 +89,8 @@ Result<std::vector<TupleData>> SnapshotCursor::Next(int max_rows) {
     for (int j = 0; j < PQnfields(r); ++j) {
       if (PQgetisnull(r, i, j)) continue;  // kNull
       cols[static_cast<std::size_t>(j)].kind = TupleColumn::Kind::kText;
-      cols[static_cast<std::size_t>(j)].value.assign(PQgetvalue(r, i, j), static_cast<std::size_t>(PQgetlength(r, i, j)));
+      cols[static_cast<std::size_t>(j)].value.assign(PQgetvalue(r, i, j),
+                                                     static_cast<std::size_t>(PQgetlength(r, i, j)));
     }
   }
   return rows;

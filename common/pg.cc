@@ -15,14 +15,11 @@ std::string TrimTrailingNewlines(std::string s) {
 
 // Server notices ("relation ... already exists, skipping") go to the log at
 // debug level instead of libpq's default, stderr.
-void LogNotice(void* /*arg*/, const char* message) {
-  Logger("postgres")->debug("{}", TrimTrailingNewlines(message));
-}
+void LogNotice(void* /*arg*/, const char* message) { Logger("postgres")->debug("{}", TrimTrailingNewlines(message)); }
 
 }  // namespace
 
-Result<PgConn> PgConn::Connect(const std::string& conninfo,
-                               const std::optional<std::string>& password,
+Result<PgConn> PgConn::Connect(const std::string& conninfo, const std::optional<std::string>& password,
                                const std::string& application_name) {
   // expand_dbname=1 lets `conninfo` be a full conninfo string or URI, while the
   // later keywords fill in what it leaves out.
@@ -37,21 +34,19 @@ Result<PgConn> PgConn::Connect(const std::string& conninfo,
   PgConn conn(PQconnectdbParams(keys.data(), values.data(), /*expand_dbname=*/1));
   if (!conn.conn_) return Status::Retriable("could not connect to PostgreSQL: out of memory");
   if (PQstatus(conn.get()) != CONNECTION_OK) {
-    return Status::Retriable("could not connect to PostgreSQL: " +
-                             TrimTrailingNewlines(PQerrorMessage(conn.get())));
+    return Status::Retriable("could not connect to PostgreSQL: " + TrimTrailingNewlines(PQerrorMessage(conn.get())));
   }
   PQsetNoticeProcessor(conn.get(), LogNotice, nullptr);
   return conn;
 }
 
-Result<PgResult> PgConn::Exec(const std::string& sql,
-                              const std::vector<std::optional<std::string>>& params) const {
+Result<PgResult> PgConn::Exec(const std::string& sql, const std::vector<std::optional<std::string>>& params) const {
   if (!conn_) return Status::Retriable("not connected to PostgreSQL");
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
-  PgResult res(PQexecParams(conn_.get(), sql.c_str(), static_cast<int>(values.size()), nullptr,
-                            values.data(), nullptr, nullptr, /*resultFormat=*/0));
+  PgResult res(PQexecParams(conn_.get(), sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
+                            nullptr, /*resultFormat=*/0));
   const ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
   if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return res;
   return ClassifyPgError(conn_.get(), res.get(), "query failed");

@@ -36,8 +36,7 @@ class PgConn {
 
   // Connects with a conninfo string or URI; `password`, if set, is passed as
   // the password parameter (it never appears in logs).
-  [[nodiscard]] static Result<PgConn> Connect(const std::string& conninfo,
-                                              const std::optional<std::string>& password,
+  [[nodiscard]] static Result<PgConn> Connect(const std::string& conninfo, const std::optional<std::string>& password,
                                               const std::string& application_name);
 
   PGconn* get() const { return conn_.get(); }

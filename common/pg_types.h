@@ -9,9 +9,7 @@ namespace outboxd {
 
 // An integer type: the ordering column, or a timestamp column that holds
 // epoch milliseconds.
-inline bool IsIntegerType(std::string_view type) {
-  return type == "bigint" || type == "integer" || type == "smallint";
-}
+inline bool IsIntegerType(std::string_view type) { return type == "bigint" || type == "integer" || type == "smallint"; }
 
 // timestamp or timestamptz, with or without a precision.
 inline bool IsTimestampType(std::string_view type) { return type.starts_with("timestamp"); }

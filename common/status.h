@@ -18,10 +18,10 @@ namespace outboxd {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidConfig,   // the configuration (file or database schema) is wrong
-  kRetriable,       // try again later: connection lost, broker down, timeout
-  kPermanent,       // this event can never be delivered as it is
-  kFatal,           // the process cannot go on (e.g. fatal producer error)
+  kInvalidConfig,  // the configuration (file or database schema) is wrong
+  kRetriable,      // try again later: connection lost, broker down, timeout
+  kPermanent,      // this event can never be delivered as it is
+  kFatal,          // the process cannot go on (e.g. fatal producer error)
   kInternal,
 };
 
@@ -61,8 +61,8 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}          // NOLINT: implicit by design
-  Result(Status status) : v_(std::move(status)) {    // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
+  Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
     assert(!std::get<Status>(v_).ok());
   }
 
@@ -85,8 +85,8 @@ class [[nodiscard]] Result {
 
 }  // namespace outboxd
 
-#define OUTBOXD_RETURN_IF_ERROR(expr)             \
-  do {                                            \
-    ::outboxd::Status _st = (expr);               \
-    if (!_st.ok()) return _st;                    \
+#define OUTBOXD_RETURN_IF_ERROR(expr) \
+  do {                                \
+    ::outboxd::Status _st = (expr);   \
+    if (!_st.ok()) return _st;        \
   } while (0)

@@ -3,7 +3,6 @@
 #include "config/kafka_conf.h"
 #include "config/topic_name.h"
 
-
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -14,8 +13,8 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
-#include <memory>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <system_error>
@@ -34,15 +33,16 @@ constexpr std::array<std::string_view, 4> kKafkaKeys = {"bootstrap_servers", "pr
 constexpr std::array<std::string_view, 1> kHttpKeys = {"listen"};
 constexpr std::array<std::string_view, 2> kLogKeys = {"level", "format"};
 constexpr std::array<std::string_view, 15> kOutboxKeys = {
-    "table", "source", "order_by", "after_delivery", "sent_column", "id", "key", "payload", "topic", "headers",
+    "table",     "source",     "order_by",      "after_delivery", "sent_column",
+    "id",        "key",        "payload",       "topic",          "headers",
     "timestamp", "batch_size", "poll_interval", "notify_channel", "dead_letter_topic"};
 // Keys of an [[outbox]] block that only mean something when the table is polled.
 constexpr std::array<std::string_view, 6> kPollOnlyKeys = {"order_by",   "after_delivery", "sent_column",
                                                            "batch_size", "poll_interval",  "notify_channel"};
 constexpr std::array<std::string_view, 13> kCdcKeys = {
-    "slot",         "publication",    "create",   "message_prefix",  "message_topic",
-    "dead_letter_topic", "tables",    "topic_prefix", "snapshot",    "status_interval",
-    "confirm_interval",  "confirm_events", "state_table"};
+    "slot",       "publication",  "create",   "message_prefix",  "message_topic",    "dead_letter_topic",
+    "tables",     "topic_prefix", "snapshot", "status_interval", "confirm_interval", "confirm_events",
+    "state_table"};
 
 constexpr std::int64_t kMaxBatchSize = 100000;
 constexpr std::size_t kMaxIdentifierBytes = 63;  // PostgreSQL's NAMEDATALEN - 1
@@ -57,16 +57,26 @@ std::string Quoted(std::string_view s) {
 
 std::string_view TypeName(const toml::node& node) {
   switch (node.type()) {
-    case toml::node_type::none: return "nothing";
-    case toml::node_type::table: return "table";
-    case toml::node_type::array: return node.is_array_of_tables() ? "array of tables" : "array";
-    case toml::node_type::string: return "string";
-    case toml::node_type::integer: return "integer";
-    case toml::node_type::floating_point: return "float";
-    case toml::node_type::boolean: return "boolean";
-    case toml::node_type::date: return "date";
-    case toml::node_type::time: return "time";
-    case toml::node_type::date_time: return "date-time";
+    case toml::node_type::none:
+      return "nothing";
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::array:
+      return node.is_array_of_tables() ? "array of tables" : "array";
+    case toml::node_type::string:
+      return "string";
+    case toml::node_type::integer:
+      return "integer";
+    case toml::node_type::floating_point:
+      return "float";
+    case toml::node_type::boolean:
+      return "boolean";
+    case toml::node_type::date:
+      return "date";
+    case toml::node_type::time:
+      return "time";
+    case toml::node_type::date_time:
+      return "date-time";
   }
   return "unknown";
 }
@@ -170,9 +180,8 @@ std::string CheckTableName(std::string_view text, std::vector<std::string>& part
     } else {
       std::size_t start = i;
       if (i < text.size() && (IsAsciiAlpha(text[i]) || text[i] == '_' || IsHighByte(text[i]))) {
-        while (i < text.size() &&
-               (IsAsciiAlpha(text[i]) || IsAsciiDigit(text[i]) || text[i] == '_' || text[i] == '$' ||
-                IsHighByte(text[i]))) {
+        while (i < text.size() && (IsAsciiAlpha(text[i]) || IsAsciiDigit(text[i]) || text[i] == '_' || text[i] == '$' ||
+                                   IsHighByte(text[i]))) {
           part += static_cast<char>(IsAsciiAlpha(text[i]) ? (text[i] | 0x20) : text[i]);
           ++i;
         }
@@ -472,8 +481,7 @@ class SectionReader {
 // ---------------------------------------------------------------------------
 // Sections.
 
-void ReadPostgres(const toml::table& table, const std::string& config_path, Diagnostics& diag,
-                  PostgresConfig& out) {
+void ReadPostgres(const toml::table& table, const std::string& config_path, Diagnostics& diag, PostgresConfig& out) {
   SectionReader r(table, "[postgres]", kPostgresKeys, /*substitute_env=*/true, diag);
   if (auto conninfo = r.RequiredString("conninfo")) {
     if (conninfo->empty()) {
@@ -514,8 +522,8 @@ struct KafkaProperty {
 
 // Flattens [kafka.properties]; a nested table comes from an unquoted dotted
 // key (compression.type = "lz4") and is joined back with '.'.
-void FlattenKafkaProperties(const toml::table& table, const std::string& prefix,
-                            const toml::source_position* outer_key, std::vector<KafkaProperty>& out) {
+void FlattenKafkaProperties(const toml::table& table, const std::string& prefix, const toml::source_position* outer_key,
+                            std::vector<KafkaProperty>& out) {
   for (auto&& [key, node] : table) {
     std::string name = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
     const toml::source_position& where = outer_key != nullptr ? *outer_key : key.source().begin;
@@ -625,8 +633,8 @@ void ReadLog(const toml::table& table, Diagnostics& diag, LogConfig& out) {
 
 // What the cross-block checks need to know about one [[outbox]] block.
 struct OutboxIdentity {
-  std::size_t number = 0;               // N of "[[outbox]] #N"
-  std::string location;                 // "FILE:LINE:COLUMN" of the block
+  std::size_t number = 0;                // N of "[[outbox]] #N"
+  std::string location;                  // "FILE:LINE:COLUMN" of the block
   std::vector<std::string> table_parts;  // empty when the table name was invalid
   const toml::node* table_node = nullptr;
   const toml::node* cdc_source = nullptr;  // the 'source' value when it is "cdc"
@@ -799,8 +807,9 @@ void ReadOutboxes(const toml::table& root, bool has_cdc, Diagnostics& diag, std:
   const toml::node* node = root.get("outbox");
   if (node == nullptr) {
     if (!has_cdc) {
-      diag.ErrorInFile("missing required section [[outbox]] or [cdc]: configure at least one outbox table, "
-                       "or what to capture through a replication slot");
+      diag.ErrorInFile(
+          "missing required section [[outbox]] or [cdc]: configure at least one outbox table, "
+          "or what to capture through a replication slot");
     }
     return;
   }
@@ -820,8 +829,8 @@ void ReadOutboxes(const toml::table& root, bool has_cdc, Diagnostics& diag, std:
     const toml::node& element = *blocks->get(i);
     const toml::table* block = element.as_table();
     if (block == nullptr) {
-      diag.Error(element, "[[outbox]] #" + std::to_string(number) + " must be a table, got " +
-                              std::string(TypeName(element)));
+      diag.Error(element,
+                 "[[outbox]] #" + std::to_string(number) + " must be a table, got " + std::string(TypeName(element)));
       continue;
     }
     OutboxTableConfig config;
@@ -852,7 +861,7 @@ struct CdcIdentity {
   std::vector<Table> tables;  // the valid entries of 'tables'
   // The state table, default or given; nullopt when the given name was invalid.
   std::optional<QualifiedName> state_table = QualifiedName{"public", "outboxd_slot_state"};
-  const toml::node* state_table_node = nullptr;  // nullptr: the default
+  const toml::node* state_table_node = nullptr;                // nullptr: the default
   std::string state_table_text = "public.outboxd_slot_state";  // as written
 };
 
@@ -887,8 +896,7 @@ void ReadCdcTables(const SectionReader& r, CdcConfig& out, CdcIdentity& identity
     if (!inserted) {
       const CdcIdentity::Table& first = *it->second;
       r.diag().Error(element, "'tables' in " + r.scope() + ": " + Quoted(table.text) + " is listed twice (first as " +
-                                  Quoted(first.text) + " at " + r.diag().Location(first.node->source().begin) +
-                                  ")");
+                                  Quoted(first.text) + " at " + r.diag().Location(first.node->source().begin) + ")");
       identity.tables.pop_back();
       continue;
     }
@@ -1022,8 +1030,8 @@ void CheckCdcCapture(bool has_cdc, const CdcIdentity* cdc, const std::vector<Out
   if (cdc->state_table) {
     // Reported at the key, or at the section header for the default.
     const toml::node& at = cdc->state_table_node != nullptr ? *cdc->state_table_node : *cdc->section;
-    std::string what = "'state_table' in [cdc]: outboxd's own table " +
-                       Quoted(cdc->state_table_text) + " cannot also be ";
+    std::string what =
+        "'state_table' in [cdc]: outboxd's own table " + Quoted(cdc->state_table_text) + " cannot also be ";
     for (const CdcIdentity::Table& t : cdc->tables) {
       if (t.name == *cdc->state_table) {
         diag.Error(at, what + "captured (it is in 'tables' at " + diag.Location(t.node->source().begin) + ")");
@@ -1060,16 +1068,14 @@ void RejectUnknownSections(const toml::table& root, Diagnostics& diag) {
   const std::array<Home, 6> homes = {Home{"postgres", kPostgresKeys}, Home{"kafka", kKafkaKeys},
                                      Home{"http", kHttpKeys},         Home{"log", kLogKeys},
                                      Home{"cdc", kCdcKeys},           Home{"outbox", kOutboxKeys}};
-  auto header = [](std::string_view name) {
-    return name == "outbox" ? "[[outbox]]" : "[" + std::string(name) + "]";
-  };
+  auto header = [](std::string_view name) { return name == "outbox" ? "[[outbox]]" : "[" + std::string(name) + "]"; };
   for (auto&& [key, node] : root) {
     std::string_view name = key.str();
     if (std::find(kSections.begin(), kSections.end(), name) != kSections.end()) continue;
     std::optional<std::string_view> guess = Closest(name, kSections);
     if (node.is_table() || node.is_array_of_tables()) {
-      std::string message = "unknown section " + (node.is_table() ? "[" + std::string(name) + "]"
-                                                                      : "[[" + std::string(name) + "]]");
+      std::string message =
+          "unknown section " + (node.is_table() ? "[" + std::string(name) + "]" : "[[" + std::string(name) + "]]");
       if (guess) message += " (did you mean " + header(*guess) + "?)";
       diag.Error(key, message);
       continue;

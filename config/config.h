@@ -23,15 +23,15 @@
 namespace outboxd {
 
 struct PostgresConfig {
-  std::string conninfo;                 // libpq conninfo string or URI (required)
+  std::string conninfo;  // libpq conninfo string or URI (required)
   // Contents of password_file (relative to the config file's directory),
   // without trailing newlines; nullopt when the key is absent.
   std::optional<std::string> password;
 };
 
 struct KafkaConfig {
-  std::string bootstrap_servers;                   // required
-  std::map<std::string, std::string> properties;   // passed to librdkafka as is
+  std::string bootstrap_servers;                  // required
+  std::map<std::string, std::string> properties;  // passed to librdkafka as is
   // Upper bound on events produced but not yet acknowledged, over all tables.
   std::size_t max_in_flight = 50000;
   // On shutdown, how long to wait for in-flight deliveries.
@@ -55,20 +55,20 @@ enum class AfterDelivery { kDelete, kMark };
 enum class OutboxSource { kPoll, kCdc };
 
 struct OutboxTableConfig {
-  std::string table;                    // "schema.table" or "table" (required)
+  std::string table;  // "schema.table" or "table" (required)
   OutboxSource source = OutboxSource::kPoll;
   // Poll-only keys (order_by, after_delivery, sent_column, batch_size,
   // poll_interval, notify_channel) are rejected with source = "cdc".
-  std::string order_by = "seq";         // monotonic ordering column
+  std::string order_by = "seq";  // monotonic ordering column
   AfterDelivery after_delivery = AfterDelivery::kDelete;
   std::optional<std::string> sent_column;  // required with kMark
   // Column mapping; the defaults are Debezium's outbox event router's.
   std::string id = "id";
   std::optional<std::string> key = std::string("aggregateid");  // nullopt: no key
   std::string payload = "payload";
-  std::string topic = "outbox.event.${aggregatetype}";  // template of ${column}
+  std::string topic = "outbox.event.${aggregatetype}";       // template of ${column}
   std::vector<std::pair<std::string, std::string>> headers;  // header -> column, file order
-  std::optional<std::string> timestamp;  // column giving the record timestamp
+  std::optional<std::string> timestamp;                      // column giving the record timestamp
   std::size_t batch_size = 1000;
   std::chrono::milliseconds poll_interval{250};
   std::optional<std::string> notify_channel;
@@ -95,7 +95,7 @@ struct CdcConfig {
   std::optional<std::string> dead_letter_topic;
   // Row-change events for these tables ("schema.table" or "table").
   std::vector<std::string> tables;
-  std::string topic_prefix = "pg";      // row changes go to <prefix>.<schema>.<table>
+  std::string topic_prefix = "pg";  // row changes go to <prefix>.<schema>.<table>
   SnapshotMode snapshot = SnapshotMode::kNever;
   // Keepalive: the position is reported to the server at least this often,
   // also while idle.

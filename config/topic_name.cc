@@ -9,8 +9,7 @@ constexpr std::size_t kMaxColumnNameBytes = 63;  // PostgreSQL's NAMEDATALEN - 1
 }  // namespace
 
 bool IsTopicChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-         c == '-';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
 }
 
 std::string CheckTopicName(std::string_view topic) {

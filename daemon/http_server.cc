@@ -67,10 +67,14 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address
   std::unique_ptr<HttpServer> server(new HttpServer(address, metrics));
   mg_init_library(0);
   const char* options[] = {
-      "listening_ports", address.c_str(),
-      "num_threads", "4",                // scrapes and probes are short
-      "request_timeout_ms", "10000",
-      "enable_keep_alive", "no",         // a lingering client never holds a worker
+      "listening_ports",
+      address.c_str(),
+      "num_threads",
+      "4",  // scrapes and probes are short
+      "request_timeout_ms",
+      "10000",
+      "enable_keep_alive",
+      "no",  // a lingering client never holds a worker
       nullptr,
   };
   mg_callbacks callbacks;

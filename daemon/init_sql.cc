@@ -103,19 +103,19 @@ Result<std::vector<std::string>> OutboxTableInitSql(const OutboxTableConfig& con
   const std::string qorder = QuoteIdentifierStandard(config.order_by);
   if (mark) {
     sql.push_back("CREATE INDEX IF NOT EXISTS " +
-                  QuoteIdentifierStandard(name.table + "_" + config.order_by + "_unsent") + " ON " + qtable +
-                  " (" + qorder + ") WHERE " + QuoteIdentifierStandard(*config.sent_column) + " IS NULL");
+                  QuoteIdentifierStandard(name.table + "_" + config.order_by + "_unsent") + " ON " + qtable + " (" +
+                  qorder + ") WHERE " + QuoteIdentifierStandard(*config.sent_column) + " IS NULL");
   } else {
     sql.push_back("CREATE UNIQUE INDEX IF NOT EXISTS " +
-                  QuoteIdentifierStandard(name.table + "_" + config.order_by + "_key") + " ON " + qtable +
-                  " (" + qorder + ")");
+                  QuoteIdentifierStandard(name.table + "_" + config.order_by + "_key") + " ON " + qtable + " (" +
+                  qorder + ")");
   }
 
   if (config.notify_channel) {
     // Statement level with an empty payload: PostgreSQL folds identical
     // notifications of a transaction into one, and outboxd ignores payloads.
-    const std::string function = QuoteIdentifierStandard(name.schema) + "." +
-                                 QuoteIdentifierStandard(name.table + "_outboxd_notify");
+    const std::string function =
+        QuoteIdentifierStandard(name.schema) + "." + QuoteIdentifierStandard(name.table + "_outboxd_notify");
     const std::string body = "\nBEGIN\n  PERFORM pg_notify(" + QuoteLiteralStandard(*config.notify_channel) +
                              ", '');\n  RETURN NULL;\nEND\n";
     const std::string tag = DollarTag(body);
@@ -124,8 +124,8 @@ Result<std::vector<std::string>> OutboxTableInitSql(const OutboxTableConfig& con
                   body + tag);
     // CREATE OR REPLACE TRIGGER needs PostgreSQL 14.
     sql.push_back("DROP TRIGGER IF EXISTS outboxd_notify ON " + qtable);
-    sql.push_back("CREATE TRIGGER outboxd_notify AFTER INSERT ON " + qtable +
-                  " FOR EACH STATEMENT EXECUTE FUNCTION " + function + "()");
+    sql.push_back("CREATE TRIGGER outboxd_notify AFTER INSERT ON " + qtable + " FOR EACH STATEMENT EXECUTE FUNCTION " +
+                  function + "()");
   }
   return sql;
 }
@@ -145,9 +145,10 @@ std::vector<std::string> GrantSql(const Config& config, std::string_view role_na
   const std::string role = QuoteIdentifierStandard(role_name);
   const std::string role_literal = QuoteLiteralStandard(role_name);
   std::vector<std::string> sql;
-  sql.push_back("-- the role outboxd connects as; give it a password (\\password) or another way to log in\n"
-                "DO $outboxd$ BEGIN\n  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = " + role_literal +
-                ") THEN\n    CREATE ROLE " + role + " LOGIN;\n  END IF;\nEND $outboxd$");
+  sql.push_back(
+      "-- the role outboxd connects as; give it a password (\\password) or another way to log in\n"
+      "DO $outboxd$ BEGIN\n  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = " +
+      role_literal + ") THEN\n    CREATE ROLE " + role + " LOGIN;\n  END IF;\nEND $outboxd$");
   sql.push_back("DO $outboxd$ BEGIN\n  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), " +
                 role_literal + ");\nEND $outboxd$");
 

@@ -15,14 +15,14 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
-#include <unistd.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstring>
 #include <functional>
@@ -33,16 +33,16 @@
 
 #include "cdc/cdc_source.h"
 #include "cdc/slot_status.h"
-#include "daemon/init_sql.h"
-#include "daemon/status.h"
 #include "common/logging.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
 #include "daemon/exit_codes.h"
 #include "daemon/http_server.h"
+#include "daemon/init_sql.h"
+#include "daemon/status.h"
 #include "pipeline/metrics.h"
-#include "pipeline/router.h"
 #include "pipeline/pipeline_runner.h"
+#include "pipeline/router.h"
 #include "relay/poll_source.h"
 
 #ifndef OUTBOXD_VERSION
@@ -54,12 +54,16 @@ namespace {
 
 int ExitCodeFor(const Status& st) {
   switch (st.code()) {
-    case StatusCode::kOk: return kExitOk;
-    case StatusCode::kInvalidConfig: return kExitConfig;
+    case StatusCode::kOk:
+      return kExitOk;
+    case StatusCode::kInvalidConfig:
+      return kExitConfig;
     case StatusCode::kRetriable:
     case StatusCode::kPermanent:
-    case StatusCode::kFatal: return kExitUnavailable;
-    case StatusCode::kInternal: return kExitSoftware;
+    case StatusCode::kFatal:
+      return kExitUnavailable;
+    case StatusCode::kInternal:
+      return kExitSoftware;
   }
   return kExitSoftware;
 }
@@ -203,9 +207,8 @@ int Run(const std::string& path) {
 
   auto config = LoadAndReport(path);
   if (!config.ok()) return ExitCodeFor(config.status());
-  Status st = InitLogging(config->log.level, config->log.format == LogFormat::kJson
-                                                 ? LogOutputFormat::kJson
-                                                 : LogOutputFormat::kText);
+  Status st = InitLogging(config->log.level,
+                          config->log.format == LogFormat::kJson ? LogOutputFormat::kJson : LogOutputFormat::kText);
   if (!st.ok()) {
     std::cerr << "outboxd: " << path << ": " << st.message() << "\n";
     return ExitCodeFor(st);
@@ -341,8 +344,9 @@ int Init(const std::string& path, bool dry_run, const std::string& role) {
   // With snapshot = "initial" the slot must be created by `run`, which reads
   // the tables with the snapshot the new slot exports.
   const bool slot_by_run = config->cdc && config->cdc->snapshot == SnapshotMode::kInitial;
-  const char* slot_note = "-- replication slot left to `outboxd run`: with snapshot = \"initial\" it creates the "
-                          "slot itself, to read the tables as of the slot's start";
+  const char* slot_note =
+      "-- replication slot left to `outboxd run`: with snapshot = \"initial\" it creates the "
+      "slot itself, to read the tables as of the slot's start";
 
   if (dry_run) {
     for (const std::string& s : *poll_sql) std::cout << s << ";\n";

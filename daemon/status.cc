@@ -31,8 +31,8 @@ struct TableReport {
   std::optional<int64_t> pending;
   std::optional<int64_t> min_position, max_position;  // of the pending rows
   std::optional<double> oldest_age_seconds;
-  std::string age_unknown_reason;                     // when pending > 0 and no age
-  std::optional<int> holder_pid;                      // session holding the relay lock
+  std::string age_unknown_reason;  // when pending > 0 and no age
+  std::optional<int> holder_pid;   // session holding the relay lock
   std::string holder_application, holder_address;
   std::vector<std::string> problems;
 };
@@ -59,7 +59,6 @@ std::optional<int64_t> Int64At(const PGresult* r, int row, int col) {
 std::string TextAt(const PGresult* r, int row, int col) {
   return PQgetisnull(r, row, col) ? std::string() : std::string(PQgetvalue(r, row, col));
 }
-
 
 void CheckPollTable(const PgConn& conn, const OutboxTableConfig& config, const StatusOptions& options,
                     TableReport& report) {
@@ -232,19 +231,26 @@ std::string FormatBytes(int64_t bytes) {
     ++unit;
   }
   char buf[32];
-  if (unit == 0) std::snprintf(buf, sizeof buf, "%lld B", static_cast<long long>(bytes));
-  else std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[unit]);
+  if (unit == 0)
+    std::snprintf(buf, sizeof buf, "%lld B", static_cast<long long>(bytes));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[unit]);
   return buf;
 }
 
 std::string FormatAge(double seconds) {
   const auto s = static_cast<long long>(seconds);
   char buf[48];
-  if (seconds < 10) std::snprintf(buf, sizeof buf, "%.1fs", seconds);
-  else if (s < 60) std::snprintf(buf, sizeof buf, "%llds", s);
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%lldm%02llds", s / 60, s % 60);
-  else if (s < 86400) std::snprintf(buf, sizeof buf, "%lldh%02lldm", s / 3600, s % 3600 / 60);
-  else std::snprintf(buf, sizeof buf, "%lldd%02lldh", s / 86400, s % 86400 / 3600);
+  if (seconds < 10)
+    std::snprintf(buf, sizeof buf, "%.1fs", seconds);
+  else if (s < 60)
+    std::snprintf(buf, sizeof buf, "%llds", s);
+  else if (s < 3600)
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", s / 60, s % 60);
+  else if (s < 86400)
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", s / 3600, s % 3600 / 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lldd%02lldh", s / 86400, s % 86400 / 3600);
   return buf;
 }
 
@@ -368,20 +374,19 @@ void PrintText(std::ostream& out, const std::string& header, const std::vector<T
     PrintTable(out, rows);
   }
   if (!slots.empty()) {
-    std::vector<std::vector<std::string>> rows = {{"SLOT", "ACTIVE", "HOLDER", "CONFIRMED FLUSH", "LAG",
-                                                   "RETAINED WAL", "WAL STATUS", "STATE TABLE"}};
+    std::vector<std::vector<std::string>> rows = {
+        {"SLOT", "ACTIVE", "HOLDER", "CONFIRMED FLUSH", "LAG", "RETAINED WAL", "WAL STATUS", "STATE TABLE"}};
     for (const auto& s : slots) {
       if (!s.exists) {
         rows.push_back({s.slot, "MISSING", "-", "-", "-", "-", "-", s.state});
         continue;
       }
-      rows.push_back({s.slot, s.active ? "yes" : "no",
-                      FormatHolder(s.holder_pid, s.holder_application, s.holder_address),
-                      s.confirmed_flush_lsn ? s.confirmed_flush_lsn->ToString() : "-",
-                      s.lag_bytes ? FormatBytes(*s.lag_bytes) : "-",
-                      s.retained_bytes ? FormatBytes(*s.retained_bytes) : "-",
-                      s.wal_status.empty() ? "-" : s.wal_status,
-                      s.state + (s.recorded_lsn ? " (" + s.recorded_lsn->ToString() + ")" : "")});
+      rows.push_back(
+          {s.slot, s.active ? "yes" : "no", FormatHolder(s.holder_pid, s.holder_application, s.holder_address),
+           s.confirmed_flush_lsn ? s.confirmed_flush_lsn->ToString() : "-",
+           s.lag_bytes ? FormatBytes(*s.lag_bytes) : "-", s.retained_bytes ? FormatBytes(*s.retained_bytes) : "-",
+           s.wal_status.empty() ? "-" : s.wal_status,
+           s.state + (s.recorded_lsn ? " (" + s.recorded_lsn->ToString() + ")" : "")});
     }
     out << "\n";
     PrintTable(out, rows);
@@ -463,8 +468,10 @@ int RunStatus(const Config& config, const StatusOptions& options, std::ostream& 
   for (const auto& t : tables) problems.insert(problems.end(), t.problems.begin(), t.problems.end());
   for (const auto& s : slots) problems.insert(problems.end(), s.problems.begin(), s.problems.end());
 
-  if (options.json) PrintJson(out, database, tables, slots, problems);
-  else PrintText(out, header, tables, slots, problems);
+  if (options.json)
+    PrintJson(out, database, tables, slots, problems);
+  else
+    PrintText(out, header, tables, slots, problems);
   return problems.empty() ? kStatusHealthy : kStatusUnhealthy;
 }
 

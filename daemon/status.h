@@ -32,9 +32,9 @@ constexpr int kStatusUnhealthy = 1;  // a problem listed in the report
 // kExitUnavailable (69): could not connect to PostgreSQL; nothing was checked.
 
 struct StatusOptions {
-  bool json = false;                        // one JSON object instead of tables
-  std::optional<uint64_t> max_lag_bytes;    // a slot further behind is a problem
-  std::optional<uint64_t> max_pending_rows; // a poll table with more unsent rows is a problem
+  bool json = false;                         // one JSON object instead of tables
+  std::optional<uint64_t> max_lag_bytes;     // a slot further behind is a problem
+  std::optional<uint64_t> max_pending_rows;  // a poll table with more unsent rows is a problem
 };
 
 // Problems that make the result kStatusUnhealthy: a configured table that

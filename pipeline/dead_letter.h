@@ -26,7 +26,7 @@ bool IsRecordSizeError(std::string_view error_name);
 
 struct DeadLetterOrigin {
   std::optional<std::string> key;
-  std::optional<std::string> id;             // the event's id header
+  std::optional<std::string> id;  // the event's id header
   std::optional<std::string> value;
   std::optional<std::string> original_topic;  // nullopt: it could not be routed
   std::vector<Header> where;                  // source-specific headers

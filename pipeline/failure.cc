@@ -4,14 +4,22 @@ namespace outboxd {
 
 std::string_view FailureActionName(FailureAction action) {
   switch (action) {
-    case FailureAction::kNone: return "none";
-    case FailureAction::kWaitForRoom: return "wait for room";
-    case FailureAction::kReconnect: return "reconnect";
-    case FailureAction::kRecreateProducer: return "recreate the producer";
-    case FailureAction::kRewind: return "rewind";
-    case FailureAction::kDeadLetter: return "dead-letter";
-    case FailureAction::kHalt: return "halt";
-    case FailureAction::kStop: return "stop";
+    case FailureAction::kNone:
+      return "none";
+    case FailureAction::kWaitForRoom:
+      return "wait for room";
+    case FailureAction::kReconnect:
+      return "reconnect";
+    case FailureAction::kRecreateProducer:
+      return "recreate the producer";
+    case FailureAction::kRewind:
+      return "rewind";
+    case FailureAction::kDeadLetter:
+      return "dead-letter";
+    case FailureAction::kHalt:
+      return "halt";
+    case FailureAction::kStop:
+      return "stop";
   }
   return "?";
 }
@@ -44,22 +52,30 @@ FailureAction Refused(bool dead_letter_record, bool has_dead_letter_topic) {
 
 FailureAction ActionFor(DeliveryOutcome outcome, bool dead_letter_record, bool has_dead_letter_topic) {
   switch (outcome) {
-    case DeliveryOutcome::kPersisted: return FailureAction::kNone;
-    case DeliveryOutcome::kRetriable: return FailureAction::kRewind;
-    case DeliveryOutcome::kPermanent: return Refused(dead_letter_record, has_dead_letter_topic);
-    case DeliveryOutcome::kFatal: return FailureAction::kRecreateProducer;
+    case DeliveryOutcome::kPersisted:
+      return FailureAction::kNone;
+    case DeliveryOutcome::kRetriable:
+      return FailureAction::kRewind;
+    case DeliveryOutcome::kPermanent:
+      return Refused(dead_letter_record, has_dead_letter_topic);
+    case DeliveryOutcome::kFatal:
+      return FailureAction::kRecreateProducer;
   }
   return FailureAction::kHalt;
 }
 
 FailureAction ActionForProduce(const Status& status, bool dead_letter_record, bool has_dead_letter_topic) {
   switch (status.code()) {
-    case StatusCode::kOk: return FailureAction::kNone;
-    case StatusCode::kRetriable: return FailureAction::kWaitForRoom;
-    case StatusCode::kFatal: return FailureAction::kRecreateProducer;
+    case StatusCode::kOk:
+      return FailureAction::kNone;
+    case StatusCode::kRetriable:
+      return FailureAction::kWaitForRoom;
+    case StatusCode::kFatal:
+      return FailureAction::kRecreateProducer;
     case StatusCode::kPermanent:
     case StatusCode::kInvalidConfig:
-    case StatusCode::kInternal: return Refused(dead_letter_record, has_dead_letter_topic);
+    case StatusCode::kInternal:
+      return Refused(dead_letter_record, has_dead_letter_topic);
   }
   return FailureAction::kHalt;
 }

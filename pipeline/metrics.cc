@@ -18,14 +18,11 @@ using prometheus::BuildCounter;
 using prometheus::BuildGauge;
 using prometheus::BuildHistogram;
 
-const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
-    .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60};
-const prometheus::Histogram::BucketBoundaries kBatchBuckets = {1,  2,   5,   10,   20,  50,
-                                                               100, 200, 500, 1000, 5000, 10000};
+const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {.001, .0025, .005, .01, .025, .05, .1, .25,
+                                                                 .5,   1,     2.5,  5,   10,   30,  60};
+const prometheus::Histogram::BucketBoundaries kBatchBuckets = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000};
 
-double UnixNow() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+double UnixNow() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
 }  // namespace
 
@@ -201,10 +198,8 @@ Metrics::Metrics(const std::string& version)
                       .Name("outboxd_batch_size")
                       .Help("Rows per claim (poll) or events per transaction (cdc)")
                       .Register(*registry_)),
-      reconnects_(BuildCounter()
-                      .Name("outboxd_reconnects_total")
-                      .Help("Re-established connections")
-                      .Register(*registry_)),
+      reconnects_(
+          BuildCounter().Name("outboxd_reconnects_total").Help("Re-established connections").Register(*registry_)),
       resent_(BuildCounter()
                   .Name("outboxd_events_resent_total")
                   .Help("Events produced again although Kafka had acknowledged them, by cause")
@@ -222,11 +217,7 @@ Metrics::Metrics(const std::string& version)
                        .Help("Messages in librdkafka's queue (rd_kafka_outq_len)")
                        .Register(*registry_)
                        .Add({})),
-      ready_(BuildGauge()
-                 .Name("outboxd_ready")
-                 .Help("1 when /readyz would answer 200")
-                 .Register(*registry_)
-                 .Add({})) {
+      ready_(BuildGauge().Name("outboxd_ready").Help("1 when /readyz would answer 200").Register(*registry_).Add({})) {
   BuildGauge().Name("outboxd_build_info").Help("outboxd build").Register(*registry_).Add({{"version", version}}).Set(1);
 }
 
@@ -252,9 +243,8 @@ SlotMetrics& Metrics::Slot(const std::string& slot) {
   std::lock_guard lock(mu_);
   auto& entry = slots_[slot];
   if (!entry) {
-    entry = std::make_unique<SlotMetrics>(SlotMetrics{slot_lag_.Add({{"slot", slot}}),
-                                                      slot_retained_.Add({{"slot", slot}}),
-                                                      slot_confirmed_.Add({{"slot", slot}})});
+    entry = std::make_unique<SlotMetrics>(SlotMetrics{
+        slot_lag_.Add({{"slot", slot}}), slot_retained_.Add({{"slot", slot}}), slot_confirmed_.Add({{"slot", slot}})});
   }
   return *entry;
 }
@@ -296,8 +286,8 @@ Metrics::Report Metrics::Readiness() const {
     if (kafka == 0) {
       r.body += relay->name() + ": Kafka has not answered yet\n";
     } else {
-      const auto age =
-          std::chrono::duration_cast<std::chrono::seconds>(now - RelayHealth::Clock::time_point(RelayHealth::Clock::duration(kafka)));
+      const auto age = std::chrono::duration_cast<std::chrono::seconds>(
+          now - RelayHealth::Clock::time_point(RelayHealth::Clock::duration(kafka)));
       if (age >= kStaleAfter && !relay->in_long_call_.load(std::memory_order_relaxed)) {
         r.body += relay->name() + ": Kafka has not answered for " + std::to_string(age.count()) + " s\n";
       }

@@ -97,8 +97,7 @@ class TableMetrics {
  public:
   // count: unsent rows; min/max: their lowest and highest position (ignored
   // when count is 0).
-  void Sample(int64_t count, int64_t min_position, int64_t max_position,
-              std::chrono::steady_clock::time_point now);
+  void Sample(int64_t count, int64_t min_position, int64_t max_position, std::chrono::steady_clock::time_point now);
   // Gap ranges tracked below the cursor and the age of the oldest.
   void SetGaps(std::size_t ranges, double oldest_age_seconds);
   // Rows read from gaps: committed late below the cursor, published in order.

@@ -32,8 +32,7 @@ PipelineRunner::PipelineRunner(const KafkaConfig& kafka, std::unique_ptr<Source>
 
 PipelineRunner::~PipelineRunner() = default;
 
-Result<std::unique_ptr<PipelineRunner>> PipelineRunner::Create(const KafkaConfig& kafka,
-                                                               std::unique_ptr<Source> source,
+Result<std::unique_ptr<PipelineRunner>> PipelineRunner::Create(const KafkaConfig& kafka, std::unique_ptr<Source> source,
                                                                Metrics& metrics) {
   std::unique_ptr<PipelineRunner> runner(new PipelineRunner(kafka, std::move(source), metrics));
   Source* raw = runner->source_.get();

@@ -51,8 +51,7 @@ class PipelineRunner {
   // Builds the Publisher from `kafka` and attaches it to `source`. `kafka`
   // and `metrics` must outlive the runner.
   [[nodiscard]] static Result<std::unique_ptr<PipelineRunner>> Create(const KafkaConfig& kafka,
-                                                                      std::unique_ptr<Source> source,
-                                                                      Metrics& metrics);
+                                                                      std::unique_ptr<Source> source, Metrics& metrics);
   ~PipelineRunner();
 
   // Called on the Run() thread: kReady once after the first successful

@@ -54,8 +54,7 @@ Publisher::Publisher(KafkaConfig config, DeliveryHandler on_delivery)
 
 Publisher::~Publisher() { Destroy(); }
 
-Result<std::unique_ptr<Publisher>> Publisher::Create(const KafkaConfig& config,
-                                                     DeliveryHandler on_delivery) {
+Result<std::unique_ptr<Publisher>> Publisher::Create(const KafkaConfig& config, DeliveryHandler on_delivery) {
   std::unique_ptr<Publisher> p(new Publisher(config, std::move(on_delivery)));
   int fds[2];
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
@@ -79,8 +78,7 @@ Status Publisher::Build() {
   OUTBOXD_RETURN_IF_ERROR(set("enable.idempotence", "true", false));
   OUTBOXD_RETURN_IF_ERROR(set("acks", "all", false));
   OUTBOXD_RETURN_IF_ERROR(set("linger.ms", "5", false));
-  OUTBOXD_RETURN_IF_ERROR(
-      set("queue.buffering.max.messages", std::to_string(config_.max_in_flight + 10000), false));
+  OUTBOXD_RETURN_IF_ERROR(set("queue.buffering.max.messages", std::to_string(config_.max_in_flight + 10000), false));
   // Bounds the memory of records waiting for Kafka (librdkafka's default is
   // 1 GiB); when it is full outboxd stops claiming until deliveries drain.
   OUTBOXD_RETURN_IF_ERROR(set("queue.buffering.max.kbytes", "65536", false));
@@ -90,8 +88,7 @@ Status Publisher::Build() {
   }
   auto it = config_.properties.find("enable.idempotence");
   if (it != config_.properties.end() && it->second != "true") {
-    Logger("kafka")->warn(
-        "enable.idempotence is off: retries may reorder or duplicate events of the same key");
+    Logger("kafka")->warn("enable.idempotence is off: retries may reorder or duplicate events of the same key");
   }
 
   rd_kafka_conf_set_opaque(conf.get(), this);
@@ -153,8 +150,7 @@ Status Publisher::Produce(const Record& record, uint64_t token) {
   rd_kafka_headers_t* headers = rd_kafka_headers_new(record.headers.size());
   for (const Header& h : record.headers) {
     rd_kafka_header_add(headers, h.name.data(), static_cast<ssize_t>(h.name.size()),
-                        h.value ? h.value->data() : nullptr,
-                        h.value ? static_cast<ssize_t>(h.value->size()) : 0);
+                        h.value ? h.value->data() : nullptr, h.value ? static_cast<ssize_t>(h.value->size()) : 0);
   }
   const char* key = record.key ? record.key->data() : nullptr;
   const std::size_t key_len = record.key ? record.key->size() : 0;
@@ -183,17 +179,22 @@ Status Publisher::Produce(const Record& record, uint64_t token) {
   rd_kafka_error_t* error = rd_kafka_produceva(rk_, args.data(), args.size());
   if (error == nullptr) return Status::Ok();
   // A fatal error comes with its cause's code; producev said _FATAL.
-  const rd_kafka_resp_err_t err = rd_kafka_error_is_fatal(error) ? RD_KAFKA_RESP_ERR__FATAL : rd_kafka_error_code(error);
+  const rd_kafka_resp_err_t err =
+      rd_kafka_error_is_fatal(error) ? RD_KAFKA_RESP_ERR__FATAL : rd_kafka_error_code(error);
   rd_kafka_error_destroy(error);
   rd_kafka_headers_destroy(headers);  // not taken over on failure
   last_produce_error_ = rd_kafka_err2name(err);
   const std::string what = last_produce_error_ + ": " + rd_kafka_err2str(err);
   if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return Status::Retriable(what);
   switch (ClassifyKafkaError(err)) {
-    case DeliveryOutcome::kPermanent: return Status::Permanent(what);
-    case DeliveryOutcome::kFatal: fatal_raised_ = true; return Status::Fatal(what);
+    case DeliveryOutcome::kPermanent:
+      return Status::Permanent(what);
+    case DeliveryOutcome::kFatal:
+      fatal_raised_ = true;
+      return Status::Fatal(what);
     case DeliveryOutcome::kRetriable:
-    case DeliveryOutcome::kPersisted: break;
+    case DeliveryOutcome::kPersisted:
+      break;
   }
   return Status::Retriable(what);
 }

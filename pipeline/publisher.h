@@ -103,7 +103,7 @@ class Publisher {
 
   KafkaConfig config_;
   DeliveryHandler on_delivery_;
-  rd_kafka_t* rk_ = nullptr;          // owned; destroyed in Destroy()
+  rd_kafka_t* rk_ = nullptr;                // owned; destroyed in Destroy()
   rd_kafka_queue_t* main_queue_ = nullptr;  // owned reference to rk_'s main queue
   UniqueFd wake_read_;
   UniqueFd wake_write_;

@@ -20,8 +20,8 @@ struct OutboxPosition {
 };
 
 struct Row {
-  std::vector<std::string> columns;                 // column names
-  std::vector<std::optional<std::string>> values;   // same order as columns
+  std::vector<std::string> columns;                // column names
+  std::vector<std::optional<std::string>> values;  // same order as columns
 
   // The value of `column`; nullptr when the row has no such column.
   const std::optional<std::string>* Find(const std::string& column) const {
@@ -40,9 +40,9 @@ struct Header {
 
 struct Record {
   std::string topic;
-  std::optional<std::string> key;    // nullopt: no key
-  std::optional<std::string> value;  // nullopt: null value (tombstone)
-  std::vector<Header> headers;       // "id" first
+  std::optional<std::string> key;       // nullopt: no key
+  std::optional<std::string> value;     // nullopt: null value (tombstone)
+  std::vector<Header> headers;          // "id" first
   std::optional<int64_t> timestamp_ms;  // nullopt: the producer's clock
 };
 

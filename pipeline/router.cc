@@ -72,8 +72,7 @@ Result<Router> Router::Create(const OutboxTableConfig& config) {
   return Router(config, std::move(topic).value());
 }
 
-Router::Router(const OutboxTableConfig& config, TopicTemplate topic)
-    : config_(config), topic_(std::move(topic)) {
+Router::Router(const OutboxTableConfig& config, TopicTemplate topic) : config_(config), topic_(std::move(topic)) {
   auto add = [this](const std::string& c) {
     if (std::find(required_.begin(), required_.end(), c) == required_.end()) required_.push_back(c);
   };

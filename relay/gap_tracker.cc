@@ -13,9 +13,7 @@ constexpr long long kFirstPosition = std::numeric_limits<long long>::min();
 constexpr long long kLastPosition = std::numeric_limits<long long>::max();
 
 // b - a for a <= b, exact for any two positions.
-uint64_t Distance(long long a, long long b) {
-  return static_cast<uint64_t>(b) - static_cast<uint64_t>(a);
-}
+uint64_t Distance(long long a, long long b) { return static_cast<uint64_t>(b) - static_cast<uint64_t>(a); }
 
 }  // namespace
 
@@ -39,8 +37,7 @@ uint64_t GapSnapshot::WidenXid(uint32_t xid, uint64_t reference) {
 }
 
 GapSnapshot GapSnapshot::FromServer(uint64_t snapshot_xmin, uint64_t snapshot_xmax,
-                                    std::optional<uint32_t> youngest_running,
-                                    std::vector<int> sessions,
+                                    std::optional<uint32_t> youngest_running, std::vector<int> sessions,
                                     std::chrono::steady_clock::time_point at) {
   GapSnapshot s{snapshot_xmin, snapshot_xmax, std::move(sessions), at};
   if (youngest_running) s.xmax = std::max(s.xmax, WidenXid(*youngest_running, snapshot_xmax) + 1);
@@ -100,8 +97,7 @@ void GapTracker::BeginRound(const GapSnapshot& after_claim) {
 }
 
 std::vector<GapTracker::RoundRow> GapTracker::Order(const std::vector<Position>& claimed,
-                                                    const std::vector<Position>& from_gaps,
-                                                    bool gap_read_hit_limit) {
+                                                    const std::vector<Position>& from_gaps, bool gap_read_hit_limit) {
   order_.clear();
   taken_ = 0;
   order_.reserve(from_gaps.size() + claimed.size());
@@ -148,8 +144,10 @@ void GapTracker::EndRound() {
     // Stopped inside the gap rows: the gaps from there up were not read
     // through.
     const Position next = order_[taken_].position;
-    if (next == kFirstPosition) settle = false;
-    else read_up_to = std::min(read_up_to, next - 1);
+    if (next == kFirstPosition)
+      settle = false;
+    else
+      read_up_to = std::min(read_up_to, next - 1);
   }
   if (settle) Settle(read_up_to);
   for (const Range& r : skipped_) AddSkipped(r.first, r.last);
@@ -176,9 +174,8 @@ bool GapTracker::Resolved(const Tag& tag) const {
 }
 
 void GapTracker::Settle(Position read_up_to) {
-  std::erase_if(gaps_, [&](const auto& entry) {
-    return entry.second.last <= read_up_to && Resolved(entry.second.tag);
-  });
+  std::erase_if(gaps_,
+                [&](const auto& entry) { return entry.second.last <= read_up_to && Resolved(entry.second.tag); });
 }
 
 void GapTracker::AddSkipped(Position first, Position last) {
@@ -250,8 +247,7 @@ void GapTracker::MergeClosest() {
       if (d == threshold) --ties;
       current.last = it->second.last;
       current.tag.xmax = std::max(current.tag.xmax, it->second.tag.xmax);
-      current.tag.session_generation =
-          std::max(current.tag.session_generation, it->second.tag.session_generation);
+      current.tag.session_generation = std::max(current.tag.session_generation, it->second.tag.session_generation);
       current.tag.since = std::max(current.tag.since, it->second.tag.since);
     } else {
       merged.emplace(first, current);

@@ -128,8 +128,8 @@ class GapTracker {
   // before every claimed row. When the gap read stopped at its row limit,
   // rows of a gap above its last row may be unread: then the claimed rows
   // wait for the next round. Positions in ascending order, as read.
-  std::vector<RoundRow> Order(const std::vector<Position>& claimed,
-                              const std::vector<Position>& from_gaps, bool gap_read_hit_limit);
+  std::vector<RoundRow> Order(const std::vector<Position>& claimed, const std::vector<Position>& from_gaps,
+                              bool gap_read_hit_limit);
   // The row was produced (or was already in flight): a gap row fills its
   // gap; a claimed row moves the cursor, and the positions it skipped
   // become gaps at EndRound().

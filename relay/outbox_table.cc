@@ -7,8 +7,7 @@
 
 namespace outboxd {
 
-Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableConfig& config,
-                                         const Router& router) {
+Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableConfig& config, const Router& router) {
   const std::string where = " (configured at " + config.config_location + ")";
   auto rel = conn.Exec(
       "SELECT n.nspname, c.relname, c.oid::bigint, c.relkind::text FROM pg_class c "
@@ -40,8 +39,8 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
   auto require = [&](const std::string& column, const std::string& role) -> Result<std::string> {
     auto it = types.find(column);
     if (it == types.end()) {
-      return Status::InvalidConfig("table \"" + t.name_ + "\" has no column \"" + column +
-                                   "\" (the " + role + " column)" + where);
+      return Status::InvalidConfig("table \"" + t.name_ + "\" has no column \"" + column + "\" (the " + role +
+                                   " column)" + where);
     }
     return it->second;
   };
@@ -49,8 +48,7 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
   auto order_type = require(config.order_by, "order_by");
   if (!order_type.ok()) return order_type.status();
   if (!IsIntegerType(*order_type)) {
-    return Status::InvalidConfig("column \"" + t.name_ + "." + config.order_by + "\" is " +
-                                 *order_type +
+    return Status::InvalidConfig("column \"" + t.name_ + "." + config.order_by + "\" is " + *order_type +
                                  "; order_by needs an integer column (bigint identity)" + where);
   }
 
@@ -73,8 +71,7 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
         " ORDER BY s.seqcache DESC LIMIT 1",
         {qtable, config.order_by, std::to_string(t.oid_)});
     if (!seq.ok()) {
-      return seq.status().Prefixed("could not find the sequence of \"" + t.name_ + "." +
-                                   config.order_by + "\"");
+      return seq.status().Prefixed("could not find the sequence of \"" + t.name_ + "." + config.order_by + "\"");
     }
     if (PQntuples(seq->get()) == 0) {
       t.gap_fill_ = GapFill::kOpenSessions;
@@ -83,8 +80,8 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
       const std::string name = PQgetvalue(seq->get(), 0, 0);
       const std::string cache = PQgetvalue(seq->get(), 0, 1);
       t.gap_fill_ = cache == "1" ? GapFill::kOpenTransactions : GapFill::kOpenSessions;
-      t.gap_fill_reason_ = "sequence " + name + " caches " + cache + " value" +
-                           (cache == "1" ? "" : "s") + " per session";
+      t.gap_fill_reason_ =
+          "sequence " + name + " caches " + cache + " value" + (cache == "1" ? "" : "s") + " per session";
     }
   }
   std::string unsent;  // extra WHERE condition for mark mode
@@ -92,9 +89,8 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
     auto sent_type = require(*config.sent_column, "sent_column");
     if (!sent_type.ok()) return sent_type.status();
     if (!IsTimestampType(*sent_type)) {
-      return Status::InvalidConfig("column \"" + t.name_ + "." + *config.sent_column + "\" is " +
-                                   *sent_type + "; sent_column needs timestamptz or timestamp" +
-                                   where);
+      return Status::InvalidConfig("column \"" + t.name_ + "." + *config.sent_column + "\" is " + *sent_type +
+                                   "; sent_column needs timestamptz or timestamp" + where);
     }
     unsent = " AND " + conn.QuoteIdentifier(*config.sent_column) + " IS NULL";
   }
@@ -103,32 +99,34 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
   // claim or checkpoint.
   {
     const bool mark = config.after_delivery == AfterDelivery::kMark;
-    auto priv = conn.Exec(
-        "SELECT has_table_privilege($1::oid, 'SELECT'), " +
-            std::string(mark ? "has_column_privilege($1::oid, $2, 'UPDATE')"
-                             : "has_table_privilege($1::oid, 'DELETE')"),
-        mark ? std::vector<std::optional<std::string>>{std::to_string(t.oid_), *config.sent_column}
-             : std::vector<std::optional<std::string>>{std::to_string(t.oid_)});
+    auto priv = conn.Exec("SELECT has_table_privilege($1::oid, 'SELECT'), " +
+                              std::string(mark ? "has_column_privilege($1::oid, $2, 'UPDATE')"
+                                               : "has_table_privilege($1::oid, 'DELETE')"),
+                          mark ? std::vector<std::optional<std::string>>{std::to_string(t.oid_), *config.sent_column}
+                               : std::vector<std::optional<std::string>>{std::to_string(t.oid_)});
     if (!priv.ok()) return priv.status().Prefixed("could not check privileges on \"" + t.name_ + "\"");
     if (std::string_view(PQgetvalue(priv->get(), 0, 0)) != "t") {
       return Status::InvalidConfig("the outboxd role may not SELECT from \"" + t.name_ + "\"" + where);
     }
     if (std::string_view(PQgetvalue(priv->get(), 0, 1)) != "t") {
-      return Status::InvalidConfig(
-          mark ? "the outboxd role may not UPDATE column \"" + t.name_ + "." + *config.sent_column +
-                     "\" (after_delivery = \"mark\")" + where
-               : "the outboxd role may not DELETE from \"" + t.name_ +
-                     "\" (after_delivery = \"delete\")" + where);
+      return Status::InvalidConfig(mark ? "the outboxd role may not UPDATE column \"" + t.name_ + "." +
+                                              *config.sent_column + "\" (after_delivery = \"mark\")" + where
+                                        : "the outboxd role may not DELETE from \"" + t.name_ +
+                                              "\" (after_delivery = \"delete\")" + where);
     }
   }
 
   std::string select = qorder;
   for (const std::string& column : router.RequiredColumns()) {
     std::string role = "routing";
-    if (column == config.id) role = "id";
-    else if (config.key && column == *config.key) role = "key";
-    else if (column == config.payload) role = "payload";
-    else if (config.timestamp && column == *config.timestamp) role = "timestamp";
+    if (column == config.id)
+      role = "id";
+    else if (config.key && column == *config.key)
+      role = "key";
+    else if (column == config.payload)
+      role = "payload";
+    else if (config.timestamp && column == *config.timestamp)
+      role = "timestamp";
     auto type = require(column, role);
     if (!type.ok()) return type.status();
     const std::string q = conn.QuoteIdentifier(column);
@@ -141,7 +139,8 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
       } else {
         return Status::InvalidConfig("column \"" + t.name_ + "." + column + "\" is " + *type +
                                      "; the timestamp column must be a timestamp or epoch "
-                                     "milliseconds" + where);
+                                     "milliseconds" +
+                                     where);
       }
     } else {
       select += q;
@@ -151,17 +150,18 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
   }
 
   const std::string from = " FROM " + qtable + " WHERE true" + unsent;
-  t.claim_after_sql_ = "SELECT " + select + from + " AND " + qorder + " > $1::bigint ORDER BY " +
-                       qorder + " LIMIT $2::int";
+  t.claim_after_sql_ =
+      "SELECT " + select + from + " AND " + qorder + " > $1::bigint ORDER BY " + qorder + " LIMIT $2::int";
   // Counted up to kPendingCountCap rows, so a large backlog is not a full
   // scan every 10 s; min and max come from the ordering column's index.
   t.stats_sql_ = "SELECT (SELECT count(*) FROM (SELECT 1" + from + " LIMIT " + std::to_string(kPendingCountCap) +
                  ") c), (SELECT min(" + qorder + ")" + from + "), (SELECT max(" + qorder + ")" + from + ")";
   t.claim_first_sql_ = "SELECT " + select + from + " ORDER BY " + qorder + " LIMIT $1::int";
-  t.gap_read_sql_ = "SELECT r.* FROM unnest($1::bigint[], $2::bigint[]) AS g(first, last) "
-                    "CROSS JOIN LATERAL (SELECT " + select + from + " AND " + qorder +
-                    " BETWEEN g.first AND g.last ORDER BY " + qorder +
-                    " LIMIT $3::int) r ORDER BY 1 LIMIT $3::int";
+  t.gap_read_sql_ =
+      "SELECT r.* FROM unnest($1::bigint[], $2::bigint[]) AS g(first, last) "
+      "CROSS JOIN LATERAL (SELECT " +
+      select + from + " AND " + qorder + " BETWEEN g.first AND g.last ORDER BY " + qorder +
+      " LIMIT $3::int) r ORDER BY 1 LIMIT $3::int";
   // Sessions of outboxd itself (application_name "outboxd": standbys,
   // `outboxd status`) never insert outbox rows, and a standby stays connected
   // for as long as the active instance: they do not hold gaps open.
@@ -178,15 +178,13 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
                         " AND application_name IS DISTINCT FROM 'outboxd')"
                       : "") +
       " FROM pg_current_snapshot() s";
-  t.sweep_sql_ = "SELECT " + qorder + from + " AND " + qorder + " <= $1::bigint ORDER BY " + qorder +
-                 " LIMIT $2::int";
-  t.fetch_sql_ = "SELECT " + select + from + " AND " + qorder + " = ANY($1::bigint[]) ORDER BY " +
-                 qorder;
+  t.sweep_sql_ = "SELECT " + qorder + from + " AND " + qorder + " <= $1::bigint ORDER BY " + qorder + " LIMIT $2::int";
+  t.fetch_sql_ = "SELECT " + select + from + " AND " + qorder + " = ANY($1::bigint[]) ORDER BY " + qorder;
   if (config.after_delivery == AfterDelivery::kDelete) {
     t.checkpoint_sql_ = "DELETE FROM " + qtable + " WHERE " + qorder + " = ANY($1::bigint[])";
   } else {
-    t.checkpoint_sql_ = "UPDATE " + qtable + " SET " + conn.QuoteIdentifier(*config.sent_column) +
-                        " = now() WHERE " + qorder + " = ANY($1::bigint[])" + unsent;
+    t.checkpoint_sql_ = "UPDATE " + qtable + " SET " + conn.QuoteIdentifier(*config.sent_column) + " = now() WHERE " +
+                        qorder + " = ANY($1::bigint[])" + unsent;
   }
   return t;
 }

@@ -27,8 +27,7 @@ inline constexpr long long kPendingCountCap = 100000;
 
 class OutboxTable {
  public:
-  [[nodiscard]] static Result<OutboxTable> Resolve(const PgConn& conn,
-                                                   const OutboxTableConfig& config,
+  [[nodiscard]] static Result<OutboxTable> Resolve(const PgConn& conn, const OutboxTableConfig& config,
                                                    const Router& router);
 
   const std::string& name() const { return name_; }  // "schema.table", for logs
@@ -71,12 +70,12 @@ class OutboxTable {
  private:
   std::string name_;
   unsigned oid_ = 0;
-  std::vector<std::string> columns_;   // router columns, in select order
-  std::vector<bool> is_bytea_;         // per router column
+  std::vector<std::string> columns_;  // router columns, in select order
+  std::vector<bool> is_bytea_;        // per router column
   GapFill gap_fill_ = GapFill::kOpenSessions;
   std::string gap_fill_reason_;
-  std::string claim_after_sql_, claim_first_sql_, gap_read_sql_, snapshot_sql_, sweep_sql_,
-      fetch_sql_, checkpoint_sql_, stats_sql_;
+  std::string claim_after_sql_, claim_first_sql_, gap_read_sql_, snapshot_sql_, sweep_sql_, fetch_sql_, checkpoint_sql_,
+      stats_sql_;
 };
 
 }  // namespace outboxd

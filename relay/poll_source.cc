@@ -106,12 +106,11 @@ Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
   auto r = conn_.Exec(kTryLockPollTableSql, {std::to_string(s.table->oid())});
   if (!r.ok()) return r.status().Prefixed("could not lock \"" + s.name() + "\"");
   if (std::string_view(PQgetvalue(r->get(), 0, 0)) == "t") {
-    const std::string why =
-        attempt == LockAttempt::kStandbyRetry
-            ? "took over \"" + s.name() + "\" from another outboxd instance"
-            : "relaying \"" + s.name() + "\" (order by " + s.config->order_by + ", " +
-                  (s.config->after_delivery == AfterDelivery::kDelete ? "delete" : "mark") +
-                  " after delivery, topic " + s.config->topic + ")";
+    const std::string why = attempt == LockAttempt::kStandbyRetry
+                                ? "took over \"" + s.name() + "\" from another outboxd instance"
+                                : "relaying \"" + s.name() + "\" (order by " + s.config->order_by + ", " +
+                                      (s.config->after_delivery == AfterDelivery::kDelete ? "delete" : "mark") +
+                                      " after delivery, topic " + s.config->topic + ")";
     Enter(s, s.gate.rewinding() ? Phase::kRewinding : Phase::kClaiming, why);
     return Status::Ok();
   }
@@ -126,8 +125,7 @@ Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
   return Status::Ok();
 }
 
-void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pause,
-                        std::optional<ResendCause> cause) {
+void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pause, std::optional<ResendCause> cause) {
   const std::chrono::milliseconds delay = s.gate.Start(pause, Clock::now());
   if (cause && s.metrics != nullptr) {
     // Rows claimed again once the gate opens: those acknowledged already, and
@@ -138,8 +136,7 @@ void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pau
   if (pause == RewindGate::Pause::kBackOff) {
     // Kafka refused or lost records librdkafka had already retried: wait a
     // little longer each time before producing them again.
-    Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again in {} ms", s.name(), why,
-                          delay.count());
+    Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again in {} ms", s.name(), why, delay.count());
   } else {
     Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again", s.name(), why);
   }
@@ -179,12 +176,15 @@ Status PollSource::Connect(bool first) {
     }
     if (!s->gaps || s->gaps->fill() != s->table->gap_fill()) {
       if (s->table->gap_fill() == GapFill::kOpenSessions) {
-        log->info("\"{}\": {}; a gap below the cursor is watched until the sessions connected "
-                  "when it appeared have disconnected",
-                  s->name(), s->table->gap_fill_reason());
+        log->info(
+            "\"{}\": {}; a gap below the cursor is watched until the sessions connected "
+            "when it appeared have disconnected",
+            s->name(), s->table->gap_fill_reason());
       }
-      if (!s->gaps) s->gaps.emplace(s->table->gap_fill());
-      else s->gaps->SetFill(s->table->gap_fill());
+      if (!s->gaps)
+        s->gaps.emplace(s->table->gap_fill());
+      else
+        s->gaps->SetFill(s->table->gap_fill());
     }
     if (s->config->notify_channel) channels.insert(*s->config->notify_channel);
   }
@@ -320,8 +320,8 @@ void PollSource::HandleFailure(const Failure& f) {
       .IgnoreError();  // on failure it already rewound or halted the stream
 }
 
-Status PollSource::ProduceRows(Stream& s, const std::vector<RowRef>& rows,
-                                const std::function<void(std::size_t)>& took, bool* completed) {
+Status PollSource::ProduceRows(Stream& s, const std::vector<RowRef>& rows, const std::function<void(std::size_t)>& took,
+                               bool* completed) {
   *completed = false;
   const Clock::time_point claimed_at = Clock::now();
   for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -345,7 +345,8 @@ Status PollSource::ProduceRows(Stream& s, const std::vector<RowRef>& rows,
       st = routed.status();
       s.checkpoint.Add({pos.value, nullptr, claimed_at});
     }
-    const FailureAction action = ActionForProduce(st, /*dead_letter_record=*/false, s.config->dead_letter_topic.has_value());
+    const FailureAction action =
+        ActionForProduce(st, /*dead_letter_record=*/false, s.config->dead_letter_topic.has_value());
     if (action == FailureAction::kWaitForRoom) {
       s.more = false;  // librdkafka's queue is full; wait for deliveries
       return Status::Ok();
@@ -366,15 +367,13 @@ Status PollSource::ProduceRows(Stream& s, const std::vector<RowRef>& rows,
       }
     } else {
       s.checkpoint.MarkFailed(ticket);
-      Halt(s, "row " + s.config->order_by + "=" + std::to_string(pos.value) +
-                  " can never be delivered: " + st.message());
+      Halt(s,
+           "row " + s.config->order_by + "=" + std::to_string(pos.value) + " can never be delivered: " + st.message());
     }
   }
   *completed = true;
   return Status::Ok();
 }
-
-
 
 Result<PollSource::GapRows> PollSource::ReadGaps(Stream& s) {
   auto snapshot = conn_.Exec(s.table->snapshot_sql());
@@ -398,9 +397,9 @@ Result<PollSource::GapRows> PollSource::ReadGaps(Stream& s) {
       }
     }
   }
-  const GapSnapshot after_claim = GapSnapshot::FromServer(
-      std::strtoull(PQgetvalue(res, 0, 0), nullptr, 10), std::strtoull(PQgetvalue(res, 0, 1), nullptr, 10),
-      youngest_running, std::move(sessions), Clock::now());
+  const GapSnapshot after_claim = GapSnapshot::FromServer(std::strtoull(PQgetvalue(res, 0, 0), nullptr, 10),
+                                                          std::strtoull(PQgetvalue(res, 0, 1), nullptr, 10),
+                                                          youngest_running, std::move(sessions), Clock::now());
   s.gaps->BeginRound(after_claim);
   if (s.gaps->empty()) return GapRows{};
 
@@ -413,19 +412,16 @@ Result<PollSource::GapRows> PollSource::ReadGaps(Stream& s) {
     if (trace) listed += " " + std::to_string(r.first) + ".." + std::to_string(r.last);
   }
   if (trace) {
-    Logger("relay")->trace("\"{}\": xmin {} xmax {} cursor {}, gaps{}", s.name(), after_claim.xmin,
-                           after_claim.xmax, s.gaps->cursor().value_or(0), listed);
+    Logger("relay")->trace("\"{}\": xmin {} xmax {} cursor {}, gaps{}", s.name(), after_claim.xmin, after_claim.xmax,
+                           s.gaps->cursor().value_or(0), listed);
   }
   // Rows in flight may lie in a merged range: read past them.
   const std::size_t limit = s.config->batch_size + s.claimed.size();
-  auto rows = conn_.Exec(s.table->gap_read_sql(),
-                         {PgInt64Array(firsts), PgInt64Array(lasts), std::to_string(limit)});
+  auto rows = conn_.Exec(s.table->gap_read_sql(), {PgInt64Array(firsts), PgInt64Array(lasts), std::to_string(limit)});
   if (!rows.ok()) return rows.status().Prefixed("could not read late rows of \"" + s.name() + "\"");
   const bool hit_limit = static_cast<std::size_t>(PQntuples(rows->get())) == limit;
   return GapRows{std::move(rows).value(), hit_limit};
 }
-
-
 
 Status PollSource::Sweep(Stream& s) {
   const std::optional<long long> cursor = s.gaps->cursor();
@@ -456,16 +452,14 @@ Status PollSource::Sweep(Stream& s) {
   refs.reserve(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) refs.push_back({rows->get(), i, s.table->PositionAt(rows->get(), i).value});
   bool completed = false;
-  return ProduceRows(s, refs, [](std::size_t) {}, &completed);
+  return ProduceRows(
+      s, refs, [](std::size_t) {}, &completed);
 }
-
-
 
 void PollSource::UpdateGapMetrics(Stream& s, Clock::time_point now) {
   if (s.table_metrics == nullptr || !s.gaps) return;
   const auto oldest = s.gaps->OldestSince();
-  s.table_metrics->SetGaps(s.gaps->size(),
-                           oldest ? std::chrono::duration<double>(now - *oldest).count() : 0.0);
+  s.table_metrics->SetGaps(s.gaps->size(), oldest ? std::chrono::duration<double>(now - *oldest).count() : 0.0);
   if (s.gaps->merges() > s.gap_merges_logged) {
     s.gap_merges_logged = s.gaps->merges();
     if (s.merge_warnings.Allow(now)) {
@@ -478,11 +472,8 @@ void PollSource::UpdateGapMetrics(Stream& s, Clock::time_point now) {
   }
 }
 
-
-
-Status PollSource::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
-                                 const std::string& reason_name, const std::string& reason,
-                                 const std::optional<std::string>& original_topic) {
+Status PollSource::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row, const std::string& reason_name,
+                                const std::string& reason, const std::optional<std::string>& original_topic) {
   const Stream::Tracked pos = *s.checkpoint.PositionOf(ticket);
   DeadLetterOrigin origin;
   if (s.config->key) {
@@ -493,8 +484,8 @@ Status PollSource::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
   origin.original_topic = original_topic;
   origin.where = {{"outboxd.table", s.name()}, {"outboxd.position", std::to_string(pos.value)}};
   const Record dl = DeadLetterRecord(*s.config->dead_letter_topic, origin, reason_name, reason);
-  Logger("relay")->warn("row {}={} of \"{}\" goes to dead-letter topic \"{}\": {}: {}",
-                        s.config->order_by, pos.value, s.name(), dl.topic, reason_name, reason);
+  Logger("relay")->warn("row {}={} of \"{}\" goes to dead-letter topic \"{}\": {}: {}", s.config->order_by, pos.value,
+                        s.name(), dl.topic, reason_name, reason);
   Status st = publisher_->Produce(dl, Token(s.index, true, ticket));
   switch (ActionForProduce(st, /*dead_letter_record=*/true, true)) {
     case FailureAction::kNone:
@@ -509,14 +500,11 @@ Status PollSource::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row,
     default:
       s.metrics->PublishError(publisher_->last_produce_error());
       s.checkpoint.MarkFailed(ticket);
-      Halt(s, "row " + std::to_string(pos.value) + " could not be written to the dead-letter topic: " +
-                  st.message());
+      Halt(s, "row " + std::to_string(pos.value) + " could not be written to the dead-letter topic: " + st.message());
       break;
   }
   return st;
 }
-
-
 
 Status PollSource::ReleaseAcknowledged(Stream& s) {
   for (const Stream::Tracked& p : s.checkpoint.TakeReleasable()) s.unreleased.push_back(p.value);
@@ -524,16 +512,14 @@ Status PollSource::ReleaseAcknowledged(Stream& s) {
   auto r = conn_.Exec(s.table->checkpoint_sql(), {PgInt64Array(s.unreleased)});
   if (!r.ok()) {
     return r.status().Prefixed(std::string("could not ") +
-                               (s.config->after_delivery == AfterDelivery::kDelete
-                                    ? "delete delivered rows from \""
-                                    : "mark delivered rows sent in \"") +
+                               (s.config->after_delivery == AfterDelivery::kDelete ? "delete delivered rows from \""
+                                                                                   : "mark delivered rows sent in \"") +
                                s.name() + "\"");
   }
   for (long long p : s.unreleased) s.claimed.erase(p);
   s.unreleased.clear();
   return Status::Ok();
 }
-
 
 Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
   switch (s.phase) {
@@ -561,9 +547,9 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
   GapTracker& gaps = *s.gaps;
   const std::size_t limit = std::min(s.config->batch_size, config_.kafka.max_in_flight - pending);
   const std::optional<long long> cursor = gaps.cursor();
-  Result<PgResult> claim = cursor
-      ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*cursor), std::to_string(limit)})
-      : conn_.Exec(s.table->claim_first_sql(), {std::to_string(limit)});
+  Result<PgResult> claim =
+      cursor ? conn_.Exec(s.table->claim_after_sql(), {std::to_string(*cursor), std::to_string(limit)})
+             : conn_.Exec(s.table->claim_first_sql(), {std::to_string(limit)});
   if (!claim.ok()) return claim.status().Prefixed("could not claim rows from \"" + s.name() + "\"");
   const std::size_t n = static_cast<std::size_t>(PQntuples(claim->get()));
   if (n > 0) s.metrics->ObserveBatch(n);
@@ -593,8 +579,7 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
     const PGresult* late_res = late->rows.get();
     const int late_n = late_res == nullptr ? 0 : PQntuples(late_res);
     for (int i = 0; i < late_n; ++i) late_positions.push_back(s.table->PositionAt(late_res, i).value);
-    const std::vector<GapTracker::RoundRow> order =
-        gaps.Order(claimed_positions, late_positions, late->hit_limit);
+    const std::vector<GapTracker::RoundRow> order = gaps.Order(claimed_positions, late_positions, late->hit_limit);
     if (late->hit_limit) s.more = true;  // the claimed rows wait for the rest of the gap rows
 
     std::vector<RowRef> refs;
@@ -614,8 +599,8 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
     gaps.EndRound();
     if (late_taken > 0) {
       s.table_metrics->LateRows(late_taken);
-      Logger("relay")->debug("\"{}\": {} rows committed late below position {}, published in order",
-                             s.name(), late_taken, cursor ? *cursor : 0);
+      Logger("relay")->debug("\"{}\": {} rows committed late below position {}, published in order", s.name(),
+                             late_taken, cursor ? *cursor : 0);
     }
     OUTBOXD_RETURN_IF_ERROR(st);
   }
@@ -624,13 +609,11 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
   // The safety net: rows below the cursor outside every gap (none are
   // expected; each one is counted).
   if (completed && now >= s.next_sweep && s.phase == Phase::kClaiming) {
-    s.next_sweep = now + std::max<std::chrono::milliseconds>(10 * s.config->poll_interval,
-                                                             std::chrono::seconds(1));
+    s.next_sweep = now + std::max<std::chrono::milliseconds>(10 * s.config->poll_interval, std::chrono::seconds(1));
     OUTBOXD_RETURN_IF_ERROR(Sweep(s));
   }
   return Status::Ok();
 }
-
 
 Status PollSource::Pump(Clock::time_point now) {
   for (auto& s : streams_) OUTBOXD_RETURN_IF_ERROR(ClaimAndProduce(*s, now));
@@ -739,9 +722,10 @@ void PollSource::Finish() {
               s->phase == Phase::kHalted ? " (halted)" : "");
   }
   if (left > 0) {
-    log->warn("{} events were not confirmed before shutdown; they stay unsent and are published again on the "
-              "next start",
-              left);
+    log->warn(
+        "{} events were not confirmed before shutdown; they stay unsent and are published again on the "
+        "next start",
+        left);
   }
   log->info("stopped");
 }

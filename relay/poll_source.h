@@ -146,13 +146,13 @@ class PollSource final : public Source {
   // Constant after Create().
   const Config& config_;
   Metrics& metrics_;
-  Publisher* publisher_ = nullptr;  // set by Attach(); owned by the runner
+  Publisher* publisher_ = nullptr;                // set by Attach(); owned by the runner
   std::vector<std::unique_ptr<Stream>> streams_;  // one per poll table; index = token's stream
 
   // Owned by the runner's thread.
   PgConn conn_;
-  bool resolved_once_ = false;  // every table was checked once
-  bool lost_connection_ = false;  // count the next connect as a reconnect
+  bool resolved_once_ = false;     // every table was checked once
+  bool lost_connection_ = false;   // count the next connect as a reconnect
   std::vector<Failure> failures_;  // filled by OnDelivery, handled by Settle
 };
 

@@ -27,10 +27,13 @@ inline std::string NotifyTriggerDdl(const std::string& table, const std::string&
   std::string function;
   for (char c : table) function += (c == '.' ? '_' : c);
   function += "_notify";
-  return "CREATE FUNCTION " + function + "() RETURNS trigger LANGUAGE plpgsql AS $$ "
-         "BEGIN PERFORM pg_notify('" + channel + "', ''); RETURN NULL; END $$;"
-         "CREATE TRIGGER outbox_notify AFTER INSERT ON " + table +
-         " FOR EACH STATEMENT EXECUTE FUNCTION " + function + "()";
+  return "CREATE FUNCTION " + function +
+         "() RETURNS trigger LANGUAGE plpgsql AS $$ "
+         "BEGIN PERFORM pg_notify('" +
+         channel +
+         "', ''); RETURN NULL; END $$;"
+         "CREATE TRIGGER outbox_notify AFTER INSERT ON " +
+         table + " FOR EACH STATEMENT EXECUTE FUNCTION " + function + "()";
 }
 
 }  // namespace outboxd::testing

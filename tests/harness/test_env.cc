@@ -51,7 +51,6 @@ using std::chrono::milliseconds;
 // ---------------------------------------------------------------------------
 // Small owners and helpers
 
-
 [[noreturn]] void Throw(const std::string& what) { throw HarnessError(what); }
 
 std::string ErrnoText(const std::string& what) { return what + ": " + std::strerror(errno); }
@@ -195,8 +194,8 @@ struct ProcessOutput {
 
 // Runs a command to completion (or `deadline`, then SIGKILL), feeding it
 // `stdin_data` and collecting its output, stderr into `out` when `merge`.
-ProcessOutput RunProcess(const std::vector<std::string>& args, milliseconds deadline,
-                         const std::string& stdin_data, bool merge) {
+ProcessOutput RunProcess(const std::vector<std::string>& args, milliseconds deadline, const std::string& stdin_data,
+                         bool merge) {
   if (args.empty()) Throw("RunCommand: no command");
   IgnoreSigpipeOnce();
   std::vector<std::string> argv_strings = args;
@@ -307,8 +306,8 @@ PgResultPtr PgRun(const std::string& conninfo, const std::string& sql) {
   PgResultPtr res(PQexec(conn.get(), sql.c_str()));
   const ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-    Throw("SQL failed on \"" + conninfo + "\": " +
-          Trim(res ? PQresultErrorMessage(res.get()) : PQerrorMessage(conn.get())) + "\n  SQL: " + sql);
+    Throw("SQL failed on \"" + conninfo +
+          "\": " + Trim(res ? PQresultErrorMessage(res.get()) : PQerrorMessage(conn.get())) + "\n  SQL: " + sql);
   }
   return res;
 }
@@ -427,15 +426,17 @@ const ServiceInfo& SharedServices() {
   if (info) return *info;
   const char* dir = std::getenv("OUTBOXD_HARNESS_DIR");
   if (dir == nullptr || *dir == '\0') {
-    Throw("OUTBOXD_HARNESS_DIR is not set: run this test through ctest, which starts the services "
-          "(or start tests/harness/pg.sh and kafka.sh by hand and point OUTBOXD_HARNESS_DIR at them)");
+    Throw(
+        "OUTBOXD_HARNESS_DIR is not set: run this test through ctest, which starts the services "
+        "(or start tests/harness/pg.sh and kafka.sh by hand and point OUTBOXD_HARNESS_DIR at them)");
   }
   ServiceInfo s;
   s.dir = dir;
   auto pg = ReadEnvFile(s.dir + "/pg/pg.env");
   auto kafka = ReadEnvFile(s.dir + "/kafka/kafka.env");
   if (pg.empty() && kafka.empty()) {
-    Throw("no services in " + s.dir + " (pg/pg.env, kafka/kafka.env): does the test declare "
+    Throw("no services in " + s.dir +
+          " (pg/pg.env, kafka/kafka.env): does the test declare "
           "FIXTURES \"postgres;kafka\" in its CMakeLists?");
   }
   if (!pg.empty()) {
@@ -478,8 +479,8 @@ ServiceControl::ServiceControl() {
 }
 
 ServiceControl::~ServiceControl() {
-  for (auto [started, script, subdir] : {std::tuple{kafka_started_, "kafka.sh", "kafka"},
-                                         std::tuple{pg_started_, "pg.sh", "pg"}}) {
+  for (auto [started, script, subdir] :
+       {std::tuple{kafka_started_, "kafka.sh", "kafka"}, std::tuple{pg_started_, "pg.sh", "pg"}}) {
     if (!started) continue;
     try {
       RunScript(script, "stop", subdir, {}, std::chrono::seconds(120));
@@ -491,9 +492,8 @@ ServiceControl::~ServiceControl() {
   fs::remove_all(info_.dir, ec);
 }
 
-void ServiceControl::RunScript(const std::string& script, const std::string& command,
-                               const std::string& subdir, std::vector<std::string> extra,
-                               milliseconds deadline) {
+void ServiceControl::RunScript(const std::string& script, const std::string& command, const std::string& subdir,
+                               std::vector<std::string> extra, milliseconds deadline) {
   std::vector<std::string> args = {"bash", std::string(OUTBOXD_HARNESS_SCRIPTS) + "/" + script, command,
                                    info_.dir + "/" + subdir};
   args.insert(args.end(), extra.begin(), extra.end());
@@ -539,9 +539,7 @@ void ServiceControl::StartKafka(bool auto_create_topics) {
   RunScript("kafka.sh", "start", "kafka", extra, std::chrono::seconds(900));
   ReadKafkaEnv();
 }
-void ServiceControl::StopKafkaKeepData() {
-  RunScript("kafka.sh", "stop-keep", "kafka", {}, std::chrono::seconds(120));
-}
+void ServiceControl::StopKafkaKeepData() { RunScript("kafka.sh", "stop-keep", "kafka", {}, std::chrono::seconds(120)); }
 void ServiceControl::StartKafkaAgain() {
   RunScript("kafka.sh", "start", "kafka", {}, std::chrono::seconds(300));
   ReadKafkaEnv();
@@ -613,7 +611,8 @@ std::vector<TestDatabase::Row> TestDatabase::Query(const std::string& sql) const
       if (PQgetisnull(res.get(), i, c)) {
         row.emplace_back(std::nullopt);
       } else {
-        row.emplace_back(std::string(PQgetvalue(res.get(), i, c), static_cast<std::size_t>(PQgetlength(res.get(), i, c))));
+        row.emplace_back(
+            std::string(PQgetvalue(res.get(), i, c), static_cast<std::size_t>(PQgetlength(res.get(), i, c))));
       }
     }
     rows.push_back(std::move(row));
@@ -651,8 +650,7 @@ struct KafkaAdmin::Client {
     char errstr[512];
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
     for (auto [k, v] : {std::pair{"bootstrap.servers", bootstrap.c_str()},
-                        std::pair{"allow.auto.create.topics", "false"},
-                        std::pair{"client.id", "outboxd-test-admin"}}) {
+                        std::pair{"allow.auto.create.topics", "false"}, std::pair{"client.id", "outboxd-test-admin"}}) {
       if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(conf);
         Throw(std::string("librdkafka config ") + k + ": " + errstr);
@@ -716,8 +714,8 @@ KafkaAdmin::KafkaAdmin(std::string bootstrap) : bootstrap_(std::move(bootstrap))
 
 KafkaAdmin::~KafkaAdmin() = default;
 
-void KafkaAdmin::CreateTopic(const std::string& name, int partitions,
-                             const std::map<std::string, std::string>& config, milliseconds deadline) {
+void KafkaAdmin::CreateTopic(const std::string& name, int partitions, const std::map<std::string, std::string>& config,
+                             milliseconds deadline) {
   const auto end = Clock::now() + deadline;
   char errstr[512];
   rd_kafka_NewTopic_t* topic = rd_kafka_NewTopic_new(name.c_str(), partitions, 1, errstr, sizeof errstr);
@@ -759,7 +757,8 @@ void KafkaAdmin::CreateTopic(const std::string& name, int partitions,
 void KafkaAdmin::DeleteTopic(const std::string& name, milliseconds deadline) {
   const auto end = Clock::now() + deadline;
   rd_kafka_DeleteTopic_t* topic = rd_kafka_DeleteTopic_new(name.c_str());
-  std::unique_ptr<rd_kafka_DeleteTopic_t, decltype(&rd_kafka_DeleteTopic_destroy)> owner(topic, rd_kafka_DeleteTopic_destroy);
+  std::unique_ptr<rd_kafka_DeleteTopic_t, decltype(&rd_kafka_DeleteTopic_destroy)> owner(topic,
+                                                                                         rd_kafka_DeleteTopic_destroy);
   KafkaQueuePtr queue(rd_kafka_queue_new(client_->rk));
   KafkaOptionsPtr options = AdminOptions(client_->rk, RD_KAFKA_ADMIN_OP_DELETETOPICS, Remaining(end));
   rd_kafka_DeleteTopics(client_->rk, &topic, 1, options.get(), queue.get());
@@ -791,8 +790,8 @@ std::vector<KafkaRecord> ConsumeTopic(const std::string& bootstrap, const std::s
   std::string last_problem;
   while (true) {
     const milliseconds pass_deadline = std::max(milliseconds(1000), std::min(Remaining(end), milliseconds(60000)));
-    ProcessOutput r = RunProcess({"kcat", "-C", "-b", bootstrap, "-t", topic, "-J", "-e", "-o", "beginning", "-q",
-                                  "-X", "allow.auto.create.topics=false"},
+    ProcessOutput r = RunProcess({"kcat", "-C", "-b", bootstrap, "-t", topic, "-J", "-e", "-o", "beginning", "-q", "-X",
+                                  "allow.auto.create.topics=false"},
                                  pass_deadline, "", /*merge=*/false);
     if (r.exit_code == 0) {
       std::vector<KafkaRecord> pass;
@@ -823,9 +822,9 @@ std::vector<KafkaRecord> ConsumeTopic(const std::string& bootstrap, const std::s
     if (Remaining(end).count() == 0) break;
     std::this_thread::sleep_for(std::min(Remaining(end), milliseconds(200)));
   }
-  std::cerr << "ConsumeTopic(" << topic << "): " << records.size() << " of " << expected_at_least
-            << " records within " << deadline.count() << " ms"
-            << (last_problem.empty() ? "" : "; last kcat problem: " + last_problem) << "\n";
+  std::cerr << "ConsumeTopic(" << topic << "): " << records.size() << " of " << expected_at_least << " records within "
+            << deadline.count() << " ms" << (last_problem.empty() ? "" : "; last kcat problem: " + last_problem)
+            << "\n";
   return records;
 }
 
@@ -938,8 +937,8 @@ void OutboxdProcess::Start() {
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view entry(*e);
     const std::string_view name = entry.substr(0, entry.find('='));
-    const bool overridden = std::any_of(extra_env_.begin(), extra_env_.end(),
-                                        [&](const auto& kv) { return kv.first == name; });
+    const bool overridden =
+        std::any_of(extra_env_.begin(), extra_env_.end(), [&](const auto& kv) { return kv.first == name; });
     if (!overridden) env_strings.emplace_back(entry);
   }
   for (const auto& [n, v] : extra_env_) env_strings.push_back(n + "=" + v);

@@ -73,16 +73,16 @@ class ServiceControl {
   ServiceControl& operator=(const ServiceControl&) = delete;
 
   void StartPostgres();
-  void RestartPostgres();          // same port and data; returns when ready again
-  void StopPostgresKeepData();     // server down until StartPostgresAgain()
+  void RestartPostgres();       // same port and data; returns when ready again
+  void StopPostgresKeepData();  // server down until StartPostgresAgain()
   void StartPostgresAgain();
 
   void StartKafka(bool auto_create_topics = true);
-  void StopKafkaKeepData();        // broker down (controlled shutdown) until StartKafkaAgain()
-  void StartKafkaAgain();          // same ports and data; returns when it serves metadata
+  void StopKafkaKeepData();  // broker down (controlled shutdown) until StartKafkaAgain()
+  void StartKafkaAgain();    // same ports and data; returns when it serves metadata
   void RestartKafka();
-  void KillKafka();                // SIGKILL, data kept; StartKafkaAgain() recovers it
-  void PauseKafka();               // SIGSTOP: connections stay open, nothing answers
+  void KillKafka();   // SIGKILL, data kept; StartKafkaAgain() recovers it
+  void PauseKafka();  // SIGSTOP: connections stay open, nothing answers
   void ResumeKafka();
 
   // Valid after StartPostgres() / StartKafka().
@@ -123,7 +123,7 @@ class TestDatabase {
  public:
   using Row = std::vector<std::optional<std::string>>;  // NULL is nullopt
 
-  TestDatabase();  // on SharedServices()' postgres
+  TestDatabase();                                      // on SharedServices()' postgres
   explicit TestDatabase(const ServiceInfo& services);  // e.g. ServiceControl::info()
   TestDatabase(std::string host, int port);
   ~TestDatabase();
@@ -167,8 +167,7 @@ class KafkaAdmin {
   // Creates the topic (replication factor 1) with topic-level config such as
   // {"retention.ms", "60000"}, and returns once the broker's metadata shows
   // every partition with a leader. Throws if it exists or cannot be created.
-  void CreateTopic(const std::string& name, int partitions,
-                   const std::map<std::string, std::string>& config = {},
+  void CreateTopic(const std::string& name, int partitions, const std::map<std::string, std::string>& config = {},
                    std::chrono::milliseconds deadline = std::chrono::seconds(30));
   void DeleteTopic(const std::string& name, std::chrono::milliseconds deadline = std::chrono::seconds(30));
   // Partition count, or 0 when the topic does not exist.
@@ -203,8 +202,7 @@ struct KafkaRecord {
 // its JSON; they are decoded here as Latin-1 code points and turned back into
 // bytes). Reads committed records only (kcat's default isolation).
 [[nodiscard]] std::vector<KafkaRecord> ConsumeTopic(const std::string& bootstrap, const std::string& topic,
-                                      std::size_t expected_at_least,
-                                      std::chrono::milliseconds deadline);
+                                                    std::size_t expected_at_least, std::chrono::milliseconds deadline);
 
 // One record to produce with kcat.
 struct KcatMessage {
@@ -219,8 +217,7 @@ struct KcatMessage {
 // with an empty or null value the key cannot contain tab or newline, an empty
 // value needs a key, and a null value cannot have an empty key. Throws on
 // failure.
-void ProduceWithKcat(const std::string& bootstrap, const std::string& topic,
-                     const std::vector<KcatMessage>& messages);
+void ProduceWithKcat(const std::string& bootstrap, const std::string& topic, const std::vector<KcatMessage>& messages);
 
 // ---------------------------------------------------------------------------
 // Processes
@@ -234,7 +231,7 @@ struct CommandResult {
 // `stdin_data`, and waits for it at most `deadline`, killing it (SIGKILL) on
 // timeout. Throws only when it cannot be started.
 [[nodiscard]] CommandResult RunCommand(const std::vector<std::string>& args, std::chrono::milliseconds deadline,
-                         const std::string& stdin_data = "");
+                                       const std::string& stdin_data = "");
 
 // The built outboxd binary run as users run it: `outboxd run -c FILE` with
 // the TOML given to the constructor written to FILE in a private temporary
@@ -276,7 +273,7 @@ class OutboxdProcess {
   // True once `needle` appears in the log at or after byte `from` (e.g. a
   // LogSize() taken before the event).
   [[nodiscard]] bool WaitForLog(std::string_view needle, std::chrono::milliseconds deadline,
-                  std::size_t from = 0) const;
+                                std::size_t from = 0) const;
 
   const std::string& config_path() const { return config_path_; }
   const std::string& log_path() const { return log_path_; }
@@ -285,7 +282,7 @@ class OutboxdProcess {
   static std::string BinaryPath();  // OUTBOXD_BINARY, or $OUTBOXD_BINARY if set
   // Runs `outboxd ARGS...` (e.g. {"check-config", "-c", path}).
   [[nodiscard]] static CommandResult RunCommand(const std::vector<std::string>& args,
-                                  std::chrono::milliseconds deadline = std::chrono::seconds(60));
+                                                std::chrono::milliseconds deadline = std::chrono::seconds(60));
 
  private:
   std::string dir_;
@@ -304,7 +301,7 @@ class OutboxdProcess {
 // Calls `cond` every `every` until it returns true (then true) or `deadline`
 // has passed (then false; cond is evaluated one last time).
 [[nodiscard]] bool WaitUntil(const std::function<bool()>& cond, std::chrono::milliseconds deadline,
-               std::chrono::milliseconds every = std::chrono::milliseconds(50));
+                             std::chrono::milliseconds every = std::chrono::milliseconds(50));
 
 struct ProcessMemory {
   int64_t rss_kb = -1;       // VmRSS

@@ -23,9 +23,7 @@ TEST(Cli, VersionPrintsAndExitsZero) {
   EXPECT_NE(std::string::npos, r.output.find("outboxd ")) << r.output;
 }
 
-TEST(Cli, UnknownCommandIsAUsageError) {
-  EXPECT_EQ(64, OutboxdProcess::RunCommand({"frobnicate"}, 10s).exit_code);
-}
+TEST(Cli, UnknownCommandIsAUsageError) { EXPECT_EQ(64, OutboxdProcess::RunCommand({"frobnicate"}, 10s).exit_code); }
 
 TEST(Cli, CheckConfigAcceptsTheShippedExamples) {
   for (const char* f : {"outbox.toml", "minimal.toml"}) {
@@ -50,31 +48,29 @@ TEST_P(CheckConfigRejects, WithPlaceAndExit78) {
   for (const char* cmd : {"check-config", "run"}) {
     auto r = OutboxdProcess::RunCommand({cmd, "-c", path}, 20s);
     EXPECT_EQ(78, r.exit_code) << cmd << ": " << r.output;
-    EXPECT_NE(std::string::npos, r.output.find(path + ":" + GetParam().expected))
-        << cmd << ": " << r.output;
+    EXPECT_NE(std::string::npos, r.output.find(path + ":" + GetParam().expected)) << cmd << ": " << r.output;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Cli, CheckConfigRejects,
-    ::testing::Values(
-        BadConfig{"unknown_key",
-                  "[postgres]\nconninfo = \"host=127.0.0.1\"\nconnifo = \"x\"\n[kafka]\n"
-                  "bootstrap_servers = \"b:9092\"\n[[outbox]]\ntable = \"outbox\"\n",
-                  "3:1"},
-        BadConfig{"wrong_type",
-                  "[postgres]\nconninfo = \"host=127.0.0.1\"\n[kafka]\nbootstrap_servers = "
-                  "\"b:9092\"\n[[outbox]]\ntable = \"outbox\"\nbatch_size = \"many\"\n",
-                  "7:"},
-        BadConfig{"syntax", "[postgres\nconninfo = 1\n", "1:"},
-        BadConfig{"bad_duration",
-                  "[postgres]\nconninfo = \"x\"\n[kafka]\nbootstrap_servers = \"b:9092\"\n"
-                  "[[outbox]]\ntable = \"outbox\"\npoll_interval = \"250\"\n",
-                  "7:"},
-        BadConfig{"bad_kafka_property",
-                  "[postgres]\nconninfo = \"x\"\n[kafka]\nbootstrap_servers = \"b:9092\"\n"
-                  "[kafka.properties]\n\"compression.type\" = \"zip\"\n[[outbox]]\ntable = \"outbox\"\n",
-                  "6:1: 'compression.type' in [kafka.properties]: Invalid value \"zip\""}),
+    ::testing::Values(BadConfig{"unknown_key",
+                                "[postgres]\nconninfo = \"host=127.0.0.1\"\nconnifo = \"x\"\n[kafka]\n"
+                                "bootstrap_servers = \"b:9092\"\n[[outbox]]\ntable = \"outbox\"\n",
+                                "3:1"},
+                      BadConfig{"wrong_type",
+                                "[postgres]\nconninfo = \"host=127.0.0.1\"\n[kafka]\nbootstrap_servers = "
+                                "\"b:9092\"\n[[outbox]]\ntable = \"outbox\"\nbatch_size = \"many\"\n",
+                                "7:"},
+                      BadConfig{"syntax", "[postgres\nconninfo = 1\n", "1:"},
+                      BadConfig{"bad_duration",
+                                "[postgres]\nconninfo = \"x\"\n[kafka]\nbootstrap_servers = \"b:9092\"\n"
+                                "[[outbox]]\ntable = \"outbox\"\npoll_interval = \"250\"\n",
+                                "7:"},
+                      BadConfig{"bad_kafka_property",
+                                "[postgres]\nconninfo = \"x\"\n[kafka]\nbootstrap_servers = \"b:9092\"\n"
+                                "[kafka.properties]\n\"compression.type\" = \"zip\"\n[[outbox]]\ntable = \"outbox\"\n",
+                                "6:1: 'compression.type' in [kafka.properties]: Invalid value \"zip\""}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // Starts `outboxd run` against `db` with one [[outbox]] block (line 5 of the
@@ -84,13 +80,12 @@ struct StartupResult {
   std::string path;
   CommandResult run;
 };
-StartupResult RunAgainst(const TestDatabase& db, const std::string& name,
-                         const std::string& outbox_block, const std::string& conninfo_extra = "") {
+StartupResult RunAgainst(const TestDatabase& db, const std::string& name, const std::string& outbox_block,
+                         const std::string& conninfo_extra = "") {
   StartupResult r;
   r.path = WriteFile(name + ".toml", "[postgres]\nconninfo = \"" + db.conninfo() + conninfo_extra +
-                                         "\"\n[kafka]\nbootstrap_servers = \"" +
-                                         SharedServices().kafka_bootstrap + "\"\n[[outbox]]\n" +
-                                         outbox_block);
+                                         "\"\n[kafka]\nbootstrap_servers = \"" + SharedServices().kafka_bootstrap +
+                                         "\"\n[[outbox]]\n" + outbox_block);
   r.run = OutboxdProcess::RunCommand({"run", "-c", r.path}, 30s);
   return r;
 }
@@ -113,8 +108,7 @@ TEST(Cli, MissingColumnAtStartupExits78NamingTableAndColumn) {
   db.Exec("ALTER TABLE outbox DROP COLUMN aggregateid");
   auto r = RunAgainst(db, "missing_column", "table = \"outbox\"\n");
   EXPECT_EQ(78, r.run.exit_code) << r.run.output;
-  EXPECT_TRUE(Contains(r.run.output, "\"public.outbox\" has no column \"aggregateid\""))
-      << r.run.output;
+  EXPECT_TRUE(Contains(r.run.output, "\"public.outbox\" has no column \"aggregateid\"")) << r.run.output;
 }
 
 TEST(Cli, OrderByMustBeAnInteger) {

@@ -26,9 +26,8 @@ class DeadLetterTest : public ::testing::Test {
            (with_dlq ? "dead_letter_topic = \"" + dlq_ + "\"\n" : "");
   }
   void InsertSized(const std::string& key, int bytes) {
-    db_.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ +
-             "', '" + key + "', 'E', jsonb_build_object('blob', repeat('x', " +
-             std::to_string(bytes) + ")))");
+    db_.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', '" + key +
+             "', 'E', jsonb_build_object('blob', repeat('x', " + std::to_string(bytes) + ")))");
   }
   int64_t Rows() { return db_.QueryInt64("SELECT count(*) FROM outbox"); }
 
@@ -40,8 +39,7 @@ TEST_F(DeadLetterTest, TooLargeRecordGoesToDeadLetterTopicWithReason) {
   InsertSized("small-1", 10);
   InsertSized("huge", 1500000);
   InsertSized("small-2", 10);
-  const std::string huge_id =
-      db_.QueryString("SELECT id::text FROM outbox WHERE aggregateid = 'huge'");
+  const std::string huge_id = db_.QueryString("SELECT id::text FROM outbox WHERE aggregateid = 'huge'");
   OutboxdProcess outboxd(Config(true));
   outboxd.Start();
   ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 60s)) << outboxd.Log();
@@ -79,8 +77,9 @@ TEST_F(DeadLetterTest, WithoutDeadLetterTopicTheStreamHaltsAndTheRowStays) {
 
 TEST_F(DeadLetterTest, NullRoutingColumnHaltsWithTheColumnNamed) {
   db_.Exec("ALTER TABLE outbox ALTER COLUMN aggregatetype DROP NOT NULL");
-  db_.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES "
-           "(NULL, 'k', 'E', '{}')");
+  db_.Exec(
+      "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES "
+      "(NULL, 'k', 'E', '{}')");
   OutboxdProcess outboxd(Config(false));
   outboxd.Start();
   ASSERT_TRUE(outboxd.WaitForLog("halted", 30s)) << outboxd.Log();
@@ -90,8 +89,9 @@ TEST_F(DeadLetterTest, NullRoutingColumnHaltsWithTheColumnNamed) {
 
 TEST_F(DeadLetterTest, NullRoutingColumnGoesToDeadLetterTopic) {
   db_.Exec("ALTER TABLE outbox ALTER COLUMN aggregatetype DROP NOT NULL");
-  db_.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES "
-           "(NULL, 'k', 'E', '{\"a\": 1}')");
+  db_.Exec(
+      "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES "
+      "(NULL, 'k', 'E', '{\"a\": 1}')");
   OutboxdProcess outboxd(Config(true));
   outboxd.Start();
   ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 30s)) << outboxd.Log();

@@ -50,8 +50,8 @@ class Writer {
         std::string sql = "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES ";
         for (int j = n; j < n + per_txn; ++j) {
           sql += (j == n ? "" : ",");
-          sql += "('" + EventId(j) + "','" + type_ + "','key-" + std::to_string(j % 17) + "','E','" +
-                 EventPayload(j) + "')";
+          sql += "('" + EventId(j) + "','" + type_ + "','key-" + std::to_string(j % 17) + "','E','" + EventPayload(j) +
+                 "')";
         }
         auto r = conn->Exec(sql + " RETURNING id::text, payload::text");
         if (!r.ok()) {
@@ -90,11 +90,9 @@ class Writer {
   std::map<std::string, std::string> committed_;  // id -> payload, guarded by mu_
 };
 
-std::string RelayConfig(const std::string& conninfo, const std::string& bootstrap,
-                        const std::string& extra = "") {
+std::string RelayConfig(const std::string& conninfo, const std::string& bootstrap, const std::string& extra = "") {
   return "[postgres]\nconninfo = \"" + conninfo + "\"\n[kafka]\nbootstrap_servers = \"" + bootstrap +
-         "\"\nshutdown_timeout = \"5s\"\n[[outbox]]\ntable = \"outbox\"\npoll_interval = \"50ms\"\n" +
-         extra;
+         "\"\nshutdown_timeout = \"5s\"\n[[outbox]]\ntable = \"outbox\"\npoll_interval = \"50ms\"\n" + extra;
 }
 
 // Every committed event is in Kafka, and every record's id carries the
@@ -117,8 +115,8 @@ std::size_t ExpectAllDelivered(const std::map<std::string, std::string>& committ
   for (const auto& [id, payload] : committed) missing += seen.count(id) ? 0 : 1;
   EXPECT_EQ(0u, missing) << "of " << committed.size() << " committed events";
   std::size_t duplicates = records.size() - seen.size();
-  std::cout << "[ stats    ] " << committed.size() << " events, " << records.size()
-            << " records, " << duplicates << " duplicates\n";
+  std::cout << "[ stats    ] " << committed.size() << " events, " << records.size() << " records, " << duplicates
+            << " duplicates\n";
   return duplicates;
 }
 
@@ -149,8 +147,7 @@ TEST(Fault, SigkillSeveralTimesLosesNothing) {
   writer.Stop();
   OutboxdProcess outboxd(config);
   outboxd.Start();
-  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s))
-      << outboxd.Log();
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s)) << outboxd.Log();
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s));
   const auto committed = writer.committed();
@@ -193,18 +190,16 @@ TEST(Fault, KafkaDown30SecondsLosesNothingAndMarksNothingEarly) {
   services.StartKafkaAgain();
 
   ASSERT_TRUE(WaitUntil([&] { return writer.done(); }, 180s));
-  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0; },
-                        180s))
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0; }, 180s))
       << outboxd.Log();
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s));
   const auto committed = writer.committed();
-  std::cout << "[ stats    ] peak RSS during the outage " << hwm_kb << " kB, " << committed.size()
-            << " events\n";
+  std::cout << "[ stats    ] peak RSS during the outage " << hwm_kb << " kB, " << committed.size() << " events\n";
   EXPECT_LT(hwm_kb, 256 * 1024) << "memory not bounded during the outage";
   // The idempotent producer retries across the outage without duplicating.
-  EXPECT_EQ(0u, ExpectAllDelivered(committed, ConsumeTopic(services.info().kafka_bootstrap, topic, committed.size(),
-                                                           120s)));
+  EXPECT_EQ(
+      0u, ExpectAllDelivered(committed, ConsumeTopic(services.info().kafka_bootstrap, topic, committed.size(), 120s)));
 }
 
 // An outage longer than message.timeout.ms: librdkafka gives the records up,
@@ -233,8 +228,7 @@ TEST(Fault, KafkaOutageLongerThanMessageTimeoutLosesNothing) {
   const int64_t after = relayed();
   ASSERT_TRUE(WaitUntil([&] { return relayed() > after + 200; }, 120s)) << outboxd.Log();
   writer.Stop();
-  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s))
-      << outboxd.Log();
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s)) << outboxd.Log();
   const Scrape scrape = ScrapeMetrics(port);
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s));
@@ -279,15 +273,14 @@ TEST(Fault, PostgresRestartAndTerminatedBackendLoseNothing) {
   ASSERT_TRUE(WaitUntil([&] { return relayed() > after_kill + 500; }, 60s)) << outboxd.Log();
 
   writer.Stop();
-  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s))
-      << outboxd.Log();
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s)) << outboxd.Log();
   EXPECT_NE(std::string::npos, outboxd.Log().find("connected to PostgreSQL again")) << outboxd.Log();
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s));
   const auto committed = writer.committed();
   // What was in flight stays tracked across the reconnects: nothing is sent twice.
-  EXPECT_EQ(0u, ExpectAllDelivered(committed, ConsumeTopic(SharedServices().kafka_bootstrap, topic, committed.size(),
-                                                           60s)));
+  EXPECT_EQ(
+      0u, ExpectAllDelivered(committed, ConsumeTopic(SharedServices().kafka_bootstrap, topic, committed.size(), 60s)));
 }
 
 }  // namespace

@@ -19,8 +19,9 @@ using namespace std::chrono_literals;
 
 TEST(HarnessTest, DatabaseTopicAndKcatRoundTrip) {
   TestDatabase db;
-  db.Exec("CREATE TABLE items (id int PRIMARY KEY, name text);"
-          "INSERT INTO items VALUES (1, 'one'), (2, NULL)");
+  db.Exec(
+      "CREATE TABLE items (id int PRIMARY KEY, name text);"
+      "INSERT INTO items VALUES (1, 'one'), (2, NULL)");
   EXPECT_EQ(2, db.QueryInt64("SELECT count(*) FROM items"));
   EXPECT_EQ("one", db.QueryString("SELECT name FROM items WHERE id = 1"));
   const auto rows = db.Query("SELECT id::text, name FROM items ORDER BY id");

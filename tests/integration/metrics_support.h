@@ -32,9 +32,9 @@ struct HttpResponse {
 inline HttpResponse Get(int port, const std::string& path) {
   RequireTool(kCurl, "curl");
   // The status code goes last, on a line of its own.
-  auto r = RunCommand({kCurl, "-s", "--max-time", "5", "-w", "\n%{http_code}",
-                       "http://127.0.0.1:" + std::to_string(port) + path},
-                      std::chrono::seconds(10));
+  auto r = RunCommand(
+      {kCurl, "-s", "--max-time", "5", "-w", "\n%{http_code}", "http://127.0.0.1:" + std::to_string(port) + path},
+      std::chrono::seconds(10));
   HttpResponse out;
   if (r.exit_code != 0) return out;
   const std::size_t nl = r.output.rfind('\n');
@@ -122,8 +122,6 @@ inline Scrape ScrapeMetrics(int port) {
   return Scrape(r.body);
 }
 
-inline std::string HttpSection(int port) {
-  return "[http]\nlisten = \"127.0.0.1:" + std::to_string(port) + "\"\n";
-}
+inline std::string HttpSection(int port) { return "[http]\nlisten = \"127.0.0.1:" + std::to_string(port) + "\"\n"; }
 
 }  // namespace outboxd::testing

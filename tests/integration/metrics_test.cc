@@ -76,13 +76,12 @@ TEST_F(MetricsPollTest, ValuesMoveAsEventsFlow) {
   EXPECT_EQ(1, first.Or0("outboxd_build_info"));
 
   Insert(db, 15);
-  ASSERT_TRUE(WaitUntil([&] { return ScrapeMetrics(port_).Or0("outboxd_events_published_total", source_) >= 20; },
-                        60s))
+  ASSERT_TRUE(WaitUntil([&] { return ScrapeMetrics(port_).Or0("outboxd_events_published_total", source_) >= 20; }, 60s))
       << ScrapeMetrics(port_).text() << outboxd.Log();
   ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 30s));
   // Pending rows are sampled every 10 s.
-  ASSERT_TRUE(WaitUntil([&] { return ScrapeMetrics(port_).Or0("outboxd_outbox_pending_rows", table_) == 0; }, 30s,
-                        200ms))
+  ASSERT_TRUE(
+      WaitUntil([&] { return ScrapeMetrics(port_).Or0("outboxd_outbox_pending_rows", table_) == 0; }, 30s, 200ms))
       << ScrapeMetrics(port_).text();
 
   Scrape s = ScrapeMetrics(port_);
@@ -126,9 +125,9 @@ TEST_F(MetricsPollTest, ReadyzAnswers503WhilePostgresIsDown) {
   svc.StartPostgresAgain();
   ASSERT_TRUE(WaitUntil([&] { return Get(port_, "/readyz").status == 200; }, 60s))
       << Get(port_, "/readyz").body << outboxd.Log();
-  EXPECT_GE(ScrapeMetrics(port_).Or0("outboxd_reconnects_total", {{"source", "table:public.outbox"},
-                                                                   {"target", "postgres"}}),
-            1);
+  EXPECT_GE(
+      ScrapeMetrics(port_).Or0("outboxd_reconnects_total", {{"source", "table:public.outbox"}, {"target", "postgres"}}),
+      1);
   outboxd.Terminate();
   EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
 }
@@ -138,8 +137,7 @@ TEST_F(MetricsPollTest, AnAddressInUseIsAStartupErrorNamingIt) {
   db.Exec(OutboxDdl("outbox"));
   OutboxdProcess first(Config(db));
   first.Start();
-  ASSERT_TRUE(WaitUntil([&] { return Get(port_, "/healthz").status == 200 || !first.Running(); }, 30s))
-      << first.Log();
+  ASSERT_TRUE(WaitUntil([&] { return Get(port_, "/healthz").status == 200 || !first.Running(); }, 30s)) << first.Log();
   OutboxdProcess second(Config(db));
   second.Start();
   EXPECT_EQ(69, second.WaitExit(30s)) << second.Log();
@@ -201,11 +199,12 @@ TEST_F(MetricsCdcTest, ValuesMoveAsEventsFlow) {
       << ScrapeMetrics(port).text();
 
   Scrape s = ScrapeMetrics(port);
-  EXPECT_EQ(10, s.Or0("outboxd_events_published_total", {{"source", "table:public.outbox"},
-                                                         {"topic", "outbox.event." + type}}))
+  EXPECT_EQ(10, s.Or0("outboxd_events_published_total",
+                      {{"source", "table:public.outbox"}, {"topic", "outbox.event." + type}}))
       << s.text();
   EXPECT_EQ(5, s.Or0("outboxd_events_published_total", {{"source", "slot:" + slot_}, {"topic", TableTopic("orders")}}));
-  EXPECT_EQ(1, s.Or0("outboxd_events_published_total", {{"source", "slot:" + slot_}, {"topic", "outbox.event." + type}}));
+  EXPECT_EQ(1,
+            s.Or0("outboxd_events_published_total", {{"source", "slot:" + slot_}, {"topic", "outbox.event." + type}}));
   EXPECT_EQ(0, s.Or0("outboxd_events_in_flight"));
   EXPECT_EQ(16, s.Or0("outboxd_commit_to_ack_seconds_count"));
   // Events per transaction, on the slot's source: 10, then 1 five times, then 1.
@@ -239,8 +238,8 @@ TEST_F(MetricsCdcTest, PollAndCdcSourcesRunTogetherWhileScraped) {
   KafkaAdmin().CreateTopic(TableTopic("orders"), 1);
   CdcToml toml = Toml();
   toml.tables = {"public.orders"};
-  toml.outbox_blocks = "[[outbox]]\ntable = \"public.poll_outbox\"\norder_by = \"seq\"\npoll_interval = \"50ms\"\n" +
-                       HttpSection(port);
+  toml.outbox_blocks =
+      "[[outbox]]\ntable = \"public.poll_outbox\"\norder_by = \"seq\"\npoll_interval = \"50ms\"\n" + HttpSection(port);
   OutboxdProcess outboxd(toml.Build());
   ASSERT_TRUE(StartStreaming(outboxd)) << outboxd.Log();
   ASSERT_TRUE(outboxd.WaitForLog("relaying \"public.poll_outbox\"", 30s)) << outboxd.Log();

@@ -83,7 +83,7 @@ std::set<std::string> MetricNamesIn(const std::string& text) {
 std::vector<std::string> DashboardQueries(const nlohmann::json& dashboard) {
   std::vector<std::string> queries;
   std::function<void(const nlohmann::json&, const std::string&)> walk = [&](const nlohmann::json& j,
-                                                                              const std::string& key) {
+                                                                            const std::string& key) {
     if (j.is_string() && (key == "expr" || key == "query" || key == "definition")) {
       queries.push_back(j.get<std::string>());
     } else if (j.is_object()) {
@@ -155,8 +155,8 @@ TEST(MonitoringTest, AlertsAndDashboardUseOnlyDocumentedMetrics) {
   for (const auto& q : queries) {
     for (const auto& name : MetricNamesIn(q)) {
       used.insert(name);
-      EXPECT_TRUE(documented.count(name)) << "the dashboard uses " << name << ", not documented in" << where
-                                          << "\nin: " << q;
+      EXPECT_TRUE(documented.count(name))
+          << "the dashboard uses " << name << ", not documented in" << where << "\nin: " << q;
     }
   }
   for (const char* needed :

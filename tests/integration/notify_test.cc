@@ -3,9 +3,9 @@
 // READY=1 once connected, WATCHDOG=1 periodically while its loops turn, and
 // STOPPING=1 on SIGTERM before exiting 0.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>

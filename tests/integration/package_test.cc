@@ -114,8 +114,10 @@ std::string PackageName(std::string p) {
 // records some files under /lib, so both spellings are tried.
 std::string OwningPackage(const std::string& path) {
   std::vector<std::string> candidates = {path};
-  if (path.rfind("/usr/", 0) == 0) candidates.push_back(path.substr(4));
-  else candidates.push_back("/usr" + path);
+  if (path.rfind("/usr/", 0) == 0)
+    candidates.push_back(path.substr(4));
+  else
+    candidates.push_back("/usr" + path);
   for (const auto& c : candidates) {
     CommandResult r = RunCommand({"dpkg", "-S", c}, 60s);
     if (r.exit_code != 0) continue;
@@ -130,7 +132,7 @@ std::string OwningPackage(const std::string& path) {
 
 // `packages` and everything they depend on (Depends and PreDepends).
 std::set<std::string> DependencyClosure(const std::set<std::string>& packages) {
-  std::vector<std::string> args = {"apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+  std::vector<std::string> args = {"apt-cache",      "depends",     "--recurse",     "--no-recommends", "--no-suggests",
                                    "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances"};
   args.insert(args.end(), packages.begin(), packages.end());
   CommandResult r = MustRun(args);

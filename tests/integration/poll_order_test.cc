@@ -206,8 +206,8 @@ struct OrderCheck {
       if (it != last_n.end() && n < it->second) {
         ++violations;
         if (examples.size() < 5) {
-          examples.push_back("key " + *r.key + ": n=" + std::to_string(n) + " after n=" +
-                             std::to_string(it->second) + " (offset " + std::to_string(r.offset) + ")");
+          examples.push_back("key " + *r.key + ": n=" + std::to_string(n) + " after n=" + std::to_string(it->second) +
+                             " (offset " + std::to_string(r.offset) + ")");
         }
       }
       if (it == last_n.end() || n > it->second) last_n[*r.key] = n;
@@ -215,8 +215,7 @@ struct OrderCheck {
   }
   std::string Describe() const {
     std::string out = std::to_string(records) + " records, " + std::to_string(ids.size()) + " ids, " +
-                      std::to_string(duplicates) + " duplicates, " + std::to_string(violations) +
-                      " order violations";
+                      std::to_string(duplicates) + " duplicates, " + std::to_string(violations) + " order violations";
     for (const std::string& e : examples) out += "\n  " + e;
     return out;
   }
@@ -240,9 +239,9 @@ class PollOrderTest : public ::testing::Test {
   }
 
   std::string Config() const {
-    return "[postgres]\nconninfo = \"" + db_->conninfo() + "\"\n" +
-           "[kafka]\nbootstrap_servers = \"" + SharedServices().kafka_bootstrap + "\"\n" +
-           HttpSection(port_) + "[log]\nlevel = \"" + (std::getenv("OUTBOXD_ORDER_TEST_LOG") ? std::getenv("OUTBOXD_ORDER_TEST_LOG") : "info") + "\"\n" +
+    return "[postgres]\nconninfo = \"" + db_->conninfo() + "\"\n" + "[kafka]\nbootstrap_servers = \"" +
+           SharedServices().kafka_bootstrap + "\"\n" + HttpSection(port_) + "[log]\nlevel = \"" +
+           (std::getenv("OUTBOXD_ORDER_TEST_LOG") ? std::getenv("OUTBOXD_ORDER_TEST_LOG") : "info") + "\"\n" +
            "[[outbox]]\ntable = \"public.outbox\"\norder_by = \"seq\"\nnotify_channel = \"outbox\"\n" +
            (mark_ ? "after_delivery = \"mark\"\nsent_column = \"sent_at\"\n" : "");
   }
@@ -257,19 +256,18 @@ class PollOrderTest : public ::testing::Test {
   // Inserts one row of `key` with counter n on `conn` (in whatever
   // transaction it has open).
   void InsertOn(PgConn& conn, const std::string& key, int n) {
-    auto r = conn.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ +
-                       "', '" + key + "', 'E', '{\"n\": " + std::to_string(n) + "}')");
+    auto r = conn.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', '" +
+                       key + "', 'E', '{\"n\": " + std::to_string(n) + "}')");
     ASSERT_TRUE(r.ok()) << r.status().message();
   }
   void Insert(const std::string& key, int n) {
-    db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', '" +
-              key + "', 'E', '{\"n\": " + std::to_string(n) + "}')");
+    db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', '" + key +
+              "', 'E', '{\"n\": " + std::to_string(n) + "}')");
   }
   // `rows` rows of keys other-0..other-99 in one transaction.
   void InsertOthers(int rows) {
     db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT '" + type_ +
-              "', 'other-' || (g % 100), 'E', '{\"n\": 0}' FROM generate_series(1, " + std::to_string(rows) +
-              ") g");
+              "', 'other-' || (g % 100), 'E', '{\"n\": 0}' FROM generate_series(1, " + std::to_string(rows) + ") g");
   }
   PgConn Session() const {
     auto conn = PgConn::Connect(db_->conninfo(), std::nullopt, "test-session");
@@ -301,7 +299,8 @@ class PollOrderTest : public ::testing::Test {
     outboxd.Start();
     ASSERT_TRUE(outboxd.WaitForLog("relaying \"public.outbox\"", 30s)) << outboxd.Log();
     KeyedWriters::Options options;
-    if (const char* s = std::getenv("OUTBOXD_ORDER_TEST_SECONDS")) options.duration = std::chrono::seconds(std::atoi(s));
+    if (const char* s = std::getenv("OUTBOXD_ORDER_TEST_SECONDS"))
+      options.duration = std::chrono::seconds(std::atoi(s));
     KeyedWriters writers(db_->conninfo(), type_, options);
     writers.Start();
     writers.Join();
@@ -314,9 +313,8 @@ class PollOrderTest : public ::testing::Test {
 
     const auto records = ConsumeTopic(SharedServices().kafka_bootstrap, topic_, committed.size(), 120s);
     const OrderCheck check(records);
-    std::printf("%zu rows committed by %d sessions (%d transactions held open 0.2-3 s): %s\n",
-                committed.size(), options.threads * options.sessions_per_thread, writers.held_transactions(),
-                check.Describe().c_str());
+    std::printf("%zu rows committed by %d sessions (%d transactions held open 0.2-3 s): %s\n", committed.size(),
+                options.threads * options.sessions_per_thread, writers.held_transactions(), check.Describe().c_str());
     EXPECT_EQ(0u, check.violations) << check.Describe();
     EXPECT_EQ(committed.size(), check.ids.size()) << "every committed row, once or more";
     for (const auto& [id, row] : committed) {
@@ -388,8 +386,9 @@ TEST_F(PollOrderTest, StartingBelowAnOpenTransactionKeepsItsKeyInOrder) {
   PgConn held = Session();
   ASSERT_TRUE(held.Exec("BEGIN").ok());
   InsertOn(held, "k", 0);
-  db_->Exec("BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT 'x', 'x', 'E', '{}' "
-            "FROM generate_series(1, 11000); ROLLBACK");
+  db_->Exec(
+      "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT 'x', 'x', 'E', '{}' "
+      "FROM generate_series(1, 11000); ROLLBACK");
   db_->Exec("SELECT setval(pg_get_serial_sequence('outbox', 'seq'), 1000000)");
   InsertOthers(200);
 
@@ -419,8 +418,9 @@ TEST_F(PollOrderTest, ALargeOpenTransactionAndBurntPositionsKeepTheKeyInOrder) {
   ASSERT_TRUE(held.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT '" + type_ +
                         "', 'k', 'E', ('{\"n\": ' || g || '}')::jsonb FROM generate_series(0, 1199) g")
                   .ok());
-  db_->Exec("BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT 'x', 'x', 'E', '{}' "
-            "FROM generate_series(1, 11000); ROLLBACK");
+  db_->Exec(
+      "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT 'x', 'x', 'E', '{}' "
+      "FROM generate_series(1, 11000); ROLLBACK");
   for (int i = 0; i < 5; ++i) InsertOthers(100);
   ASSERT_TRUE(AllSent(60s)) << outboxd.Log();
   ASSERT_TRUE(held.Exec("COMMIT").ok());

@@ -24,17 +24,16 @@ class PollRelayTest : public ::testing::Test {
   }
 
   std::string Config(const std::string& outbox_extra = "", const std::string& kafka_extra = "") {
-    return "[postgres]\nconninfo = \"" + db_->conninfo() + "\"\n" +
-           "[kafka]\nbootstrap_servers = \"" + SharedServices().kafka_bootstrap + "\"\n" +
-           kafka_extra + "\n[log]\nlevel = \"debug\"\n" +
-           "[[outbox]]\ntable = \"public.outbox\"\norder_by = \"seq\"\npoll_interval = \"100ms\"\n" +
-           outbox_extra + "\n";
+    return "[postgres]\nconninfo = \"" + db_->conninfo() + "\"\n" + "[kafka]\nbootstrap_servers = \"" +
+           SharedServices().kafka_bootstrap + "\"\n" + kafka_extra + "\n[log]\nlevel = \"debug\"\n" +
+           "[[outbox]]\ntable = \"public.outbox\"\norder_by = \"seq\"\npoll_interval = \"100ms\"\n" + outbox_extra +
+           "\n";
   }
 
   void Insert(const std::string& aggregateid, const std::string& payload_json,
               const std::string& type = "OrderCreated") {
-    db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ +
-              "', '" + aggregateid + "', '" + type + "', '" + payload_json + "')");
+    db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', '" +
+              aggregateid + "', '" + type + "', '" + payload_json + "')");
   }
 
   int64_t Rows(const std::string& where = "true") {
@@ -92,8 +91,8 @@ TEST_F(PollRelayTest, MarkModeSetsSentColumnAndKeepsRows) {
 
 TEST_F(PollRelayTest, CustomKeyHeadersAndTopicTemplate) {
   db_->Exec(OutboxDdl("outbox") + "; ALTER TABLE outbox ADD COLUMN trace text");
-  db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload, trace) VALUES ('" +
-            type_ + "', 'a-1', 'Shipped', '{\"x\": 1}', '00-abc-01')");
+  db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload, trace) VALUES ('" + type_ +
+            "', 'a-1', 'Shipped', '{\"x\": 1}', '00-abc-01')");
   OutboxdProcess outboxd(
       Config("topic = \"events.${aggregatetype}.${type}\"\nkey = \"type\"\n"
              "headers = { type = \"type\", traceparent = \"trace\" }"));
@@ -107,8 +106,8 @@ TEST_F(PollRelayTest, CustomKeyHeadersAndTopicTemplate) {
 
 // 10,000 events from several concurrent writers: all arrive with the right
 // topic, key, value and id, and each key's events keep their commit order.
-void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string& type,
-                          const std::string& topic, const std::string& config, bool mark) {
+void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string& type, const std::string& topic,
+                          const std::string& config, bool mark) {
   constexpr int kWriters = 4, kPerWriter = 2500, kKeysPerWriter = 25;
   KafkaAdmin(SharedServices().kafka_bootstrap).CreateTopic(topic, 3, {});
   OutboxdProcess outboxd(config);
@@ -140,8 +139,7 @@ void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string&
         }
         std::lock_guard<std::mutex> lock(mu);
         for (int row = 0; row < PQntuples(r->get()); ++row) {
-          committed[PQgetvalue(r->get(), row, 0)] = {PQgetvalue(r->get(), row, 1),
-                                                      PQgetvalue(r->get(), row, 2)};
+          committed[PQgetvalue(r->get(), row, 0)] = {PQgetvalue(r->get(), row, 1), PQgetvalue(r->get(), row, 2)};
         }
       }
     });
@@ -149,8 +147,7 @@ void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string&
   for (auto& th : writers) th.join();
   ASSERT_EQ(0, failures.load());
   const std::string unsent = mark ? "sent_at IS NULL" : "true";
-  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox WHERE " + unsent) == 0; },
-                        120s))
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox WHERE " + unsent) == 0; }, 120s))
       << outboxd.Log();
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
@@ -190,8 +187,7 @@ TEST_F(PollRelayTest, TenThousandEventsFromConcurrentWritersDeleteMode) {
 
 TEST_F(PollRelayTest, TenThousandEventsFromConcurrentWritersMarkMode) {
   db_->Exec(OutboxDdl("outbox", true));
-  RunConcurrentWriters(this, *db_, type_, topic_,
-                       Config("after_delivery = \"mark\"\nsent_column = \"sent_at\""), true);
+  RunConcurrentWriters(this, *db_, type_, topic_, Config("after_delivery = \"mark\"\nsent_column = \"sent_at\""), true);
 }
 
 // The outbox gap: a transaction takes a lower ordering value, commits after
@@ -201,12 +197,11 @@ TEST_F(PollRelayTest, RowCommittedLateWithLowerPositionIsPublished) {
   auto late = PgConn::Connect(db_->conninfo(), std::nullopt, "late-writer");
   ASSERT_TRUE(late.ok());
   ASSERT_TRUE(late->Exec("BEGIN").ok());
-  auto late_seq = late->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" +
-                             type_ + "', 'late', 'E', '{\"late\": true}') RETURNING seq");
+  auto late_seq = late->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ +
+                             "', 'late', 'E', '{\"late\": true}') RETURNING seq");
   ASSERT_TRUE(late_seq.ok());
   Insert("early", R"({"late": false})");
-  ASSERT_LT(std::stoll(PQgetvalue(late_seq->get(), 0, 0)),
-            db_->QueryInt64("SELECT max(seq) FROM outbox"));
+  ASSERT_LT(std::stoll(PQgetvalue(late_seq->get(), 0, 0)), db_->QueryInt64("SELECT max(seq) FROM outbox"));
   OutboxdProcess outboxd(Config());
   outboxd.Start();
   auto first = Consume(topic_, 1);
@@ -267,7 +262,8 @@ TEST_F(PollRelayTest, StandbyThatLostItsOwnConnectionTakesOverPromptly) {
   ASSERT_TRUE(active.WaitForLog("relaying \"public.outbox\"", 30s)) << active.Log();
   std::string standby_config = Config();
   const std::string conninfo = "conninfo = \"" + db_->conninfo();
-  standby_config.replace(standby_config.find(conninfo), conninfo.size(), conninfo + " application_name=outboxd_standby");
+  standby_config.replace(standby_config.find(conninfo), conninfo.size(),
+                         conninfo + " application_name=outboxd_standby");
   OutboxdProcess standby(standby_config);
   standby.Start();
   ASSERT_TRUE(standby.WaitForLog("standing by", 30s)) << standby.Log();
@@ -288,7 +284,8 @@ TEST_F(PollRelayTest, StandbyThatLostItsOwnConnectionTakesOverPromptly) {
   ASSERT_EQ(128 + SIGKILL, active.WaitExit(10s));
   Insert("k", "{\"n\": 1}");
   ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 60s)) << standby.Log();
-  const auto takeover = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed_at);
+  const auto takeover =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed_at);
   std::cout << "[ takeover ] the standby published " << takeover.count() << " ms after the holder was killed\n";
   EXPECT_LE(takeover, 6s) << standby.Log();
   EXPECT_EQ(1u, Consume(topic_, 1).size());

@@ -57,9 +57,9 @@ class TestRole {
   TestRole() : name_(UniqueName("outboxd_it")) {}
   ~TestRole() {
     const auto& svc = testing::SharedServices();
-    auto conn = PgConn::Connect("host=" + svc.pg_host + " port=" + std::to_string(svc.pg_port) +
-                                    " user=postgres dbname=postgres",
-                                std::nullopt, "status_init_test");
+    auto conn = PgConn::Connect(
+        "host=" + svc.pg_host + " port=" + std::to_string(svc.pg_port) + " user=postgres dbname=postgres", std::nullopt,
+        "status_init_test");
     if (conn.ok()) conn->Exec("DROP ROLE IF EXISTS " + QuoteIdentifierStandard(name_)).status().IgnoreError();
   }
   const std::string& name() const { return name_; }
@@ -96,7 +96,8 @@ class StatusInitTest : public ::testing::Test {
   void Insert(const std::string& table, int n, const std::string& created_at = "now()") const {
     db_.Exec("INSERT INTO " + table +
              " (aggregatetype, aggregateid, type, payload, created_at) SELECT 'order', 'k' || g, 'created', "
-             "'{}', " + created_at + " FROM generate_series(1, " + std::to_string(n) + ") g");
+             "'{}', " +
+             created_at + " FROM generate_series(1, " + std::to_string(n) + ") g");
   }
   int Status(const Config& config, const StatusOptions& options = {}) {
     std::ostringstream out;
@@ -380,9 +381,8 @@ class StatusSlotTest : public StatusInitTest {
     PgConn conn = ConnectAs("postgres");
     auto status = ReadSlotStatus(conn, slot_);
     ASSERT_TRUE(status.ok() && status->has_value());
-    ASSERT_TRUE(WriteSlotState(conn, config_.cdc->state_table, slot_,
-                               SlotState{*(*status)->confirmed_flush_lsn, true})
-                    .ok());
+    ASSERT_TRUE(
+        WriteSlotState(conn, config_.cdc->state_table, slot_, SlotState{*(*status)->confirmed_flush_lsn, true}).ok());
   }
 
   std::string slot_;
@@ -417,8 +417,9 @@ TEST_F(StatusSlotTest, RecordedInactiveSlotIsHealthy) {
 TEST_F(StatusSlotTest, LagGrowsWithWalAndTheThresholdFails) {
   int code = -1;
   const int64_t before = StatusJson(config_, {}, &code)["slots"][0]["lag_bytes"].get<int64_t>();
-  db_.Exec("SELECT pg_logical_emit_message(true, 'status_it', string_agg(md5(g::text), '')) "
-           "FROM generate_series(1, 1000) g");
+  db_.Exec(
+      "SELECT pg_logical_emit_message(true, 'status_it', string_agg(md5(g::text), '')) "
+      "FROM generate_series(1, 1000) g");
   auto j = StatusJson(config_, {}, &code);
   const int64_t after = j["slots"][0]["lag_bytes"].get<int64_t>();
   EXPECT_GT(after, before);

@@ -102,7 +102,7 @@ TEST_P(SystemdUnitTest, NotifyWatchdogAndNoRestartOnConfigErrors) {
 INSTANTIATE_TEST_SUITE_P(Units, SystemdUnitTest, ::testing::Values("outboxd.service", "outboxd@.service"),
                          [](const auto& info) {
                            return std::string(info.param).find('@') == std::string::npos ? std::string("service")
-                                                                                          : std::string("template");
+                                                                                         : std::string("template");
                          });
 
 }  // namespace

@@ -88,7 +88,9 @@ class OrderWriter {
   OrderWriter(const OrderWriter&) = delete;
   OrderWriter& operator=(const OrderWriter&) = delete;
 
-  void Start() { thread_ = std::thread([this] { Run(); }); }
+  void Start() {
+    thread_ = std::thread([this] { Run(); });
+  }
   void Stop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -258,9 +260,9 @@ class OrderWriter {
   std::atomic<int64_t> failures_{0};
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;      // guarded by mu_
-  bool paused_ = false;    // guarded by mu_
-  bool in_txn_ = false;    // guarded by mu_
+  bool stop_ = false;               // guarded by mu_
+  bool paused_ = false;             // guarded by mu_
+  bool in_txn_ = false;             // guarded by mu_
   std::vector<CommittedRow> rows_;  // guarded by mu_, commit order
   std::string last_error_;          // guarded by mu_
 };
@@ -284,11 +286,17 @@ class CdcCapture {
   std::string Config(const std::string& kafka_extra = "", const std::string& application_name = "") const {
     const std::string conninfo =
         db_.conninfo() + (application_name.empty() ? "" : " application_name=" + application_name);
-    return "[postgres]\nconninfo = \"" + conninfo + "\"\n"
-           "[kafka]\nbootstrap_servers = \"" + bootstrap_ + "\"\nshutdown_timeout = \"5s\"\n" + kafka_extra +
+    return "[postgres]\nconninfo = \"" + conninfo +
+           "\"\n"
+           "[kafka]\nbootstrap_servers = \"" +
+           bootstrap_ + "\"\nshutdown_timeout = \"5s\"\n" + kafka_extra +
            "[log]\nlevel = \"info\"\n"
-           "[cdc]\nslot = \"" + slot_ + "\"\npublication = \"" + publication_ + "\"\ncreate = true\n"
-           "tables = [\"public.orders\"]\ntopic_prefix = \"" + topic_prefix_ + "\"\n"
+           "[cdc]\nslot = \"" +
+           slot_ + "\"\npublication = \"" + publication_ +
+           "\"\ncreate = true\n"
+           "tables = [\"public.orders\"]\ntopic_prefix = \"" +
+           topic_prefix_ +
+           "\"\n"
            "status_interval = \"500ms\"\n";
   }
 
@@ -331,7 +339,12 @@ class CdcCapture {
     return pid;
   }
   [[nodiscard]] bool WaitInactive(milliseconds deadline) const {
-    return WaitUntil([&] { const auto s = ReadSlot(); return s && !s->active_pid; }, deadline);
+    return WaitUntil(
+        [&] {
+          const auto s = ReadSlot();
+          return s && !s->active_pid;
+        },
+        deadline);
   }
 
   // Waits until the writer has committed `more` rows beyond what it had at
@@ -436,8 +449,8 @@ std::size_t ExpectAllDelivered(const std::vector<CommittedRow>& committed, const
       if (it->second.id_header != HeaderValue(r, "id") || it->second.value != r.value) {
         if (++differing_duplicates <= 3) {
           ADD_FAILURE() << "duplicate of order " << id << " differs from its first copy:\n  first: id "
-                        << it->second.id_header << " value " << it->second.value.value_or("<null>")
-                        << "\n  again: id " << HeaderValue(r, "id") << " value " << r.value.value_or("<null>");
+                        << it->second.id_header << " value " << it->second.value.value_or("<null>") << "\n  again: id "
+                        << HeaderValue(r, "id") << " value " << r.value.value_or("<null>");
         }
       }
       continue;
@@ -510,7 +523,8 @@ TEST(CdcFault, SigkillWhileStreamingFourTimesLosesNothing) {
     if (round > 1) outboxd.Start();
     // Kill it in the middle of the flow, once it streamed more in this round.
     ASSERT_TRUE(capture.WaitStreamed(writer, 1500, 120s))
-        << "round " << round << ", writer: " << writer.last_error() << "\n" << outboxd.Log();
+        << "round " << round << ", writer: " << writer.last_error() << "\n"
+        << outboxd.Log();
     outboxd.Kill();
     ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(10s));
     // The walsender notices the lost client and may still apply a last
@@ -579,9 +593,10 @@ TEST(CdcFault, KafkaDownSixtySecondsConfirmsNothingAndKeepsTheStream) {
     ASSERT_TRUE(s.has_value());
     ++samples;
     highest_confirmed = std::max(highest_confirmed, s->confirmed_flush);
-    EXPECT_LE(s->confirmed_flush, bound)
-        << "confirmed_flush_lsn " << LsnText(s->confirmed_flush) << " passed " << LsnText(bound)
-        << ", the position before the first commit of the outage, after " << samples << " s";
+    EXPECT_LE(s->confirmed_flush, bound) << "confirmed_flush_lsn " << LsnText(s->confirmed_flush) << " passed "
+                                         << LsnText(bound)
+                                         << ", the position before the first commit of the outage, after " << samples
+                                         << " s";
     if (s->active_pid) {
       walsenders.insert(*s->active_pid);
     } else {
@@ -638,8 +653,7 @@ TEST(CdcFault, PostgresRestartAndTerminatedWalsenderLoseNothing) {
   ASSERT_TRUE(capture.WaitStreamed(writer, 500, 60s)) << outboxd.Log();
 
   services.RestartPostgres();
-  ASSERT_TRUE(capture.WaitStreamed(writer, 500, 120s))
-      << "writer: " << writer.last_error() << "\n" << outboxd.Log();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 500, 120s)) << "writer: " << writer.last_error() << "\n" << outboxd.Log();
 
   // Terminate the walsender, as an operator or a failover would.
   const auto walsender = capture.WaitActive(30s);
@@ -678,8 +692,8 @@ TEST(CdcFault, SecondOutboxdWaitsForTheSlotAndTakesOver) {
   second.Start();
   // The slot is taken: the second one must keep trying, not exit, and not
   // disturb the first one's stream.
-  EXPECT_FALSE(WaitUntil([&] { return !second.Running(); }, 10s))
-      << "exit code " << second.WaitExit(0ms) << "\n" << second.Log();
+  EXPECT_FALSE(WaitUntil([&] { return !second.Running(); }, 10s)) << "exit code " << second.WaitExit(0ms) << "\n"
+                                                                  << second.Log();
   ASSERT_TRUE(second.Running());
   EXPECT_EQ(first_walsender, capture.ReadSlot().value().active_pid);
   ASSERT_TRUE(capture.WaitStreamed(writer, 300, 60s)) << first.Log();
@@ -710,9 +724,9 @@ TEST(CdcFault, SecondOutboxdWaitsForTheSlotAndTakesOver) {
       },
       90s, 50ms))
       << second.Log();
-  const auto takeover = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed_at);
-  std::cout << "[ takeover ] the standby streamed the slot " << takeover.count()
-            << " ms after the holder was killed\n";
+  const auto takeover =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed_at);
+  std::cout << "[ takeover ] the standby streamed the slot " << takeover.count() << " ms after the holder was killed\n";
   // docs/operations.md, "Takeover time": about 4 s at worst (6 s for a loaded machine).
   EXPECT_LE(takeover, 6s) << second.Log();
   ASSERT_TRUE(capture.WaitStreamed(writer, 500, 120s)) << second.Log();

@@ -90,8 +90,9 @@ class CdcRelayTest : public CdcTest {
 // --- 1 ----------------------------------------------------------------------
 
 TEST_F(CdcRelayTest, RowChangesArePublishedPerTableInCommitOrderPerKey) {
-  db_->Exec("CREATE TABLE orders (id int PRIMARY KEY, note text, qty int);"
-            "CREATE TABLE items (id int PRIMARY KEY, name text)");
+  db_->Exec(
+      "CREATE TABLE orders (id int PRIMARY KEY, note text, qty int);"
+      "CREATE TABLE items (id int PRIMARY KEY, name text)");
   CdcToml toml = Toml();
   toml.tables = {"public.orders", "items"};
   KafkaAdmin admin;
@@ -100,15 +101,17 @@ TEST_F(CdcRelayTest, RowChangesArePublishedPerTableInCommitOrderPerKey) {
   OutboxdProcess outboxd(toml.Build());
   ASSERT_TRUE(StartStreaming(outboxd)) << outboxd.Log();
 
-  db_->Exec("BEGIN;"
-            "INSERT INTO orders VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3);"
-            "INSERT INTO items VALUES (10, 'x');"
-            "COMMIT");
-  db_->Exec("BEGIN;"
-            "UPDATE orders SET qty = qty + 10 WHERE id IN (1, 2);"
-            "DELETE FROM items WHERE id = 10;"
-            "INSERT INTO items VALUES (11, 'y');"
-            "COMMIT");
+  db_->Exec(
+      "BEGIN;"
+      "INSERT INTO orders VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3);"
+      "INSERT INTO items VALUES (10, 'x');"
+      "COMMIT");
+  db_->Exec(
+      "BEGIN;"
+      "UPDATE orders SET qty = qty + 10 WHERE id IN (1, 2);"
+      "DELETE FROM items WHERE id = 10;"
+      "INSERT INTO items VALUES (11, 'y');"
+      "COMMIT");
   db_->Exec("DELETE FROM orders WHERE id = 3");
   db_->Exec("UPDATE orders SET note = 'a2' WHERE id = 1");
   db_->Exec("TRUNCATE orders, items");
@@ -198,9 +201,10 @@ TEST_F(CdcRelayTest, RowChangesArePublishedPerTableInCommitOrderPerKey) {
 // --- 2 ----------------------------------------------------------------------
 
 TEST_F(CdcRelayTest, ReplicaIdentityFullCarriesTheOldRowDefaultOnlyTheKey) {
-  db_->Exec("CREATE TABLE full_t (id int PRIMARY KEY, note text, qty int);"
-            "ALTER TABLE full_t REPLICA IDENTITY FULL;"
-            "CREATE TABLE def_t (id int PRIMARY KEY, note text, qty int)");
+  db_->Exec(
+      "CREATE TABLE full_t (id int PRIMARY KEY, note text, qty int);"
+      "ALTER TABLE full_t REPLICA IDENTITY FULL;"
+      "CREATE TABLE def_t (id int PRIMARY KEY, note text, qty int)");
   CdcToml toml = Toml();
   toml.tables = {"public.full_t", "public.def_t"};
   OutboxdProcess outboxd(toml.Build());
@@ -258,8 +262,9 @@ TEST_F(CdcRelayTest, ReplicaIdentityFullCarriesTheOldRowDefaultOnlyTheKey) {
 
 TEST_F(CdcRelayTest, UnchangedToastedColumnIsAPlaceholderInAfter) {
   // EXTERNAL storage: stored out of line, uncompressed, whatever pglz thinks.
-  db_->Exec("CREATE TABLE docs (id int PRIMARY KEY, body text, n int);"
-            "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL");
+  db_->Exec(
+      "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);"
+      "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL");
   CdcToml toml = Toml();
   toml.tables = {"public.docs"};
   OutboxdProcess outboxd(toml.Build());
@@ -268,7 +273,8 @@ TEST_F(CdcRelayTest, UnchangedToastedColumnIsAPlaceholderInAfter) {
   db_->Exec("INSERT INTO docs SELECT 1, string_agg(md5(i::text), ''), 1 FROM generate_series(1, 400) i");
   const std::string body = db_->QueryString("SELECT body FROM docs WHERE id = 1");
   ASSERT_EQ(12800u, body.size());
-  const std::string toast = db_->QueryString("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'docs'::regclass");
+  const std::string toast =
+      db_->QueryString("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'docs'::regclass");
   ASSERT_GT(db_->QueryInt64("SELECT count(*) FROM " + toast), 0) << "body is TOASTed out of line";
   db_->Exec("UPDATE docs SET n = 2 WHERE id = 1");
   db_->Exec("UPDATE docs SET body = body || 'z', n = 3 WHERE id = 1");
@@ -287,8 +293,10 @@ TEST_F(CdcRelayTest, UnchangedToastedColumnIsAPlaceholderInAfter) {
 
 TEST_F(CdcRelayTest, ColumnTypesMapToJsonAsSpecified) {
   // A session time zone far from UTC: timestamptz must still come out in UTC.
-  db_->Exec("ALTER DATABASE \"" + db_->name() + "\" SET timezone TO 'Asia/Kolkata';"
-            "ALTER DATABASE \"" + db_->name() + "\" SET datestyle TO 'ISO, MDY'");
+  db_->Exec("ALTER DATABASE \"" + db_->name() +
+            "\" SET timezone TO 'Asia/Kolkata';"
+            "ALTER DATABASE \"" +
+            db_->name() + "\" SET datestyle TO 'ISO, MDY'");
   db_->Exec(R"(CREATE TABLE types (
       id int PRIMARY KEY, b bool, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8,
       f8_nan float8, f8_inf float8, num numeric, t text, vc varchar(20), c3 char(3), u uuid,
@@ -383,9 +391,9 @@ TEST_F(CdcRelayTest, OutboxTableInsertsArePublishedUpdatesAndDeletesAreNot) {
   };
   std::vector<Event> events;
   for (int i = 0; i < 4; ++i) {
-    events.push_back({db_->QueryString("SELECT gen_random_uuid()::text"), "order-" + std::to_string(i),
-                      i == 0 ? R"({"total": 10, "items": ["a", "b"], "note": "x y"})"
-                             : R"({"n": )" + std::to_string(i) + "}"});
+    events.push_back(
+        {db_->QueryString("SELECT gen_random_uuid()::text"), "order-" + std::to_string(i),
+         i == 0 ? R"({"total": 10, "items": ["a", "b"], "note": "x y"})" : R"({"n": )" + std::to_string(i) + "}"});
   }
   auto insert = [&](const Event& e) {
     return "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES ('" + e.id + "', '" + type +
@@ -430,14 +438,15 @@ TEST_F(CdcRelayTest, LogicalDecodingMessagesWithThePrefixBecomeOutboxEvents) {
   auto emit = [&](const std::string& prefix, const std::string& content) {
     return "SELECT pg_logical_emit_message(true, " + SqlLiteral(prefix) + ", " + SqlLiteral(content) + ");";
   };
-  db_->Exec(emit("outbox", R"({"id": "m-1", "aggregatetype": ")" + type +
-                               R"(", "aggregateid": "k1", "type": "Created",)"
-                               R"( "payload": {"a": 1, "b": [1, 2], "s": "x y"}, "headers": {"h": "v", "trace": "t1"}})"));
+  db_->Exec(
+      emit("outbox", R"({"id": "m-1", "aggregatetype": ")" + type +
+                         R"(", "aggregateid": "k1", "type": "Created",)"
+                         R"( "payload": {"a": 1, "b": [1, 2], "s": "x y"}, "headers": {"h": "v", "trace": "t1"}})"));
   // Insert positions (not pg_current_wal_lsn(): with synchronous_commit =
   // off a commit record may not be written yet).
   const uint64_t before_m2 = CurrentWalInsertLsn();
-  db_->Exec(emit("outbox", R"({"aggregatetype": ")" + type +
-                               R"(", "aggregateid": "k2", "type": "Noted", "payload": "hello"})"));
+  db_->Exec(emit("outbox",
+                 R"({"aggregatetype": ")" + type + R"(", "aggregateid": "k2", "type": "Noted", "payload": "hello"})"));
   const uint64_t after_m2 = CurrentWalInsertLsn();
   db_->Exec(emit("other", R"({"id": "m-3", "aggregatetype": ")" + type +
                               R"(", "aggregateid": "k3", "type": "T", "payload": {}})"));
@@ -520,7 +529,9 @@ TEST_F(CdcRelayTest, InitCreatesPublicationSlotAndStateTableDryRunOnlyPrints) {
   auto publications = [&] {
     return db_->QueryInt64("SELECT count(*) FROM pg_publication WHERE pubname = '" + publication_ + "'");
   };
-  auto state_table = [&] { return db_->QueryInt64("SELECT count(*) FROM pg_class WHERE relname = 'outboxd_slot_state'"); };
+  auto state_table = [&] {
+    return db_->QueryInt64("SELECT count(*) FROM pg_class WHERE relname = 'outboxd_slot_state'");
+  };
 
   auto dry = OutboxdProcess::RunCommand({"init", "-c", outboxd.config_path(), "--dry-run"});
   ASSERT_EQ(0, dry.exit_code) << dry.output;
@@ -595,8 +606,10 @@ TEST_F(CdcRelayTest, SlotDroppedWhileRunningStopsWithExit69) {
   ASSERT_EQ(1u, Consume(TableTopic("orders"), 1).size()) << outboxd.Log();
 
   // outboxd reconnects after the walsender is gone; drop in that window.
-  const std::string terminate = "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                                "WHERE slot_name = '" + slot_ + "' AND active_pid IS NOT NULL";
+  const std::string terminate =
+      "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+      "WHERE slot_name = '" +
+      slot_ + "' AND active_pid IS NOT NULL";
   ASSERT_TRUE(WaitUntil(
       [&] {
         if (SlotCount() == 0) return true;
@@ -691,9 +704,7 @@ TEST_F(CdcRelayTest, MillionRowTransactionIsPublishedInBoundedMemory) {
 
   int64_t peak_kb = 0;
   int64_t end_offsets = 0;
-  auto sample = [&] {
-    peak_kb = std::max(peak_kb, ReadProcessMemory(outboxd.pid()).peak_rss_kb);
-  };
+  auto sample = [&] { peak_kb = std::max(peak_kb, ReadProcessMemory(outboxd.pid()).peak_rss_kb); };
   const bool all_there = WaitUntil(
       [&] {
         sample();
@@ -703,7 +714,12 @@ TEST_F(CdcRelayTest, MillionRowTransactionIsPublishedInBoundedMemory) {
       480s, 1000ms);
   const auto published = std::chrono::steady_clock::now();
   ASSERT_TRUE(all_there && outboxd.Running()) << end_offsets << " of " << kRows << " records\n" << outboxd.Log();
-  EXPECT_TRUE(WaitUntil([&] { sample(); return ConfirmedFlushLsn().value_or(0) >= wal_after_commit; }, 60s, 200ms))
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        sample();
+        return ConfirmedFlushLsn().value_or(0) >= wal_after_commit;
+      },
+      60s, 200ms))
       << outboxd.Log();
   sample();
   outboxd.Terminate();
@@ -711,8 +727,8 @@ TEST_F(CdcRelayTest, MillionRowTransactionIsPublishedInBoundedMemory) {
 
   auto secs = [](auto d) { return std::chrono::duration<double>(d).count(); };
   std::cout << "1M-row transaction: insert+commit " << secs(committed - start) << " s, in Kafka after "
-            << secs(published - committed) << " s, outboxd peak RSS " << peak_kb / 1024.0 << " MiB ("
-            << peak_kb << " kB), end offsets " << end_offsets << std::endl;
+            << secs(published - committed) << " s, outboxd peak RSS " << peak_kb / 1024.0 << " MiB (" << peak_kb
+            << " kB), end offsets " << end_offsets << std::endl;
   RecordProperty("outboxd_peak_rss_kb", std::to_string(peak_kb));
   RecordProperty("publish_seconds", std::to_string(secs(published - committed)));
   RecordProperty("end_offsets", std::to_string(end_offsets));
@@ -720,9 +736,9 @@ TEST_F(CdcRelayTest, MillionRowTransactionIsPublishedInBoundedMemory) {
   EXPECT_LT(peak_kb, kRssLimitKb) << "outboxd peak RSS " << peak_kb << " kB";
 
   // Every row is there: count distinct keys read back with kcat.
-  auto read = RunCommand({"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-e", "-o",
-                          "beginning", "-q", "-f", "%k\n"},
-                         300s);
+  auto read = RunCommand(
+      {"kcat", "-C", "-b", SharedServices().kafka_bootstrap, "-t", topic, "-e", "-o", "beginning", "-q", "-f", "%k\n"},
+      300s);
   ASSERT_EQ(0, read.exit_code) << read.output.substr(0, 2000);
   std::unordered_set<std::string> keys;
   keys.reserve(kRows);

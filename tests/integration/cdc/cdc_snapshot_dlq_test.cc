@@ -27,8 +27,8 @@ class CdcSnapshotTest : public CdcTest {
               ") i");
   }
   std::optional<std::string> SnapshotDone() const {
-    auto rows = db_->Query("SELECT snapshot_done::text FROM public.outboxd_slot_state WHERE slot_name = '" + slot_ +
-                           "'");
+    auto rows =
+        db_->Query("SELECT snapshot_done::text FROM public.outboxd_slot_state WHERE slot_name = '" + slot_ + "'");
     if (rows.empty()) return std::nullopt;
     return rows[0][0];
   }
@@ -93,11 +93,13 @@ TEST_F(CdcSnapshotTest, InitialSnapshotPublishesExistingRowsThenStreamsWithoutAG
 void LeaveAnUnfinishedSnapshot(TestDatabase& db, const std::string& slot, const std::string& publication) {
   db.Exec("CREATE PUBLICATION " + publication + " FOR TABLE public.orders");
   db.Exec("SELECT pg_create_logical_replication_slot('" + slot + "', 'pgoutput')");
-  db.Exec("CREATE TABLE public.outboxd_slot_state (slot_name name PRIMARY KEY, confirmed_lsn pg_lsn NOT NULL, "
-          "snapshot_done boolean NOT NULL DEFAULT true, updated_at timestamptz NOT NULL DEFAULT now())");
-  db.Exec("INSERT INTO public.outboxd_slot_state (slot_name, confirmed_lsn, snapshot_done) "
-          "SELECT slot_name, confirmed_flush_lsn, false FROM pg_replication_slots WHERE slot_name = '" +
-          slot + "'");
+  db.Exec(
+      "CREATE TABLE public.outboxd_slot_state (slot_name name PRIMARY KEY, confirmed_lsn pg_lsn NOT NULL, "
+      "snapshot_done boolean NOT NULL DEFAULT true, updated_at timestamptz NOT NULL DEFAULT now())");
+  db.Exec(
+      "INSERT INTO public.outboxd_slot_state (slot_name, confirmed_lsn, snapshot_done) "
+      "SELECT slot_name, confirmed_flush_lsn, false FROM pg_replication_slots WHERE slot_name = '" +
+      slot + "'");
 }
 
 TEST_F(CdcSnapshotTest, AnUnfinishedSnapshotIsTakenAgainFromANewSlot) {

@@ -28,24 +28,23 @@ struct CdcToml {
   std::string slot;
   std::string publication;
   bool create = true;
-  std::vector<std::string> tables;                // [cdc] tables
-  std::string topic_prefix;                       // empty: default "pg"
+  std::vector<std::string> tables;  // [cdc] tables
+  std::string topic_prefix;         // empty: default "pg"
   std::optional<std::string> message_prefix;
   std::optional<std::string> message_topic;
   std::optional<std::string> dead_letter_topic;
   std::string status_interval = "500ms";
   std::string log_level = "debug";
-  std::string outbox_blocks;                      // raw [[outbox]] TOML, written after [cdc]
-  std::string cdc_extra;                          // raw lines appended to [cdc]
+  std::string outbox_blocks;  // raw [[outbox]] TOML, written after [cdc]
+  std::string cdc_extra;      // raw lines appended to [cdc]
 
   std::string Build() const {
     auto quoted = [](const std::string& s) { return "\"" + s + "\""; };
     std::string t = "[postgres]\nconninfo = " + quoted(conninfo) + "\n" +
                     "[kafka]\nbootstrap_servers = " + quoted(SharedServices().kafka_bootstrap) + "\n" +
-                    "[log]\nlevel = " + quoted(log_level) + "\n" +
-                    "[cdc]\nslot = " + quoted(slot) + "\npublication = " + quoted(publication) +
-                    "\ncreate = " + (create ? "true" : "false") + "\nstatus_interval = " +
-                    quoted(status_interval) + "\n";
+                    "[log]\nlevel = " + quoted(log_level) + "\n" + "[cdc]\nslot = " + quoted(slot) +
+                    "\npublication = " + quoted(publication) + "\ncreate = " + (create ? "true" : "false") +
+                    "\nstatus_interval = " + quoted(status_interval) + "\n";
     if (!tables.empty()) {
       t += "tables = [";
       for (std::size_t i = 0; i < tables.size(); ++i) t += (i ? ", " : "") + quoted(tables[i]);
@@ -86,8 +85,8 @@ inline std::string ExpectedEventId(uint64_t commit_lsn, uint64_t index) {
   std::snprintf(l, sizeof l, "%016llx", static_cast<unsigned long long>(commit_lsn));
   std::snprintf(i, sizeof i, "%014llx", static_cast<unsigned long long>(index & 0x00ffffffffffffffULL));
   const std::string L(l), I(i);
-  return L.substr(0, 8) + "-" + L.substr(8, 4) + "-8" + L.substr(12, 3) + "-8" + L.substr(15, 1) +
-         I.substr(0, 2) + "-" + I.substr(2);
+  return L.substr(0, 8) + "-" + L.substr(8, 4) + "-8" + L.substr(12, 3) + "-8" + L.substr(15, 1) + I.substr(0, 2) +
+         "-" + I.substr(2);
 }
 
 // The 64-bit LSN spelled by a version-8 event id (inverse of ExpectedEventId).
@@ -125,8 +124,7 @@ class CdcTest : public ::testing::Test {
   }
 
   int64_t SlotCount(const std::string& where = "true") const {
-    return db_->QueryInt64("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '" + slot_ +
-                           "' AND " + where);
+    return db_->QueryInt64("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '" + slot_ + "' AND " + where);
   }
 
   // Starts outboxd and waits until it streams from the slot, so that changes
@@ -144,8 +142,8 @@ class CdcTest : public ::testing::Test {
 
   // The slot's confirmed_flush_lsn; nullopt without slot (or position).
   std::optional<uint64_t> ConfirmedFlushLsn() const {
-    auto rows = db_->Query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '" +
-                           slot_ + "'");
+    auto rows =
+        db_->Query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '" + slot_ + "'");
     if (rows.empty() || !rows[0][0]) return std::nullopt;
     return ParseLsn(*rows[0][0]);
   }

@@ -169,8 +169,7 @@ TEST_F(ReplicationStreamTest, StreamsATransactionAndConfirmsOnlyWhatTheCallerRep
   ASSERT_TRUE(stream.SendStatus(commit.end_lsn, commit.end_lsn, commit.end_lsn).ok());
   EXPECT_EQ(stream.reported_flush_lsn(), commit.end_lsn);
   EXPECT_TRUE(WaitUntil([&] { return *Slot().confirmed_flush_lsn == commit.end_lsn; }, seconds(20)))
-      << "confirmed_flush_lsn " << Slot().confirmed_flush_lsn->ToString() << ", expected "
-      << commit.end_lsn.ToString();
+      << "confirmed_flush_lsn " << Slot().confirmed_flush_lsn->ToString() << ", expected " << commit.end_lsn.ToString();
 }
 
 TEST_F(ReplicationStreamTest, AnsweredKeepalivesKeepTheStreamAlivePastWalSenderTimeout) {
@@ -180,7 +179,8 @@ TEST_F(ReplicationStreamTest, AnsweredKeepalivesKeepTheStreamAlivePastWalSenderT
   ConnectAndStart(stream);
   int answered = 0;
   const auto start = steady_clock::now();
-  Status st = Pump(stream, seconds(6), [](const XLogData&) { return false; }, &answered);
+  Status st = Pump(
+      stream, seconds(6), [](const XLogData&) { return false; }, &answered);
   EXPECT_EQ(st.message(), "deadline") << "stream failed after "
                                       << std::chrono::duration_cast<milliseconds>(steady_clock::now() - start).count()
                                       << " ms: " << StreamFailureName(stream.last_failure());
@@ -199,8 +199,9 @@ TEST_F(ReplicationStreamTest, UnansweredKeepalivesEndTheStreamAsRetriable) {
   // client that does not answer, and that reads as a lost connection.
   ReplicationStream stream = NewStream(" options='-c wal_sender_timeout=1000'");
   ConnectAndStart(stream);
-  Status st = Pump(stream, seconds(15), [](const XLogData&) { return false; }, nullptr,
-                   /*answer_keepalives=*/false);
+  Status st = Pump(
+      stream, seconds(15), [](const XLogData&) { return false; }, nullptr,
+      /*answer_keepalives=*/false);
   EXPECT_EQ(st.code(), StatusCode::kRetriable) << st.message();
   EXPECT_NE(st.message(), "deadline");
   EXPECT_EQ(stream.last_failure(), StreamFailure::kConnectionLost) << st.message();
@@ -352,11 +353,13 @@ TEST_F(ReplicationStreamTest, StateTableTellsAUsedSlotFromADroppedOrRecreatedOne
 }
 
 TEST_F(ReplicationStreamTest, ExportedSnapshotSeesExactlyTheRowsBeforeTheSlot) {
-  db_.Exec("CREATE TABLE public.snap (a int, id bigint PRIMARY KEY, note text, "
-           "twice int GENERATED ALWAYS AS (a * 2) STORED)");
+  db_.Exec(
+      "CREATE TABLE public.snap (a int, id bigint PRIMARY KEY, note text, "
+      "twice int GENERATED ALWAYS AS (a * 2) STORED)");
   db_.Exec("ALTER PUBLICATION \"outboxd pub \"\"q\"\" it's\" ADD TABLE public.snap");
-  db_.Exec("INSERT INTO public.snap (a, id, note) SELECT i, i, CASE WHEN i = 2 THEN NULL ELSE 'n' || i END "
-           "FROM generate_series(1, 2500) i");
+  db_.Exec(
+      "INSERT INTO public.snap (a, id, note) SELECT i, i, CASE WHEN i = 2 THEN NULL ELSE 'n' || i END "
+      "FROM generate_series(1, 2500) i");
 
   auto rel = DescribeTable(admin_, "snap");
   ASSERT_TRUE(rel.ok()) << rel.status().message();

@@ -19,11 +19,10 @@ using Kind = TupleColumn::Kind;
 using OldUpdate = UpdateMsg::OldKind;
 using OldDelete = DeleteMsg::OldKind;
 
-constexpr uint32_t kBool = 16, kBytea = 17, kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25, kOid = 26,
-                   kJson = 114, kFloat4 = 700, kFloat8 = 701, kBpchar = 1042, kVarchar = 1043, kDate = 1082,
-                   kTimestamp = 1114, kTimestamptz = 1184, kNumeric = 1700, kUuid = 2950, kJsonb = 3802,
-                   kInt4Array = 1007, kTextArray = 1009, kNumericArray = 1231, kTimestamptzArray = 1185,
-                   kJsonbArray = 3807;
+constexpr uint32_t kBool = 16, kBytea = 17, kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25, kOid = 26, kJson = 114,
+                   kFloat4 = 700, kFloat8 = 701, kBpchar = 1042, kVarchar = 1043, kDate = 1082, kTimestamp = 1114,
+                   kTimestamptz = 1184, kNumeric = 1700, kUuid = 2950, kJsonb = 3802, kInt4Array = 1007,
+                   kTextArray = 1009, kNumericArray = 1231, kTimestamptzArray = 1185, kJsonbArray = 3807;
 
 // 2024-01-02 03:04:05.678901 UTC.
 constexpr int64_t kCommitUs = 1'704'164'645'678'901;
@@ -46,7 +45,9 @@ RelationRef Relation(std::string schema, std::string name, std::vector<RelationC
 }
 
 // public.orders(id int4 primary key, note text, total numeric).
-RelationRef Orders() { return Relation("public", "orders", {Key("id", kInt4), Col("note", kText), Col("total", kNumeric)}); }
+RelationRef Orders() {
+  return Relation("public", "orders", {Key("id", kInt4), Col("note", kText), Col("total", kNumeric)});
+}
 
 Json Map(uint32_t oid, std::string_view text) { return PgTextToJson(oid, text); }
 Json J(std::string_view text) { return Json::parse(text); }
@@ -55,7 +56,9 @@ class ChangeMapperTest : public ::testing::Test {
  protected:
   ChangeMapper mapper_{ChangeMapperOptions{.database = "app", .topic_prefix = "pg", .key_columns = {}, .types = {}}};
 
-  Record Insert(const RelationRef& rel, TupleData row, uint64_t index = 0) { return Ok(mapper_.MapInsert({rel, std::move(row)}, kTx, index)); }
+  Record Insert(const RelationRef& rel, TupleData row, uint64_t index = 0) {
+    return Ok(mapper_.MapInsert({rel, std::move(row)}, kTx, index));
+  }
   Record Update(const RelationRef& rel, OldUpdate kind, std::optional<TupleData> old, TupleData row) {
     return Ok(mapper_.MapUpdate({rel, kind, std::move(old), std::move(row)}, kTx, 1));
   }
@@ -76,8 +79,7 @@ class ChangeMapperTest : public ::testing::Test {
   }
 };
 
-#define EXPECT_CONTAINS(haystack, needle) \
-  EXPECT_NE(std::string::npos, std::string(haystack).find(needle)) << (haystack)
+#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE(std::string::npos, std::string(haystack).find(needle)) << (haystack)
 
 // --- Envelope ---------------------------------------------------------------
 
@@ -93,7 +95,10 @@ TEST_F(ChangeMapperTest, EnvelopeTextIsWhatTheJsonLibraryWrites) {
       {Col("quoted", kVarchar), T("say \"hi\" \\ back\tslash\n")},
       {Col("accent", kText), T("caf\xc3\xa9 \xe2\x82\xac")},
       {Col("broken", kText), T("bad \xff byte")},
-      {Col("control \"col\"", kBpchar), T(std::string("nul\x01" "ctl\x7f" "\0end", 13))},
+      {Col("control \"col\"", kBpchar), T(std::string("nul\x01"
+                                                      "ctl\x7f"
+                                                      "\0end",
+                                                      13))},
       {Col("price", kNumeric), T("12345678901234567890.000000000001")},
       {Col("uid", kUuid), T("5f0c3c1e-0000-4000-8000-000000000001")},
       {Col("doc", kJsonb), T(R"({"a": [1, 2.5, "x"]})")},
@@ -121,8 +126,9 @@ TEST_F(ChangeMapperTest, EnvelopeTextIsWhatTheJsonLibraryWrites) {
   expected["before"] = nullptr;
   expected["after"] = after;
   expected["op"] = "c";
-  expected["source"] = Json{{"db", "app"}, {"schema", "public"}, {"table", "every_thing"},
-                            {"lsn", kTx.commit_lsn.value()}, {"txId", kTx.xid}, {"ts_ms", kCommitMs}};
+  expected["source"] =
+      Json{{"db", "app"},     {"schema", "public"}, {"table", "every_thing"}, {"lsn", kTx.commit_lsn.value()},
+           {"txId", kTx.xid}, {"ts_ms", kCommitMs}};
   expected["ts_ms"] = kCommitMs;
   EXPECT_EQ(expected.dump(-1, ' ', false, Json::error_handler_t::replace), r.value);
   EXPECT_EQ(R"({"id":-9223372036854775808})", r.key);
@@ -130,11 +136,10 @@ TEST_F(ChangeMapperTest, EnvelopeTextIsWhatTheJsonLibraryWrites) {
 
 TEST_F(ChangeMapperTest, InsertIsACreateWithTheWholeEnvelopeInFieldAndColumnOrder) {
   Record r = Insert(Orders(), Tuple({T("42"), T("first"), T("9.90")}));
-  EXPECT_EQ(
-      R"({"before":null,"after":{"id":42,"note":"first","total":"9.90"},"op":"c",)"
-      R"("source":{"db":"app","schema":"public","table":"orders","lsn":97500059720,"txId":740,)"
-      R"("ts_ms":1704164645678},"ts_ms":1704164645678})",
-      *r.value);
+  EXPECT_EQ(R"({"before":null,"after":{"id":42,"note":"first","total":"9.90"},"op":"c",)"
+            R"("source":{"db":"app","schema":"public","table":"orders","lsn":97500059720,"txId":740,)"
+            R"("ts_ms":1704164645678},"ts_ms":1704164645678})",
+            *r.value);
   EXPECT_EQ("pg.public.orders", r.topic);
   EXPECT_EQ(R"({"id":42})", r.key);
   EXPECT_EQ(kCommitMs, r.timestamp_ms);
@@ -203,7 +208,8 @@ TEST_F(ChangeMapperTest, NoKeyColumnsMeansANullKafkaKey) {
 TEST_F(ChangeMapperTest, ConfiguredKeyColumnsOverrideTheReplicaIdentity) {
   // REPLICA IDENTITY FULL flags every column as key; the primary key is "id".
   auto rel = Relation("public", "orders", {Key("id", kInt4), Key("note", kText)}, RelationMsg::ReplicaIdentity::kFull);
-  ChangeMapper m(ChangeMapperOptions{.database = "app", .topic_prefix = "pg", .key_columns = {{"public.orders", {"id"}}}, .types = {}});
+  ChangeMapper m(ChangeMapperOptions{
+      .database = "app", .topic_prefix = "pg", .key_columns = {{"public.orders", {"id"}}}, .types = {}});
   auto r = m.MapInsert({rel, Tuple({T("5"), T("n")})}, kTx, 0);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ(R"({"id":5})", r->key);
@@ -211,7 +217,8 @@ TEST_F(ChangeMapperTest, ConfiguredKeyColumnsOverrideTheReplicaIdentity) {
 }
 
 TEST_F(ChangeMapperTest, AConfiguredKeyColumnTheTableLacksIsAnError) {
-  ChangeMapper m(ChangeMapperOptions{.database = "app", .topic_prefix = "pg", .key_columns = {{"public.orders", {"nope"}}}, .types = {}});
+  ChangeMapper m(ChangeMapperOptions{
+      .database = "app", .topic_prefix = "pg", .key_columns = {{"public.orders", {"nope"}}}, .types = {}});
   EXPECT_CONTAINS(Error(m.MapInsert({Orders(), Tuple({T("1"), N(), N()})}, kTx, 0)), "key column \"nope\"");
 }
 
@@ -234,7 +241,8 @@ TEST_F(ChangeMapperTest, UpdateThatChangesTheKeyHasTheOldKeyAsBeforeAndTheNewKey
 }
 
 TEST_F(ChangeMapperTest, UpdateWithReplicaIdentityFullHasTheWholeOldRow) {
-  Record r = Update(Orders(), OldUpdate::kFull, Tuple({T("42"), T("a"), T("1.10")}), Tuple({T("42"), T("b"), T("1.10")}));
+  Record r =
+      Update(Orders(), OldUpdate::kFull, Tuple({T("42"), T("a"), T("1.10")}), Tuple({T("42"), T("b"), T("1.10")}));
   EXPECT_EQ(J(R"({"id":42,"note":"a","total":"1.10"})"), Value(r)["before"]);
   EXPECT_EQ(J(R"({"id":42,"note":"b","total":"1.10"})"), Value(r)["after"]);
 }
@@ -363,9 +371,7 @@ TEST(PgTextToJsonTest, JsonAndJsonbAreEmbedded) {
   EXPECT_EQ(Json(nullptr), Map(kJsonb, "null"));
 }
 
-TEST(PgTextToJsonTest, JsonThatDoesNotParseIsAString) {
-  EXPECT_EQ(Json("{oops"), Map(kJson, "{oops"));
-}
+TEST(PgTextToJsonTest, JsonThatDoesNotParseIsAString) { EXPECT_EQ(Json("{oops"), Map(kJson, "{oops")); }
 
 TEST(PgTextToJsonTest, TextTypesAreStrings) {
   EXPECT_EQ(Json("héllo \"quoted\"\n"), Map(kText, "héllo \"quoted\"\n"));
@@ -412,9 +418,7 @@ TEST(PgTextToJsonTest, TimestampIsIso8601WithoutZone) {
   EXPECT_EQ(Json("2026-11-23T12:00:00"), Map(kTimestamp, "2026-11-23 12:00:00"));
 }
 
-TEST(PgTextToJsonTest, DateIsYearMonthDay) {
-  EXPECT_EQ(Json("2026-11-23"), Map(kDate, "2026-11-23"));
-}
+TEST(PgTextToJsonTest, DateIsYearMonthDay) { EXPECT_EQ(Json("2026-11-23"), Map(kDate, "2026-11-23")); }
 
 TEST(PgTextToJsonTest, IntArrayIsAJsonArrayWithNulls) {
   EXPECT_EQ(J("[1,null,-3]"), Map(kInt4Array, "{1,NULL,-3}"));
@@ -459,8 +463,9 @@ TEST_F(ChangeMapperTest, EveryCommonTypeInOneRow) {
   auto rel = Relation("public", "all_types",
                       {Key("id", kInt8), Col("ok", kBool), Col("price", kNumeric), Col("doc", kJsonb),
                        Col("raw", kBytea), Col("at", kTimestamptz), Col("tags", kTextArray)});
-  Json after = Value(Insert(rel, Tuple({T("1"), T("t"), T("12345678901234567890.123456789"), T(R"({"k": [1]})"),
-                                        T("\\x00ff10"), T("2026-11-23 13:00:00.123456+01"), T(R"({a,"b c",NULL})")})))["after"];
+  Json after =
+      Value(Insert(rel, Tuple({T("1"), T("t"), T("12345678901234567890.123456789"), T(R"({"k": [1]})"), T("\\x00ff10"),
+                               T("2026-11-23 13:00:00.123456+01"), T(R"({a,"b c",NULL})")})))["after"];
   EXPECT_EQ(J(R"({"id":1,"ok":true,"price":"12345678901234567890.123456789","doc":{"k":[1]},)"
               R"("raw":"AP8Q","at":"2026-11-23T12:00:00.123456Z","tags":["a","b c",null]})"),
             after);
@@ -556,7 +561,8 @@ TEST_F(OutboxMessageTest, AMessageWithoutIdGetsTheDeterministicIdOfItsPlace) {
 }
 
 TEST_F(OutboxMessageTest, MalformedContentIsAPermanentErrorNamingTheLsn) {
-  EXPECT_CONTAINS(Error("not json"), "logical decoding message at LSN 1/ABCD with prefix \"outbox\": content is not valid JSON");
+  EXPECT_CONTAINS(Error("not json"),
+                  "logical decoding message at LSN 1/ABCD with prefix \"outbox\": content is not valid JSON");
   EXPECT_CONTAINS(Error("[1,2]"), "not a JSON object");
   EXPECT_CONTAINS(Error(R"({"id":""})"), "\"id\" is empty");
   EXPECT_CONTAINS(Error(R"({"id":"e","headers":[1]})"), "\"headers\" is not an object");

@@ -138,8 +138,7 @@ class PgoutputDecoderTest : public ::testing::Test {
   PgoutputDecoder decoder_;
 };
 
-#define EXPECT_CONTAINS(haystack, needle) \
-  EXPECT_NE(std::string::npos, std::string(haystack).find(needle)) << (haystack)
+#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE(std::string::npos, std::string(haystack).find(needle)) << (haystack)
 
 // --- Transaction framing ----------------------------------------------------
 
@@ -273,8 +272,10 @@ TEST_F(PgoutputDecoderTest, UpdateWithoutOldTuple) {
 TEST_F(PgoutputDecoderTest, UpdateOfTheKeyCarriesTheOldKey) {
   auto m = Decode<UpdateMsg>(Frame('U')
                                  .U32(kOrders)
-                                 .U8('K').Tuple({Text("1"), Null(), Null()})
-                                 .U8('N').Tuple({Text("2"), Text("n"), Text("1.00")}));
+                                 .U8('K')
+                                 .Tuple({Text("1"), Null(), Null()})
+                                 .U8('N')
+                                 .Tuple({Text("2"), Text("n"), Text("1.00")}));
   EXPECT_EQ(UpdateMsg::OldKind::kKey, m.old_kind);
   ASSERT_TRUE(m.old_tuple.has_value());
   EXPECT_EQ(Columns({Text("1"), Null(), Null()}), m.old_tuple->columns);
@@ -284,15 +285,16 @@ TEST_F(PgoutputDecoderTest, UpdateOfTheKeyCarriesTheOldKey) {
 TEST_F(PgoutputDecoderTest, UpdateWithReplicaIdentityFullCarriesTheOldRow) {
   auto m = Decode<UpdateMsg>(Frame('U')
                                  .U32(kOrders)
-                                 .U8('O').Tuple({Text("1"), Text("old"), Null()})
-                                 .U8('N').Tuple({Text("1"), Text("new"), Null()}));
+                                 .U8('O')
+                                 .Tuple({Text("1"), Text("old"), Null()})
+                                 .U8('N')
+                                 .Tuple({Text("1"), Text("new"), Null()}));
   EXPECT_EQ(UpdateMsg::OldKind::kFull, m.old_kind);
   EXPECT_EQ(Columns({Text("1"), Text("old"), Null()}), m.old_tuple->columns);
 }
 
 TEST_F(PgoutputDecoderTest, UpdateNeedsANewTuple) {
-  EXPECT_CONTAINS(Error(Frame('U').U32(kOrders).U8('K').Tuple({Text("1"), Null(), Null()})),
-                  "truncated tuple tag");
+  EXPECT_CONTAINS(Error(Frame('U').U32(kOrders).U8('K').Tuple({Text("1"), Null(), Null()})), "truncated tuple tag");
   EXPECT_CONTAINS(Error(Frame('U').U32(kOrders).U8('K').Tuple({Text("1"), Null(), Null()}).U8('K')),
                   "expected tuple tag 'K', 'O' or 'N', got 'K'");
   EXPECT_CONTAINS(Error(Frame('U').U32(kOrders).U8('X')), "got 'X'");
@@ -317,8 +319,8 @@ TEST_F(PgoutputDecoderTest, DeleteWithANewTupleIsAnError) {
 
 TEST_F(PgoutputDecoderTest, TruncateListsItsRelationsAndOptions) {
   Decode<RelationMsg>(Relation(20000, "app", "items", 'd', {{1, "id", kInt4, -1}}));
-  auto m = Decode<TruncateMsg>(Frame('T').U32(2).U8(TruncateMsg::kCascade | TruncateMsg::kRestartIdentity)
-                                   .U32(kOrders).U32(20000));
+  auto m = Decode<TruncateMsg>(
+      Frame('T').U32(2).U8(TruncateMsg::kCascade | TruncateMsg::kRestartIdentity).U32(kOrders).U32(20000));
   EXPECT_EQ(TruncateMsg::kCascade | TruncateMsg::kRestartIdentity, m.options);
   ASSERT_EQ(2u, m.relations.size());
   EXPECT_EQ("orders", m.relations[0]->name);
@@ -361,9 +363,7 @@ TEST_F(PgoutputDecoderTest, AnUnknownMessageTypeIsAnErrorAtByteZero) {
   EXPECT_CONTAINS(Error(std::string(1, '\x07')), "unknown message type 0x07");
 }
 
-TEST_F(PgoutputDecoderTest, AnEmptyMessageIsAnError) {
-  EXPECT_CONTAINS(Error(""), "truncated message type");
-}
+TEST_F(PgoutputDecoderTest, AnEmptyMessageIsAnError) { EXPECT_CONTAINS(Error(""), "truncated message type"); }
 
 // --- Malformed frames ----------------------------------------------------------
 
@@ -414,7 +414,12 @@ std::vector<std::string> ValidFrames() {
       OrdersRelation(),
       Frame('Y').U32(16400).Str("public").Str("mood"),
       Insert(kOrders, {Text("42"), Null(), Text("12.50")}),
-      Frame('U').U32(kOrders).U8('O').Tuple({Text("1"), Toast(), Null()}).U8('N').Tuple({Text("2"), Toast(), Binary("b")}),
+      Frame('U')
+          .U32(kOrders)
+          .U8('O')
+          .Tuple({Text("1"), Toast(), Null()})
+          .U8('N')
+          .Tuple({Text("2"), Toast(), Binary("b")}),
       Frame('D').U32(kOrders).U8('K').Tuple({Text("7"), Null(), Null()}),
       Frame('T').U32(1).U8(0).U32(kOrders),
       Frame('M').U8(1).U64(5).Str("outbox").I32(2).Raw("{}"),
@@ -620,7 +625,8 @@ TEST_F(RecordedStreamTest, AReplayedTransactionNamesItsOriginAndKeepsItsCommitTi
   EXPECT_EQ("0/ABCDEF", o.origin_commit_lsn.ToString());
   // pg_replication_origin_xact_setup('0/ABCDEF', '2024-01-02 03:04:05+00')
   EXPECT_EQ(1'704'164'645'000'000, As<BeginMsg>(tx, 0).commit_time_us);
-  EXPECT_EQ(Columns({Text("10"), Text("from upstream"), Null(), Null(), Null()}), As<InsertMsg>(tx, 4).new_tuple.columns);
+  EXPECT_EQ(Columns({Text("10"), Text("from upstream"), Null(), Null(), Null()}),
+            As<InsertMsg>(tx, 4).new_tuple.columns);
 }
 
 }  // namespace

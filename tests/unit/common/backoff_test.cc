@@ -9,7 +9,7 @@ using std::chrono::milliseconds;
 
 TEST(Backoff, GrowsWithJitterUpToTheCap) {
   Backoff b(milliseconds(100), milliseconds(1000));
-  const milliseconds ceilings[] = {milliseconds(100), milliseconds(200), milliseconds(400),
+  const milliseconds ceilings[] = {milliseconds(100), milliseconds(200),  milliseconds(400),
                                    milliseconds(800), milliseconds(1000), milliseconds(1000)};
   for (milliseconds ceiling : ceilings) {
     const milliseconds d = b.Next();

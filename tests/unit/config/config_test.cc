@@ -239,8 +239,7 @@ TEST_F(ConfigTest, ShippedCdcExample) {
 // --- Unknown keys -----------------------------------------------------------
 
 TEST_F(ConfigTest, UnknownTopLevelKey) {
-  EXPECT_EQ(Error("colour = \"blue\"\n" + kPostgres + kKafka + kOutbox),
-            At(1, 1) + ": unknown top-level key 'colour'");
+  EXPECT_EQ(Error("colour = \"blue\"\n" + kPostgres + kKafka + kOutbox), At(1, 1) + ": unknown top-level key 'colour'");
 }
 
 TEST_F(ConfigTest, TopLevelKeyThatBelongsInASectionSaysWhere) {
@@ -261,7 +260,8 @@ TEST_F(ConfigTest, UnknownKeyInSection) {
   EXPECT_EQ(Error("[kafka]\n"
                   "bootstrap_servers = \"kafka:9092\"\n"
                   "  colour = \"blue\"\n" +  // line 3, indented by two
-                  kPostgres + kOutbox),
+                  kPostgres +
+                  kOutbox),
             At(3, 3) + ": unknown key 'colour' in [kafka]");
 }
 
@@ -293,8 +293,7 @@ TEST_F(ConfigTest, UnknownSubTableOfAnOutboxBlock) {
 // --- Types and required values ---------------------------------------------
 
 TEST_F(ConfigTest, WrongTypeInOutboxBlock) {
-  EXPECT_EQ(Error(kOutbox +
-                  "batch_size = \"100\"\n" +  // line 3, value in column 14
+  EXPECT_EQ(Error(kOutbox + "batch_size = \"100\"\n" +  // line 3, value in column 14
                   kPostgres + kKafka),
             At(3, 14) + ": 'batch_size' in [[outbox]] #1 must be an integer, got string");
 }
@@ -313,9 +312,7 @@ TEST_F(ConfigTest, WrongTypeInSection) {
                   "properties = \"acks=all\"\n" +
                   kPostgres + kOutbox),
             At(3, 14) + ": 'properties' in [kafka] must be a table of librdkafka properties, got string");
-  EXPECT_EQ(Error(kOutbox +
-                  "headers = \"type\"\n" +
-                  kPostgres + kKafka),
+  EXPECT_EQ(Error(kOutbox + "headers = \"type\"\n" + kPostgres + kKafka),
             At(3, 11) + ": 'headers' in [[outbox]] #1 must be a table of header name = \"column\", got string");
 }
 
@@ -325,8 +322,7 @@ TEST_F(ConfigTest, SectionThatIsNotATable) {
 }
 
 TEST_F(ConfigTest, EmptyOutboxArray) {
-  EXPECT_EQ(Error("outbox = []\n" + kPostgres + kKafka),
-            At(1, 10) + ": 'outbox' must list at least one outbox table");
+  EXPECT_EQ(Error("outbox = []\n" + kPostgres + kKafka), At(1, 10) + ": 'outbox' must list at least one outbox table");
 }
 
 TEST_F(ConfigTest, OutboxWithSingleBracketsIsNotAnArrayOfTables) {
@@ -337,8 +333,7 @@ TEST_F(ConfigTest, OutboxWithSingleBracketsIsNotAnArrayOfTables) {
 }
 
 TEST_F(ConfigTest, MissingRequiredKeyPointsAtTheSectionHeader) {
-  EXPECT_EQ(Error(kKafka + kOutbox +
-                  "[postgres]\n"),  // line 5
+  EXPECT_EQ(Error(kKafka + kOutbox + "[postgres]\n"),  // line 5
             At(5, 1) + ": [postgres] is missing required key 'conninfo'");
   EXPECT_EQ(Error("[kafka]\n"
                   "max_in_flight = 10\n" +
@@ -359,32 +354,29 @@ TEST_F(ConfigTest, MissingSectionsPointAtTheFile) {
 
 TEST_F(ConfigTest, EveryErrorIsReportedInFileOrder) {
   EXPECT_EQ(Error(""), At(1, 1) + ": missing required section [postgres]\n" +  //
-                           At(1, 1) + ": missing required section [kafka]\n" +
-                           At(1, 1) + kNoOutboxNorCdc);
+                           At(1, 1) + ": missing required section [kafka]\n" + At(1, 1) + kNoOutboxNorCdc);
   EXPECT_EQ(Error(kOutbox +
-                  "batch_size = 0\n"   // line 3
-                  "colour = 1\n" +     // line 4
+                  "batch_size = 0\n"  // line 3
+                  "colour = 1\n" +    // line 4
                   kPostgres +
-                  "[kafka]\n"          // line 7
+                  "[kafka]\n"  // line 7
                   "bootstrap_servers = 9092\n"),
             At(3, 14) + ": 'batch_size' in [[outbox]] #1 must be between 1 and 100000, got 0\n" +  //
-                At(4, 1) + ": unknown key 'colour' in [[outbox]] #1\n" +
-                At(8, 21) + ": 'bootstrap_servers' in [kafka] must be a string, got integer");
+                At(4, 1) + ": unknown key 'colour' in [[outbox]] #1\n" + At(8, 21) +
+                ": 'bootstrap_servers' in [kafka] must be a string, got integer");
 }
 
 // --- Values -----------------------------------------------------------------
 
 TEST_F(ConfigTest, DurationWithoutUnit) {
-  EXPECT_EQ(Error(kOutbox +
-                  "poll_interval = 250\n" +
-                  kPostgres + kKafka),
-            At(3, 17) + ": 'poll_interval' in [[outbox]] #1 must be a duration string with a unit, "
-                        "such as \"250ms\" or \"10s\", got integer");
-  EXPECT_EQ(Error(kOutbox +
-                  "poll_interval = \"250\"\n" +
-                  kPostgres + kKafka),
-            At(3, 17) + ": 'poll_interval' in [[outbox]] #1: invalid duration \"250\": expected a number "
-                        "followed by a unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
+  EXPECT_EQ(Error(kOutbox + "poll_interval = 250\n" + kPostgres + kKafka),
+            At(3, 17) +
+                ": 'poll_interval' in [[outbox]] #1 must be a duration string with a unit, "
+                "such as \"250ms\" or \"10s\", got integer");
+  EXPECT_EQ(Error(kOutbox + "poll_interval = \"250\"\n" + kPostgres + kKafka),
+            At(3, 17) +
+                ": 'poll_interval' in [[outbox]] #1: invalid duration \"250\": expected a number "
+                "followed by a unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
 }
 
 TEST_F(ConfigTest, BadDurationInKafka) {
@@ -392,14 +384,13 @@ TEST_F(ConfigTest, BadDurationInKafka) {
                   "bootstrap_servers = \"kafka:9092\"\n"
                   "shutdown_timeout = \"10 s\"\n" +
                   kPostgres + kOutbox),
-            At(3, 20) + ": 'shutdown_timeout' in [kafka]: invalid duration \"10 s\": expected a number "
-                        "followed by a unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
+            At(3, 20) +
+                ": 'shutdown_timeout' in [kafka]: invalid duration \"10 s\": expected a number "
+                "followed by a unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
 }
 
 TEST_F(ConfigTest, PollIntervalMustBePositive) {
-  EXPECT_EQ(Error(kOutbox +
-                  "poll_interval = \"0ms\"\n" +
-                  kPostgres + kKafka),
+  EXPECT_EQ(Error(kOutbox + "poll_interval = \"0ms\"\n" + kPostgres + kKafka),
             At(3, 17) + ": 'poll_interval' in [[outbox]] #1 must be greater than zero");
 }
 
@@ -417,33 +408,29 @@ TEST_F(ConfigTest, BadEnumValues) {
                   "format = \"yaml\"\n" +
                   kPostgres + kKafka + kOutbox),
             At(2, 10) + ": 'format' in [log] must be text or json, got \"yaml\"");
-  EXPECT_EQ(Error(kOutbox +
-                  "after_delivery = \"remove\"\n" +
-                  kPostgres + kKafka),
+  EXPECT_EQ(Error(kOutbox + "after_delivery = \"remove\"\n" + kPostgres + kKafka),
             At(3, 18) + ": 'after_delivery' in [[outbox]] #1 must be delete or mark, got \"remove\"");
 }
 
 TEST_F(ConfigTest, MarkNeedsSentColumn) {
-  EXPECT_EQ(Error(kOutbox +
-                  "after_delivery = \"mark\"\n" +
-                  kPostgres + kKafka),
-            At(3, 18) + ": 'after_delivery' in [[outbox]] #1: \"mark\" needs 'sent_column', "
-                        "the column to set when a row is delivered");
+  EXPECT_EQ(Error(kOutbox + "after_delivery = \"mark\"\n" + kPostgres + kKafka),
+            At(3, 18) +
+                ": 'after_delivery' in [[outbox]] #1: \"mark\" needs 'sent_column', "
+                "the column to set when a row is delivered");
 }
 
 TEST_F(ConfigTest, SentColumnWithDeleteIsAnError) {
-  const std::string expected = ": 'sent_column' in [[outbox]] #1: only used with after_delivery = \"mark\" "
-                               "(with \"delete\", delivered rows are deleted)";
+  const std::string expected =
+      ": 'sent_column' in [[outbox]] #1: only used with after_delivery = \"mark\" "
+      "(with \"delete\", delivered rows are deleted)";
   EXPECT_EQ(Error(kOutbox +
                   "after_delivery = \"delete\"\n"
                   "sent_column = \"sent_at\"\n" +  // line 4
-                  kPostgres + kKafka),
+                  kPostgres +
+                  kKafka),
             At(4, 15) + expected);
   // delete is the default
-  EXPECT_EQ(Error(kOutbox +
-                  "sent_column = \"sent_at\"\n" +
-                  kPostgres + kKafka),
-            At(3, 15) + expected);
+  EXPECT_EQ(Error(kOutbox + "sent_column = \"sent_at\"\n" + kPostgres + kKafka), At(3, 15) + expected);
 }
 
 TEST_F(ConfigTest, BatchSizeRange) {
@@ -479,9 +466,9 @@ TEST_F(ConfigTest, BadTopicTemplates) {
   EXPECT_EQ(topic_error("a.${x${y}}"), prefix + "'$' inside the placeholder at character 3");
   EXPECT_EQ(topic_error("$type"), prefix + "'$' at character 1 must start a ${column} placeholder");
   EXPECT_EQ(topic_error("{type}"), prefix + "'{' at character 1 must follow '$' in a ${column} placeholder");
-  EXPECT_EQ(topic_error("events for ${type}"),
-            prefix + "' ' at character 7 is not allowed in a Kafka topic name "
-                     "(letters, digits, '.', '_', '-' and ${column})");
+  EXPECT_EQ(topic_error("events for ${type}"), prefix +
+                                                   "' ' at character 7 is not allowed in a Kafka topic name "
+                                                   "(letters, digits, '.', '_', '-' and ${column})");
   EXPECT_EQ(topic_error(""), prefix + "it is empty");
 }
 
@@ -493,11 +480,10 @@ TEST_F(ConfigTest, GoodTopicTemplates) {
 }
 
 TEST_F(ConfigTest, BadDeadLetterTopic) {
-  EXPECT_EQ(Error(kOutbox +
-                  "dead_letter_topic = \"dead letters\"\n" +
-                  kPostgres + kKafka),
-            At(3, 21) + ": 'dead_letter_topic' in [[outbox]] #1: not a valid Kafka topic name: ' ' at character 5 "
-                        "is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')");
+  EXPECT_EQ(Error(kOutbox + "dead_letter_topic = \"dead letters\"\n" + kPostgres + kKafka),
+            At(3, 21) +
+                ": 'dead_letter_topic' in [[outbox]] #1: not a valid Kafka topic name: ' ' at character 5 "
+                "is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')");
 }
 
 TEST_F(ConfigTest, BadTableNames) {
@@ -516,19 +502,18 @@ TEST_F(ConfigTest, BadTableNames) {
 }
 
 TEST_F(ConfigTest, EmptyColumnName) {
-  EXPECT_EQ(Error(kOutbox +
-                  "payload = \"\"\n" +
-                  kPostgres + kKafka),
+  EXPECT_EQ(Error(kOutbox + "payload = \"\"\n" + kPostgres + kKafka),
             At(3, 11) + ": 'payload' in [[outbox]] #1 must be a column name, got \"\"");
 }
 
 TEST_F(ConfigTest, DuplicateTables) {
-  EXPECT_EQ(Error(kOutbox +
-                  "[[outbox]]\n"
-                  "table = \"PUBLIC.Outbox\"\n" +  // line 4; unquoted names fold to lower case
-                  kPostgres + kKafka),
-            At(4, 9) + ": 'table' in [[outbox]] #2: \"PUBLIC.Outbox\" is already configured by [[outbox]] #1 at " +
-                At(1, 1));
+  EXPECT_EQ(
+      Error(kOutbox +
+            "[[outbox]]\n"
+            "table = \"PUBLIC.Outbox\"\n" +  // line 4; unquoted names fold to lower case
+            kPostgres +
+            kKafka),
+      At(4, 9) + ": 'table' in [[outbox]] #2: \"PUBLIC.Outbox\" is already configured by [[outbox]] #1 at " + At(1, 1));
 }
 
 TEST_F(ConfigTest, QuotedTableNamesKeepTheirCase) {
@@ -540,14 +525,11 @@ TEST_F(ConfigTest, QuotedTableNamesKeepTheirCase) {
 }
 
 TEST_F(ConfigTest, HeaderIdIsReserved) {
-  EXPECT_EQ(Error(kOutbox +
-                  "headers = { id = \"event_id\" }\n" +
-                  kPostgres + kKafka),
-            At(3, 13) + ": header 'id' in [[outbox]] #1: the 'id' header always carries the event id; "
-                        "choose its column with 'id'");
-  EXPECT_EQ(Error(kOutbox +
-                  "headers = { type = 1 }\n" +
-                  kPostgres + kKafka),
+  EXPECT_EQ(Error(kOutbox + "headers = { id = \"event_id\" }\n" + kPostgres + kKafka),
+            At(3, 13) +
+                ": header 'id' in [[outbox]] #1: the 'id' header always carries the event id; "
+                "choose its column with 'id'");
+  EXPECT_EQ(Error(kOutbox + "headers = { type = 1 }\n" + kPostgres + kKafka),
             At(3, 20) + ": header 'type' in [[outbox]] #1 must be a column name string, got integer");
 }
 
@@ -709,13 +691,9 @@ TEST_F(ConfigTest, MixedPollAndCdc) {
 }
 
 TEST_F(ConfigTest, SourceMustBePollOrCdc) {
-  EXPECT_EQ(Error(kOutbox +
-                  "source = \"push\"\n" +
-                  kPostgres + kKafka),
+  EXPECT_EQ(Error(kOutbox + "source = \"push\"\n" + kPostgres + kKafka),
             At(3, 10) + ": 'source' in [[outbox]] #1 must be poll or cdc, got \"push\"");
-  EXPECT_EQ(Error(kOutbox +
-                  "source = 1\n" +
-                  kPostgres + kKafka),
+  EXPECT_EQ(Error(kOutbox + "source = 1\n" + kPostgres + kKafka),
             At(3, 10) + ": 'source' in [[outbox]] #1 must be a string, got integer");
 }
 
@@ -733,28 +711,27 @@ TEST_F(ConfigTest, CdcOutboxRejectsEveryPollOnlyKey) {
                   "batch_size = \"not even an integer\"\n"  // not read, so no type error
                   "poll_interval = \"1s\"\n"
                   "  notify_channel = \"outbox\"\n" +  // line 11, indented
-                  kPostgres + kKafka),
+                  kPostgres +
+                  kKafka),
             poll_only(5, 1, "order_by") + "\n" + poll_only(7, 1, "after_delivery") + "\n" +
                 poll_only(8, 1, "sent_column") + "\n" + poll_only(9, 1, "batch_size") + "\n" +
                 poll_only(10, 1, "poll_interval") + "\n" + poll_only(11, 3, "notify_channel"));
 }
 
 TEST_F(ConfigTest, CdcSourceNeedsACdcSection) {
-  EXPECT_EQ(Error(kOutbox +
-                  "source = \"cdc\"\n" +
-                  kPostgres + kKafka),
-            At(3, 10) + ": 'source' in [[outbox]] #1: source = \"cdc\" needs a [cdc] section "
-                        "(the replication slot to capture through)");
+  EXPECT_EQ(Error(kOutbox + "source = \"cdc\"\n" + kPostgres + kKafka),
+            At(3, 10) +
+                ": 'source' in [[outbox]] #1: source = \"cdc\" needs a [cdc] section "
+                "(the replication slot to capture through)");
   // A 'cdc' of the wrong type is reported once, as such.
-  EXPECT_EQ(Error("cdc = \"outboxd\"\n" + kOutbox +
-                  "source = \"cdc\"\n" +
-                  kPostgres + kKafka),
+  EXPECT_EQ(Error("cdc = \"outboxd\"\n" + kOutbox + "source = \"cdc\"\n" + kPostgres + kKafka),
             At(1, 7) + ": 'cdc' must be a table ([cdc]), got string");
 }
 
 TEST_F(ConfigTest, CdcSectionThatCapturesNothing) {
-  const std::string nothing = ": [cdc] captures nothing: set 'message_prefix', list 'tables', or give an [[outbox]] "
-                              "block source = \"cdc\"";
+  const std::string nothing =
+      ": [cdc] captures nothing: set 'message_prefix', list 'tables', or give an [[outbox]] "
+      "block source = \"cdc\"";
   EXPECT_EQ(Error(kOutbox + kPostgres + kKafka +
                   "[cdc]\n"  // line 7
                   "slot = \"outboxd\"\n"),
@@ -778,11 +755,12 @@ TEST_F(ConfigTest, NeitherOutboxNorCdc) {
 TEST_F(ConfigTest, CdcTableThatIsAlsoAnOutboxTable) {
   const std::string both = "; an outbox table is relayed as outbox events, not also as row changes";
   // The poll outbox table "outbox" is public.outbox to [cdc].
-  EXPECT_EQ(Error("[cdc]\n"
-                  "tables = [\"public.orders\", \"public.outbox\"]\n" +  // line 2, the second at column 28
-                  kOutbox + kPostgres + kKafka),
-            At(2, 28) + ": 'tables' in [cdc]: \"public.outbox\" is the outbox table of [[outbox]] #1 at " + At(3, 1) +
-                both);
+  EXPECT_EQ(
+      Error("[cdc]\n"
+            "tables = [\"public.orders\", \"public.outbox\"]\n" +  // line 2, the second at column 28
+            kOutbox +
+            kPostgres + kKafka),
+      At(2, 28) + ": 'tables' in [cdc]: \"public.outbox\" is the outbox table of [[outbox]] #1 at " + At(3, 1) + both);
   EXPECT_EQ(Error("[cdc]\n"
                   "tables = [\"Outbox\"]\n"
                   "[[outbox]]\n"
@@ -793,25 +771,28 @@ TEST_F(ConfigTest, CdcTableThatIsAlsoAnOutboxTable) {
 }
 
 TEST_F(ConfigTest, CdcTablesListedTwice) {
-  EXPECT_EQ(Error("[cdc]\n"
-                  "tables = [\"orders\", \"Public.Orders\"]\n" +  // line 2; "orders" is public.orders
-                  kPostgres + kKafka),
-            At(2, 21) + ": 'tables' in [cdc]: \"Public.Orders\" is listed twice (first as \"orders\" at " +
-                At(2, 11) + ")");
+  EXPECT_EQ(
+      Error("[cdc]\n"
+            "tables = [\"orders\", \"Public.Orders\"]\n" +  // line 2; "orders" is public.orders
+            kPostgres +
+            kKafka),
+      At(2, 21) + ": 'tables' in [cdc]: \"Public.Orders\" is listed twice (first as \"orders\" at " + At(2, 11) + ")");
   // A quoted name keeps its case, so it is another table.
-  Config c = Valid("[cdc]\n"
-                   "tables = ['orders', 'public.\"Orders\"']\n" +
-                   kPostgres + kKafka);
+  Config c = Valid(
+      "[cdc]\n"
+      "tables = ['orders', 'public.\"Orders\"']\n" +
+      kPostgres + kKafka);
   EXPECT_EQ(c.cdc->tables.size(), 2u);
 }
 
 TEST_F(ConfigTest, CdcTablesMustBeTableNames) {
   EXPECT_EQ(Error("[cdc]\n"
                   "tables = [\"orders\", 5, \"\", \"a.b.c\"]\n" +  // line 2
-                  kPostgres + kKafka),
-            At(2, 21) + ": 'tables' in [cdc]: element 2 must be a table name string, got integer\n" +
-                At(2, 24) + ": 'tables' in [cdc]: element 3 must be \"schema.table\" or \"table\": it is empty\n" +
-                At(2, 28) + ": 'tables' in [cdc]: element 4 must be \"schema.table\" or \"table\": it has 3 parts");
+                  kPostgres +
+                  kKafka),
+            At(2, 21) + ": 'tables' in [cdc]: element 2 must be a table name string, got integer\n" + At(2, 24) +
+                ": 'tables' in [cdc]: element 3 must be \"schema.table\" or \"table\": it is empty\n" + At(2, 28) +
+                ": 'tables' in [cdc]: element 4 must be \"schema.table\" or \"table\": it has 3 parts");
   EXPECT_EQ(Error("[cdc]\n"
                   "tables = \"orders\"\n" +
                   kPostgres + kKafka),
@@ -872,8 +853,9 @@ TEST_F(CdcKeyTest, MessageTopicIsATopicTemplate) {
 
 TEST_F(CdcKeyTest, DeadLetterTopicIsATopicName) {
   EXPECT_EQ(CdcError("dead_letter_topic = \"dlq.${type}\""),
-            At(2, 21) + ": 'dead_letter_topic' in [cdc]: not a valid Kafka topic name: '$' at character 5 "
-                        "is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')");
+            At(2, 21) +
+                ": 'dead_letter_topic' in [cdc]: not a valid Kafka topic name: '$' at character 5 "
+                "is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')");
 }
 
 TEST_F(CdcKeyTest, TopicPrefix) {
@@ -882,14 +864,16 @@ TEST_F(CdcKeyTest, TopicPrefix) {
   EXPECT_EQ(CdcError("topic_prefix = \"pg/prod\""),
             prefix + "'/' at character 3 is not allowed in a Kafka topic name (letters, digits, '.', '_' and '-')");
   EXPECT_EQ(CdcError("topic_prefix = \"" + std::string(246, 'p') + "\""),
-            prefix + "it is longer than 245 characters, which leaves no room for \".<schema>.<table>\" within "
-                     "Kafka's 249-character limit");
+            prefix +
+                "it is longer than 245 characters, which leaves no room for \".<schema>.<table>\" within "
+                "Kafka's 249-character limit");
   EXPECT_EQ(CdcValid("topic_prefix = \"" + std::string(245, 'p') + "\"").topic_prefix, std::string(245, 'p'));
   EXPECT_EQ(CdcValid("topic_prefix = \"cdc.prod-1_x\"").topic_prefix, "cdc.prod-1_x");
 }
 
 TEST_F(CdcKeyTest, Snapshot) {
-  EXPECT_EQ(CdcError("snapshot = \"always\""), At(2, 12) + ": 'snapshot' in [cdc] must be never or initial, got \"always\"");
+  EXPECT_EQ(CdcError("snapshot = \"always\""),
+            At(2, 12) + ": 'snapshot' in [cdc] must be never or initial, got \"always\"");
   EXPECT_EQ(CdcValid("snapshot = \"never\"").snapshot, SnapshotMode::kNever);
 }
 
@@ -899,11 +883,13 @@ TEST_F(CdcKeyTest, StatusInterval) {
   EXPECT_EQ(CdcError("status_interval = \"61m\""), range);
   EXPECT_EQ(CdcError("status_interval = \"1.5h\""), range);
   EXPECT_EQ(CdcError("status_interval = 10"),
-            At(2, 19) + ": 'status_interval' in [cdc] must be a duration string with a unit, such as \"250ms\" or "
-                        "\"10s\", got integer");
+            At(2, 19) +
+                ": 'status_interval' in [cdc] must be a duration string with a unit, such as \"250ms\" or "
+                "\"10s\", got integer");
   EXPECT_EQ(CdcError("status_interval = \"10\""),
-            At(2, 19) + ": 'status_interval' in [cdc]: invalid duration \"10\": expected a number followed by a "
-                        "unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
+            At(2, 19) +
+                ": 'status_interval' in [cdc]: invalid duration \"10\": expected a number followed by a "
+                "unit (ms, s, m or h), such as \"250ms\" or \"10s\"");
   EXPECT_EQ(CdcValid("status_interval = \"1h\"").status_interval, milliseconds(3600000));
   EXPECT_EQ(CdcValid("status_interval = \"1ms\"").status_interval, milliseconds(1));
 }
@@ -920,7 +906,8 @@ TEST_F(CdcKeyTest, ConfirmIntervalIsPositiveAndAtMostTheStatusInterval) {
 }
 
 TEST_F(CdcKeyTest, ConfirmEventsIsPositive) {
-  EXPECT_EQ(CdcError("confirm_events = 0"), At(2, 18) + ": 'confirm_events' in [cdc] must be a positive integer, got 0");
+  EXPECT_EQ(CdcError("confirm_events = 0"),
+            At(2, 18) + ": 'confirm_events' in [cdc] must be a positive integer, got 0");
   EXPECT_EQ(CdcError("confirm_events = -5"),
             At(2, 18) + ": 'confirm_events' in [cdc] must be a positive integer, got -5");
   EXPECT_EQ(CdcValid("confirm_events = 1").confirm_events, 1);
@@ -936,25 +923,26 @@ TEST_F(CdcKeyTest, StateTable) {
 
 TEST_F(ConfigTest, StateTableIsNeitherCapturedNorAnOutbox) {
   EXPECT_EQ(Error("[cdc]\n"
-                  "state_table = \"outboxd_slot_state\"\n"   // line 2: public.outboxd_slot_state
+                  "state_table = \"outboxd_slot_state\"\n"  // line 2: public.outboxd_slot_state
                   "tables = [\"public.outboxd_slot_state\"]\n" +
                   kPostgres + kKafka),
-            At(2, 15) + ": 'state_table' in [cdc]: outboxd's own table \"outboxd_slot_state\" cannot also be "
-                        "captured (it is in 'tables' at " +
+            At(2, 15) +
+                ": 'state_table' in [cdc]: outboxd's own table \"outboxd_slot_state\" cannot also be "
+                "captured (it is in 'tables' at " +
                 At(3, 11) + ")");
   EXPECT_EQ(Error("[cdc]\n"
                   "message_prefix = \"outbox\"\n"  // state_table defaults to public.outboxd_slot_state
                   "[[outbox]]\n"
                   "table = \"outboxd_slot_state\"\n" +
                   kPostgres + kKafka),
-            At(1, 1) + ": 'state_table' in [cdc]: outboxd's own table \"public.outboxd_slot_state\" cannot also "
-                       "be an outbox table ([[outbox]] #1 at " +
+            At(1, 1) +
+                ": 'state_table' in [cdc]: outboxd's own table \"public.outboxd_slot_state\" cannot also "
+                "be an outbox table ([[outbox]] #1 at " +
                 At(3, 1) + ")");
 }
 
 TEST_F(ConfigTest, UnknownKeyInCdcSuggestsTheClosest) {
-  EXPECT_EQ(Error(kCdc +
-                  "slott = \"outboxd\"\n" +  // line 3
+  EXPECT_EQ(Error(kCdc + "slott = \"outboxd\"\n" +  // line 3
                   kPostgres + kKafka),
             At(3, 1) + ": unknown key 'slott' in [cdc] (did you mean 'slot'?)");
   EXPECT_EQ(Error("slot = \"outboxd\"\n" + kCdc + kPostgres + kKafka),
@@ -971,27 +959,29 @@ TEST_F(ConfigTest, CdcSectionMustBeATable) {
 TEST_F(ConfigTest, CdcIsNotSubstituted) {
   ScopedEnv type("aggregatetype", "from-the-environment");
   ScopedEnv slot("OUTBOXD_TEST_SLOT", "outboxd");
-  Config c = Valid("[cdc]\n"
-                   "message_topic = \"outbox.event.${aggregatetype}\"\n"
-                   "message_prefix = \"${OUTBOXD_TEST_SLOT}\"\n" +
-                   kPostgres + kKafka);
+  Config c = Valid(
+      "[cdc]\n"
+      "message_topic = \"outbox.event.${aggregatetype}\"\n"
+      "message_prefix = \"${OUTBOXD_TEST_SLOT}\"\n" +
+      kPostgres + kKafka);
   EXPECT_EQ(c.cdc->message_topic, "outbox.event.${aggregatetype}");
   EXPECT_EQ(c.cdc->message_prefix, "${OUTBOXD_TEST_SLOT}");
   EXPECT_EQ(Error("[cdc]\n"
                   "slot = \"${OUTBOXD_TEST_SLOT}\"\n" +
                   kCdc.substr(6) + kPostgres + kKafka),
-            At(2, 8) + ": 'slot' in [cdc]: not a valid replication slot name: '$' at character 1 is not allowed "
-                       "(lower-case letters, digits and '_')");
+            At(2, 8) +
+                ": 'slot' in [cdc]: not a valid replication slot name: '$' at character 1 is not allowed "
+                "(lower-case letters, digits and '_')");
 }
 
 TEST_F(ConfigTest, SameOutboxTableWithEitherSource) {
-  EXPECT_EQ(Error(kOutbox +
-                  "[[outbox]]\n"
-                  "table = \"public.outbox\"\n"  // line 4
-                  "source = \"cdc\"\n" +
-                  kCdc + kPostgres + kKafka),
-            At(4, 9) + ": 'table' in [[outbox]] #2: \"public.outbox\" is already configured by [[outbox]] #1 at " +
-                At(1, 1));
+  EXPECT_EQ(
+      Error(kOutbox +
+            "[[outbox]]\n"
+            "table = \"public.outbox\"\n"  // line 4
+            "source = \"cdc\"\n" +
+            kCdc + kPostgres + kKafka),
+      At(4, 9) + ": 'table' in [[outbox]] #2: \"public.outbox\" is already configured by [[outbox]] #1 at " + At(1, 1));
 }
 
 // --- Environment substitution ----------------------------------------------
@@ -1028,8 +1018,9 @@ TEST_F(ConfigTest, UnsetEnvironmentVariableIsAnError) {
   EXPECT_EQ(Error(kPostgres + kKafka + kOutbox +
                   "[kafka.properties]\n"  // line 7
                   "\"sasl.password\" = \"${OUTBOXD_TEST_UNSET}\"\n"),
-            At(8, 19) + ": 'sasl.password' in [kafka.properties]: environment variable OUTBOXD_TEST_UNSET "
-                        "is not set");
+            At(8, 19) +
+                ": 'sasl.password' in [kafka.properties]: environment variable OUTBOXD_TEST_UNSET "
+                "is not set");
 }
 
 TEST_F(ConfigTest, MalformedEnvironmentReference) {
@@ -1040,8 +1031,9 @@ TEST_F(ConfigTest, MalformedEnvironmentReference) {
   EXPECT_EQ(Error("[postgres]\n"
                   "conninfo = \"host=${}\"\n" +
                   kKafka + kOutbox),
-            At(2, 12) + ": 'conninfo' in [postgres]: \"${}\" does not name an environment variable "
-                        "(letters, digits and _; write \"$${\" for a literal \"${\")");
+            At(2, 12) +
+                ": 'conninfo' in [postgres]: \"${}\" does not name an environment variable "
+                "(letters, digits and _; write \"$${\" for a literal \"${\")");
 }
 
 TEST_F(ConfigTest, DoubleDollarEscapesALiteralReference) {
@@ -1054,9 +1046,7 @@ TEST_F(ConfigTest, DoubleDollarEscapesALiteralReference) {
 
 TEST_F(ConfigTest, OutboxRoutingKeysAreNotSubstituted) {
   ScopedEnv type("aggregatetype", "from-the-environment");
-  Config c = Valid(kOutbox +
-                   "topic = \"outbox.event.${aggregatetype}\"\n" +
-                   kPostgres + kKafka);
+  Config c = Valid(kOutbox + "topic = \"outbox.event.${aggregatetype}\"\n" + kPostgres + kKafka);
   EXPECT_EQ(c.outboxes.at(0).topic, "outbox.event.${aggregatetype}");
 }
 
@@ -1064,28 +1054,30 @@ TEST_F(ConfigTest, OutboxRoutingKeysAreNotSubstituted) {
 
 TEST_F(ConfigTest, PasswordFileIsReadWithoutTrailingNewline) {
   WriteFile("secret", "correct horse\r\n");
-  Config c = Valid("[postgres]\n"
-                   "conninfo = \"host=db\"\n"
-                   "password_file = \"" + PathOf("secret") + "\"\n" +
-                   kKafka + kOutbox);
+  Config c = Valid(
+      "[postgres]\n"
+      "conninfo = \"host=db\"\n"
+      "password_file = \"" +
+      PathOf("secret") + "\"\n" + kKafka + kOutbox);
   EXPECT_EQ(c.postgres.password, "correct horse");
 }
 
 TEST_F(ConfigTest, PasswordFilePathMayComeFromTheEnvironment) {
   WriteFile("secret", "pw");
   ScopedEnv dir("OUTBOXD_TEST_CREDENTIALS", dir_.c_str());
-  Config c = Valid("[postgres]\n"
-                   "conninfo = \"host=db\"\n"
-                   "password_file = \"${OUTBOXD_TEST_CREDENTIALS}/secret\"\n" +
-                   kKafka + kOutbox);
+  Config c = Valid(
+      "[postgres]\n"
+      "conninfo = \"host=db\"\n"
+      "password_file = \"${OUTBOXD_TEST_CREDENTIALS}/secret\"\n" +
+      kKafka + kOutbox);
   EXPECT_EQ(c.postgres.password, "pw");
 }
 
 TEST_F(ConfigTest, MissingPasswordFile) {
   EXPECT_EQ(Error("[postgres]\n"
                   "conninfo = \"host=db\"\n"
-                  "password_file = \"" + PathOf("absent") + "\"\n" +
-                  kKafka + kOutbox),
+                  "password_file = \"" +
+                  PathOf("absent") + "\"\n" + kKafka + kOutbox),
             At(3, 17) + ": 'password_file' in [postgres]: cannot read \"" + PathOf("absent") +
                 "\": No such file or directory");
 }
@@ -1108,10 +1100,10 @@ TEST_F(ConfigTest, PropertiesAcceptIntegersAndBooleans) {
                    "\"enable.idempotence\" = true\n"
                    "\"socket.nagle.disable\" = false\n"
                    "acks = \"all\"\n");
-  EXPECT_EQ(c.kafka.properties, (std::map<std::string, std::string>{{"acks", "all"},
-                                                                     {"enable.idempotence", "true"},
-                                                                     {"linger.ms", "5"},
-                                                                     {"socket.nagle.disable", "false"}}));
+  EXPECT_EQ(
+      c.kafka.properties,
+      (std::map<std::string, std::string>{
+          {"acks", "all"}, {"enable.idempotence", "true"}, {"linger.ms", "5"}, {"socket.nagle.disable", "false"}}));
 }
 
 TEST_F(ConfigTest, UnquotedDottedPropertyNamesAreJoined) {
@@ -1159,16 +1151,19 @@ TEST_F(ConfigTest, BrokersAreNotAProperty) {
   EXPECT_EQ(Error(kPostgres + kOutbox + kKafka +
                   "[kafka.properties]\n"  // line 7
                   "\"bootstrap.servers\" = \"other:9092\"\n"),
-            At(8, 1) + ": 'bootstrap.servers' in [kafka.properties]: set the brokers with 'bootstrap_servers' in "
-                       "[kafka]");
+            At(8, 1) +
+                ": 'bootstrap.servers' in [kafka.properties]: set the brokers with 'bootstrap_servers' in "
+                "[kafka]");
 }
 
 // --- The file itself ----------------------------------------------------------
 
 TEST_F(ConfigTest, SyntaxErrorHasFileLineAndColumn) {
-  std::string message = Error("[postgres]\n"
-                              "conninfo = \n" +  // line 2: the value is missing where the newline is, column 12
-                              kKafka + kOutbox);
+  std::string message = Error(
+      "[postgres]\n"
+      "conninfo = \n" +  // line 2: the value is missing where the newline is, column 12
+      kKafka +
+      kOutbox);
   EXPECT_EQ(message.substr(0, At(2, 12).size() + 2), At(2, 12) + ": ") << message;
 }
 
@@ -1192,9 +1187,9 @@ TEST(ParseDurationTest, UnitsAndFractions) {
     const char* text;
     std::int64_t ms;
   };
-  for (const Case& c : {Case{"250ms", 250}, Case{"0ms", 0}, Case{"10s", 10000}, Case{"1.5s", 1500},
-                        Case{"0.25s", 250}, Case{"2m", 120000}, Case{"1.5m", 90000}, Case{"1h", 3600000},
-                        Case{"007s", 7000}, Case{"1.000000000h", 3600000}}) {
+  for (const Case& c : {Case{"250ms", 250}, Case{"0ms", 0}, Case{"10s", 10000}, Case{"1.5s", 1500}, Case{"0.25s", 250},
+                        Case{"2m", 120000}, Case{"1.5m", 90000}, Case{"1h", 3600000}, Case{"007s", 7000},
+                        Case{"1.000000000h", 3600000}}) {
     SCOPED_TRACE(c.text);
     Result<milliseconds> d = ParseDuration(c.text);
     ASSERT_TRUE(d.ok()) << d.status().message();
@@ -1227,8 +1222,7 @@ TEST(ParseDurationTest, FractionsOfAMillisecond) {
 TEST(ParseDurationTest, Overflow) {
   EXPECT_EQ(ParseDuration("99999999999999999999ms").status().message(),
             "invalid duration \"99999999999999999999ms\": too large");
-  EXPECT_EQ(ParseDuration("9999999999999999h").status().message(),
-            "invalid duration \"9999999999999999h\": too large");
+  EXPECT_EQ(ParseDuration("9999999999999999h").status().message(), "invalid duration \"9999999999999999h\": too large");
 }
 
 }  // namespace

@@ -64,9 +64,9 @@ TEST(OutboxTableInitSql, EachColumnAppearsOnce) {
     ASSERT_NE(std::string::npos, first) << column;
     EXPECT_EQ(std::string::npos, sql[0].find(column, first + 1)) << column << " twice in\n" << sql[0];
   }
-  EXPECT_THAT(sql[0], HasSubstr("\"id\" uuid PRIMARY KEY"));      // not redefined by the header
-  EXPECT_THAT(sql[0], HasSubstr("\"traceparent\" text,"));         // headers may be NULL
-  EXPECT_THAT(sql[0], HasSubstr("\"public\".\"outbox\""));         // no schema: public
+  EXPECT_THAT(sql[0], HasSubstr("\"id\" uuid PRIMARY KEY"));  // not redefined by the header
+  EXPECT_THAT(sql[0], HasSubstr("\"traceparent\" text,"));    // headers may be NULL
+  EXPECT_THAT(sql[0], HasSubstr("\"public\".\"outbox\""));    // no schema: public
 }
 
 TEST(OutboxTableInitSql, MarkModeAddsTheSentColumnAndAPartialIndex) {
@@ -79,9 +79,10 @@ TEST(OutboxTableInitSql, MarkModeAddsTheSentColumnAndAPartialIndex) {
   EXPECT_THAT(sql[0], HasSubstr("\"position\" bigint GENERATED ALWAYS AS IDENTITY"));
   EXPECT_THAT(sql[0], HasSubstr("\"sent_at\" timestamptz"));
   EXPECT_THAT(sql[0], Not(HasSubstr("\"sent_at\" timestamptz NOT NULL")));
-  EXPECT_EQ("CREATE INDEX IF NOT EXISTS \"events_position_unsent\" ON \"app\".\"events\" (\"position\") "
-            "WHERE \"sent_at\" IS NULL",
-            sql[1]);
+  EXPECT_EQ(
+      "CREATE INDEX IF NOT EXISTS \"events_position_unsent\" ON \"app\".\"events\" (\"position\") "
+      "WHERE \"sent_at\" IS NULL",
+      sql[1]);
 }
 
 TEST(OutboxTableInitSql, ConfiguredColumnsReplaceTheDebeziumNames) {
@@ -92,9 +93,9 @@ TEST(OutboxTableInitSql, ConfiguredColumnsReplaceTheDebeziumNames) {
   t.timestamp = "occurred_at";
   auto sql = TableSql(t);
   ASSERT_FALSE(sql.empty());
-  EXPECT_THAT(sql[0], AllOf(HasSubstr("\"event_id\" uuid PRIMARY KEY"), HasSubstr("\"order_id\" text NOT NULL"),
-                            HasSubstr("\"body\" jsonb"),
-                            HasSubstr("\"occurred_at\" timestamptz NOT NULL DEFAULT now()")));
+  EXPECT_THAT(sql[0],
+              AllOf(HasSubstr("\"event_id\" uuid PRIMARY KEY"), HasSubstr("\"order_id\" text NOT NULL"),
+                    HasSubstr("\"body\" jsonb"), HasSubstr("\"occurred_at\" timestamptz NOT NULL DEFAULT now()")));
   EXPECT_THAT(sql[0], Not(AnyOf(HasSubstr("\"id\""), HasSubstr("\"aggregateid\""), HasSubstr("\"payload\""),
                                 HasSubstr("created_at"))));
 }
@@ -108,9 +109,10 @@ TEST(OutboxTableInitSql, NotifyChannelAddsAStatementTrigger) {
   EXPECT_THAT(sql[2], HasSubstr("PERFORM pg_notify('it''s', '');"));
   EXPECT_THAT(sql[2], HasSubstr("RETURN NULL;"));
   EXPECT_EQ("DROP TRIGGER IF EXISTS outboxd_notify ON \"public\".\"outbox\"", sql[3]);
-  EXPECT_EQ("CREATE TRIGGER outboxd_notify AFTER INSERT ON \"public\".\"outbox\" FOR EACH STATEMENT "
-            "EXECUTE FUNCTION \"public\".\"outbox_outboxd_notify\"()",
-            sql[4]);
+  EXPECT_EQ(
+      "CREATE TRIGGER outboxd_notify AFTER INSERT ON \"public\".\"outbox\" FOR EACH STATEMENT "
+      "EXECUTE FUNCTION \"public\".\"outbox_outboxd_notify\"()",
+      sql[4]);
 }
 
 TEST(OutboxTableInitSql, DollarQuoteNeverCollidesWithTheBody) {
@@ -182,8 +184,8 @@ TEST(GrantSql, CdcNeedsReplicationAndTheStateTable) {
   config.cdc->tables = {"public.orders", "shop.items"};
   auto sql = GrantSql(config, "relay \"x\"");
   const std::string role = "\"relay \"\"x\"\"\"";
-  EXPECT_THAT(sql, Contains("-- replication connections; only a superuser may run this\nALTER ROLE " + role +
-                            " REPLICATION"));
+  EXPECT_THAT(
+      sql, Contains("-- replication connections; only a superuser may run this\nALTER ROLE " + role + " REPLICATION"));
   EXPECT_THAT(sql, Contains("GRANT SELECT ON \"public\".\"outbox\" TO " + role));
   EXPECT_THAT(sql, Contains("GRANT SELECT ON \"public\".\"orders\" TO " + role));
   EXPECT_THAT(sql, Contains("GRANT SELECT ON \"shop\".\"items\" TO " + role));

@@ -14,16 +14,16 @@ TEST(ClassifyKafkaError, SuccessIsPersisted) {
 
 TEST(ClassifyKafkaError, RecordProblemsArePermanent) {
   for (auto e : {RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-                 RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION, RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
-                 RD_KAFKA_RESP_ERR_INVALID_RECORD, RD_KAFKA_RESP_ERR_POLICY_VIOLATION}) {
+                 RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION, RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC, RD_KAFKA_RESP_ERR_INVALID_RECORD,
+                 RD_KAFKA_RESP_ERR_POLICY_VIOLATION}) {
     EXPECT_EQ(DeliveryOutcome::kPermanent, ClassifyKafkaError(e)) << rd_kafka_err2name(e);
   }
 }
 
 TEST(ClassifyKafkaError, OutagesAndTimeoutsAreRetriable) {
-  for (auto e : {RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, RD_KAFKA_RESP_ERR__TRANSPORT,
-                 RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
-                 RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR__PURGE_QUEUE}) {
+  for (auto e :
+       {RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR__PURGE_QUEUE}) {
     EXPECT_EQ(DeliveryOutcome::kRetriable, ClassifyKafkaError(e)) << rd_kafka_err2name(e);
   }
 }
@@ -63,9 +63,7 @@ class PublisherOnMockCluster : public ::testing::Test {
     ASSERT_TRUE(p.ok()) << p.status().message();
     publisher_ = std::move(p).value();
   }
-  Record Event(const std::string& key) {
-    return Record{"events", key, std::string("{}"), {{"id", key}}, std::nullopt};
-  }
+  Record Event(const std::string& key) { return Record{"events", key, std::string("{}"), {{"id", key}}, std::nullopt}; }
   // Polls until `n` reports arrived or 30 s passed.
   bool AwaitReports(std::size_t n) {
     for (int i = 0; i < 300 && reports_.size() < n; ++i) {
@@ -94,8 +92,8 @@ TEST_F(PublisherOnMockCluster, FatalErrorIsRaisedAndRecreateProducesAgain) {
   ASSERT_TRUE(publisher_->Produce(Event("a"), 1).ok());
   ASSERT_TRUE(AwaitReports(1));
   ASSERT_EQ(RD_KAFKA_RESP_ERR_NO_ERROR,
-            rd_kafka_test_fatal_error(publisher_->native_handle(),
-                                      RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "injected"));
+            rd_kafka_test_fatal_error(publisher_->native_handle(), RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                      "injected"));
   publisher_->Poll(std::chrono::milliseconds(100));
   EXPECT_TRUE(publisher_->fatal_error_raised());
   EXPECT_EQ(StatusCode::kFatal, publisher_->Produce(Event("b"), 2).code());

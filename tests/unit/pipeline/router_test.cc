@@ -12,9 +12,8 @@ class RouterTest : public ::testing::Test {
   Row OutboxRow() {
     Row r;
     r.columns = {"id", "aggregatetype", "aggregateid", "type", "payload"};
-    r.values = {std::string("9f1c7a52-4a3e-4d5b-9a43-7d0c2b1e5f10"), std::string("order"),
-                std::string("order-42"), std::string("OrderCreated"),
-                std::string(R"({"total": 12.5})")};
+    r.values = {std::string("9f1c7a52-4a3e-4d5b-9a43-7d0c2b1e5f10"), std::string("order"), std::string("order-42"),
+                std::string("OrderCreated"), std::string(R"({"total": 12.5})")};
     return r;
   }
   void Set(Row& r, const std::string& column, std::optional<std::string> v) {
@@ -57,8 +56,7 @@ TEST_F(RouterTest, DebeziumDefaults) {
 TEST_F(RouterTest, RequiredColumnsAreWhatTheDefaultsRead) {
   auto router = Router::Create(config_);
   ASSERT_TRUE(router.ok());
-  EXPECT_EQ((std::vector<std::string>{"id", "aggregateid", "payload", "aggregatetype"}),
-            router->RequiredColumns());
+  EXPECT_EQ((std::vector<std::string>{"id", "aggregateid", "payload", "aggregatetype"}), router->RequiredColumns());
 }
 
 TEST_F(RouterTest, TopicTemplateWithSeveralColumnsAndLiterals) {

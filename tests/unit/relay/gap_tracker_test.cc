@@ -9,11 +9,11 @@
 
 #include <algorithm>
 #include <climits>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
 #include <string>
-#include <functional>
 #include <vector>
 
 namespace outboxd {
@@ -61,8 +61,7 @@ class ModelTable {
 
   std::vector<Position> Claim(std::optional<Position> after, std::size_t limit) const {
     std::vector<Position> out;
-    for (auto it = after ? rows_.upper_bound(*after) : rows_.begin();
-         it != rows_.end() && out.size() < limit; ++it) {
+    for (auto it = after ? rows_.upper_bound(*after) : rows_.begin(); it != rows_.end() && out.size() < limit; ++it) {
       if (Visible(it->second)) out.push_back(it->first);
     }
     return out;
@@ -70,8 +69,7 @@ class ModelTable {
   std::vector<Position> ReadRanges(const std::vector<Range>& ranges, std::size_t limit) const {
     std::vector<Position> out;
     for (const Range& r : ranges) {
-      for (auto it = rows_.lower_bound(r.first);
-           it != rows_.end() && it->first <= r.last && out.size() < limit; ++it) {
+      for (auto it = rows_.lower_bound(r.first); it != rows_.end() && it->first <= r.last && out.size() < limit; ++it) {
         if (Visible(it->second)) out.push_back(it->first);
       }
     }
@@ -95,8 +93,8 @@ class ModelTable {
   }
   void Delete(Position p) { rows_.erase(p); }  // after_delivery = "delete"
   std::size_t VisibleUnsent() const {
-    return static_cast<std::size_t>(std::count_if(
-        rows_.begin(), rows_.end(), [&](const auto& r) { return Visible(r.second); }));
+    return static_cast<std::size_t>(
+        std::count_if(rows_.begin(), rows_.end(), [&](const auto& r) { return Visible(r.second); }));
   }
 
  private:
@@ -128,8 +126,7 @@ class ModelTable {
 
 class GapTrackerTest : public ::testing::Test {
  protected:
-  explicit GapTrackerTest(GapFill fill = GapFill::kOpenTransactions, int cache = 1)
-      : table_(cache), gaps_(fill) {}
+  explicit GapTrackerTest(GapFill fill = GapFill::kOpenTransactions, int cache = 1) : table_(cache), gaps_(fill) {}
 
   // One poll round; returns the positions produced, in order. `stop_after`
   // rows are produced at most (librdkafka's queue filling up).
@@ -184,15 +181,16 @@ class GapTrackerTest : public ::testing::Test {
           wr.rollback = rng() % 10 == 0;
         }
         if (wr.rows_left > 0) {
-          Write(wr.pid, "s" + std::to_string(seed) + "w" + std::to_string(w) + "-" +
-                            std::to_string(rng() % 3));
+          Write(wr.pid, "s" + std::to_string(seed) + "w" + std::to_string(w) + "-" + std::to_string(rng() % 3));
           --wr.rows_left;
         } else {
           --wr.hold;
         }
         if (wr.rows_left == 0 && wr.hold == 0) {
-          if (wr.rollback) Rollback(wr.pid);
-          else Commit(wr.pid);
+          if (wr.rollback)
+            Rollback(wr.pid);
+          else
+            Commit(wr.pid);
         }
       }
       Round();
@@ -253,7 +251,7 @@ class GapTrackerTest : public ::testing::Test {
   int snapshots_ = 0;  // rounds that took the snapshot
   std::size_t gap_limit_ = 1000;
   std::vector<Position> published_;
-  std::map<int, std::vector<Position>> pending_;  // per session, its open transaction's rows
+  std::map<int, std::vector<Position>> pending_;              // per session, its open transaction's rows
   std::map<std::string, std::vector<Position>> key_commits_;  // per key, its rows in commit order
   // Per row: its key, and how many rows of that key had committed when it was inserted.
   std::map<Position, std::pair<std::string, std::size_t>> committed_before_;
@@ -320,7 +318,7 @@ TEST_F(GapTrackerTest, AGapIsKeptAtLeastMinLifeEvenWithNothingInProgress) {
 
 TEST_F(GapTrackerTest, AGapWiderThanAnyFormerLimitIsOneRangeAndKeepsOrder) {
   const int slow = table_.Connect(), fast = table_.Connect();
-  Write(slow, "k");           // 1, open
+  Write(slow, "k");            // 1, open
   table_.Burn(1'000'000'000);  // a bulk delete, rolled-back work, a sequence jump
   Write(fast, "x");
   Commit(fast);
@@ -473,10 +471,10 @@ TEST_F(GapTrackerTest, AMergedRangeWaitsForTheLaterOfBothTransactionSets) {
     for (const auto& row : gaps.Order(claimed, {}, false)) gaps.Took(row);
     gaps.EndRound();
   };
-  round({10, 11, {}, now_}, {2, 3, 5, 7});      // gaps 1, 4, 6 while 10 is open
-  round({10, 51, {}, now_ + 1s}, {9, 900});    // gaps 8, 10..899 while 10..50 may be
+  round({10, 11, {}, now_}, {2, 3, 5, 7});   // gaps 1, 4, 6 while 10 is open
+  round({10, 51, {}, now_ + 1s}, {9, 900});  // gaps 8, 10..899 while 10..50 may be
   ASSERT_LE(gaps.size(), 4u);
-  round({11, 60, {}, now_ + 2s}, {});           // 10 ended
+  round({11, 60, {}, now_ + 2s}, {});  // 10 ended
   EXPECT_TRUE(gaps.Contains(8));
   EXPECT_TRUE(gaps.Contains(10));
   EXPECT_FALSE(gaps.Contains(1));
