@@ -20,14 +20,15 @@
 //   unacknowledged or librdkafka's queue is full; status updates go on
 //   meanwhile (Settle() runs every turn), so wal_sender_timeout does not end
 //   a healthy stream.
-// - A lost connection is re-established by the runner and streaming resumes
-//   from the last acknowledged commit; events already handed to librdkafka
-//   stay tracked. A delivery that failed (or a producer that had to be
-//   recreated) rewinds (pipeline/rewind_gate.h): once every report of the old
-//   generation is in, the stream restarts from the last acknowledged commit,
-//   so the failed events are produced again with the same ids. An event
-//   Kafka refuses for good goes to the dead-letter topic on that replay, or
-//   stops the source.
+// - A lost connection is re-established by the runner; with events in
+//   flight, streaming resumes only once they are all reported (the rewind
+//   gate, without a pause), from the last acknowledged commit, so nothing
+//   Kafka acknowledged meanwhile is read and sent again. A delivery that
+//   failed (or a producer that had to be recreated) rewinds
+//   (pipeline/rewind_gate.h): once every report of the old generation is
+//   in, the stream restarts from the last acknowledged commit, so the failed
+//   events are produced again with the same ids. An event Kafka refuses for
+//   good goes to the dead-letter topic on that replay, or stops the source.
 //
 // The stream's phase:
 //
@@ -39,6 +40,7 @@
 //                       └──────────────────────────────────────► kRewinding ──old generation
 //                                                                       reported──► kStreaming
 //   any phase ── a connection fails (runner: Disconnect()) ──► kDisconnected
+//     (from kStreaming with events in flight, Connect() then enters kRewinding)
 //
 // and, with snapshot = "initial", the snapshot's own state (SnapshotState).
 // Enter() is the one place the phase changes. Not thread-safe: the runner's
