@@ -29,6 +29,12 @@ uint64_t Token(std::size_t stream, bool dead_letter, uint64_t ticket) {
 // A warning that could repeat every turn (the sweep found rows, gaps were
 // merged) is logged at most this often per table.
 constexpr std::chrono::seconds kRepeatedWarningInterval(60);
+// After taking a table over from another instance, wait this long before
+// the first claim: the old holder, if it is alive and only lost its
+// session, reconnects (its first retry comes after 100 ms) and deletes or
+// marks what Kafka acknowledged after its session ended, so those rows are
+// not sent a second time.
+constexpr std::chrono::seconds kTakeoverGrace(1);
 
 }  // namespace
 
@@ -71,6 +77,7 @@ struct PollSource::Stream {
   bool more = true;  // the last claim was full: claim again at once
   bool notified = false;
   Clock::time_point next_poll{};
+  Clock::time_point claim_not_before{};  // kTakeoverGrace after a takeover
   Clock::time_point next_sweep{};
   uint64_t published = 0;
   uint64_t dead_lettered = 0;
@@ -106,6 +113,7 @@ Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
   auto r = conn_.Exec(kTryLockPollTableSql, {std::to_string(s.table->oid())});
   if (!r.ok()) return r.status().Prefixed("could not lock \"" + s.name() + "\"");
   if (std::string_view(PQgetvalue(r->get(), 0, 0)) == "t") {
+    if (attempt == LockAttempt::kStandbyRetry) s.claim_not_before = Clock::now() + kTakeoverGrace;
     const std::string why = attempt == LockAttempt::kStandbyRetry
                                 ? "took over \"" + s.name() + "\" from another outboxd instance"
                                 : "relaying \"" + s.name() + "\" (order by " + s.config->order_by + ", " +
@@ -114,24 +122,23 @@ Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
     Enter(s, s.gate.rewinding() ? Phase::kRewinding : Phase::kClaiming, why);
     return Status::Ok();
   }
-  if (!s.checkpoint.empty()) {
-    // Another instance took the table while this one was away; what this
-    // one had in flight is that instance's business now.
-    Rewind(s, "another outboxd instance holds the table", RewindGate::Pause::kNone, std::nullopt);
-  }
+  // Another instance took the table while this one was away. What this one
+  // had in flight stays tracked: what Kafka acknowledged is still deleted or
+  // marked (ReleaseAcknowledged() needs no lock), so the new holder, which
+  // waits kTakeoverGrace before its first claim, does not send it again.
   if (s.phase != Phase::kStandingBy) {
     Enter(s, Phase::kStandingBy, "\"" + s.name() + "\" is relayed by another outboxd instance; standing by");
   }
   return Status::Ok();
 }
 
-void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pause, std::optional<ResendCause> cause) {
+void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pause, ResendCause cause) {
   const std::chrono::milliseconds delay = s.gate.Start(pause, Clock::now());
-  if (cause && s.metrics != nullptr) {
+  if (s.metrics != nullptr) {
     // Rows claimed again once the gate opens: those acknowledged already, and
     // those whose report is still owed if it says acknowledged (OnDelivery).
-    s.metrics->Resent(*cause, s.checkpoint.CountAcked([](const Stream::Tracked&) { return true; }));
-    for (uint64_t ticket : s.checkpoint.PendingTickets()) s.resend_if_acked[ticket] = *cause;
+    s.metrics->Resent(cause, s.checkpoint.CountAcked([](const Stream::Tracked&) { return true; }));
+    for (uint64_t ticket : s.checkpoint.PendingTickets()) s.resend_if_acked[ticket] = cause;
   }
   if (pause == RewindGate::Pause::kBackOff) {
     // Kafka refused or lost records librdkafka had already retried: wait a
@@ -539,7 +546,7 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
     case Phase::kClaiming:
       break;
   }
-  if (s.phase != Phase::kClaiming) return Status::Ok();
+  if (s.phase != Phase::kClaiming || now < s.claim_not_before) return Status::Ok();
   const std::size_t pending = TotalPending();
   if (pending >= config_.kafka.max_in_flight) return Status::Ok();
   if (!(s.more || s.notified || now >= s.next_poll)) return Status::Ok();
@@ -670,8 +677,13 @@ PollSource::Clock::time_point PollSource::NextWakeup(Clock::time_point now) cons
         next = std::min(next, s->next_poll);
         break;
       case Phase::kClaiming:
-        if (room && (s->more || s->notified)) return now;
-        if (room) next = std::min(next, s->next_poll);
+        if (!room) break;
+        if (now < s->claim_not_before) {
+          next = std::min(next, s->claim_not_before);
+          break;
+        }
+        if (s->more || s->notified) return now;
+        next = std::min(next, s->next_poll);
         break;
     }
   }

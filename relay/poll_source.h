@@ -25,9 +25,12 @@
 //   kStandingBy ───────────► kClaiming ◄───────────────── kRewinding
 //        ▲                     │  │  delivery failed, producer lost  ▲
 //        │                     │  └───────────────────────────────────┘
-//        └─ lock held elsewhere on reconnect (what was in flight is rewound)
+//        └─ lock held elsewhere on reconnect (what was in flight stays tracked:
+//           what Kafka acknowledged is still deleted or marked)
 //
 //   any phase ── a row can never be delivered and no dead-letter topic ──► kHalted (final)
+//
+// Taken over from another instance, a table's first claim waits kTakeoverGrace (1 s).
 //
 // Enter() is the one place a phase changes. Not thread-safe: the runner's
 // thread only. Metrics: source "table:<schema.table>" per table, relay
@@ -114,9 +117,8 @@ class PollSource final : public Source {
   void Enter(Stream& s, Phase phase, std::string_view why = {});
   // Forgets what the stream has in flight and claims again from its lowest
   // unsent row once the old generation is reported (pipeline/rewind_gate.h);
-  // `cause`: why rows Kafka already acknowledged are then produced again
-  // (nullopt: the table went to another instance).
-  void Rewind(Stream& s, const std::string& why, RewindGate::Pause pause, std::optional<ResendCause> cause);
+  // `cause`: why rows Kafka already acknowledged are then produced again.
+  void Rewind(Stream& s, const std::string& why, RewindGate::Pause pause, ResendCause cause);
   void Halt(Stream& s, const std::string& why);
   // Takes the table's advisory lock if free; moves between kStandingBy and
   // kClaiming (or kRewinding).

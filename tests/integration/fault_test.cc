@@ -158,6 +158,61 @@ TEST(Fault, SigkillSeveralTimesLosesNothing) {
   EXPECT_LE(duplicates, 4 * 250u);
 }
 
+// Two instances on one table; the active one's PostgreSQL session is
+// terminated three times while events flow, so the table changes hands (or
+// the same instance takes it back). Nothing is lost, and an event the
+// instance that lost the table had delivered is not sent again by the other.
+TEST(Fault, HandoverAfterTerminatedSessionsSendsNothingTwice) {
+  TestDatabase db;
+  db.Exec(OutboxDdl("outbox"));
+  const std::string type = UniqueTopic("handover");
+  const std::string topic = "outbox.event." + type;
+  KafkaAdmin(SharedServices().kafka_bootstrap).CreateTopic(topic, 3, {});
+  const std::string base = RelayConfig(db.conninfo(), SharedServices().kafka_bootstrap);
+  auto config_as = [&](const std::string& name) {
+    std::string c = base;
+    const std::string conninfo = "conninfo = \"" + db.conninfo();
+    c.replace(c.find(conninfo), conninfo.size(), conninfo + " application_name=" + name);
+    return c;
+  };
+  OutboxdProcess a(config_as("outboxd_a"));
+  a.Start();
+  ASSERT_TRUE(a.WaitForLog("relaying \"public.outbox\"", 30s)) << a.Log();
+  OutboxdProcess b(config_as("outboxd_b"));
+  b.Start();
+  ASSERT_TRUE(b.WaitForLog("standing by", 30s)) << b.Log();
+
+  Writer writer(db.conninfo(), type);
+  writer.Start(1000000, 10, 10ms);  // until stopped: about 1,000 events/s
+  auto relayed = [&] { return static_cast<int64_t>(writer.written()) - db.QueryInt64("SELECT count(*) FROM outbox"); };
+  // The holder of the table's lock, by application_name.
+  auto holder = [&] {
+    const auto rows = db.Query(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "WHERE l.locktype = 'advisory' AND l.objid = 'public.outbox'::regclass::oid AND l.granted");
+    return rows.empty() ? std::string() : rows[0][0].value_or("");
+  };
+  for (int round = 0; round < 3; ++round) {
+    const int64_t before = relayed();
+    ASSERT_TRUE(WaitUntil([&] { return relayed() > before + 1000 && !holder().empty(); }, 60s)) << a.Log() << b.Log();
+    const std::string active = holder();
+    db.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '" + active + "'");
+  }
+  const int64_t before = relayed();
+  ASSERT_TRUE(WaitUntil([&] { return relayed() > before + 1000; }, 60s)) << a.Log() << b.Log();
+  writer.Stop();
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s)) << a.Log() << b.Log();
+  a.Terminate();
+  b.Terminate();
+  ASSERT_EQ(0, a.WaitExit(30s)) << a.Log();
+  ASSERT_EQ(0, b.WaitExit(30s)) << b.Log();
+  std::cout << "[ handover ] a took the table over: " << (a.Log().find("took over") != std::string::npos)
+            << ", b: " << (b.Log().find("took over") != std::string::npos) << "\n";
+  const auto committed = writer.committed();
+  EXPECT_EQ(
+      0u, ExpectAllDelivered(committed, ConsumeTopic(SharedServices().kafka_bootstrap, topic, committed.size(), 60s)));
+}
+
 TEST(Fault, KafkaDown30SecondsLosesNothingAndMarksNothingEarly) {
   ServiceControl services;
   services.StartKafka();

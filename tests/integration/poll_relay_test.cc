@@ -253,7 +253,7 @@ TEST_F(PollRelayTest, StandbyInstanceTakesOverWhenTheHolderDies) {
 
 // The standby keeps losing its own connection while it waits, the last time
 // together with the holder's death: its reconnect backoff has grown, and it
-// still takes over within docs/operations.md's "Takeover time" (about 4 s at
+// still takes over within docs/operations.md's "Takeover time" (about 5 s at
 // worst; the bound of 6 s leaves room for a loaded machine).
 TEST_F(PollRelayTest, StandbyThatLostItsOwnConnectionTakesOverPromptly) {
   db_->Exec(OutboxDdl("outbox"));
