@@ -40,7 +40,6 @@
 #include <libpq-fe.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1101,7 +1100,7 @@ std::string PgRecvlogicalPath(const Options& o, const TestDatabase& db) {
     std::istringstream dirs(path);
     std::string dir;
     while (std::getline(dirs, dir, ':')) {
-      const std::string candidate = (dir.empty() ? "." : dir) + "/pg_recvlogical";
+      std::string candidate = (dir.empty() ? "." : dir) + "/pg_recvlogical";
       if (::access(candidate.c_str(), X_OK) == 0) return candidate;
     }
   }
@@ -1124,6 +1123,7 @@ std::string ThreadCpu(pid_t pid) {
     if (!comm.empty() && cpu) by_name[comm] += *cpu;
   }
   std::vector<std::pair<double, std::string>> sorted;
+  sorted.reserve(by_name.size());
   for (const auto& [name, cpu] : by_name) sorted.emplace_back(cpu, name);
   std::sort(sorted.rbegin(), sorted.rend());
   std::string out;

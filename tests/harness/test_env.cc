@@ -139,6 +139,7 @@ std::string ResolveExecutable(const std::string& name) {
 
 std::vector<char*> CStrings(std::vector<std::string>& strings) {
   std::vector<char*> out;
+  out.reserve(strings.size() + 1);
   for (auto& s : strings) out.push_back(s.data());
   out.push_back(nullptr);
   return out;
@@ -534,7 +535,7 @@ void ServiceControl::StartPostgresAgain() {
 void ServiceControl::StartKafka(bool auto_create_topics) {
   kafka_started_ = true;
   std::vector<std::string> extra;
-  if (!auto_create_topics) extra.push_back("--no-auto-create");
+  if (!auto_create_topics) extra.emplace_back("--no-auto-create");
   // The first start on a machine downloads Kafka's jars.
   RunScript("kafka.sh", "start", "kafka", extra, std::chrono::seconds(900));
   ReadKafkaEnv();
@@ -857,7 +858,7 @@ void ProduceWithKcat(const std::string& bootstrap, const std::string& topic, con
         Throw("ProduceWithKcat cannot produce this combination of key and empty/null value");
       }
       args.insert(args.end(), {"-K", "\\t"});
-      if (!m.value) args.push_back("-Z");
+      if (!m.value) args.emplace_back("-Z");
       input = key + "\t\n";
     }
     ProcessOutput r = RunProcess(args, milliseconds(30000), input, /*merge=*/true);
@@ -875,7 +876,7 @@ CommandResult RunCommand(const std::vector<std::string>& args, milliseconds dead
   return CommandResult{r.exit_code, std::move(r.out)};
 }
 
-OutboxdProcess::OutboxdProcess(std::string toml) : dir_(MakeTempDir("outboxd-proc.")) {
+OutboxdProcess::OutboxdProcess(const std::string& toml) : dir_(MakeTempDir("outboxd-proc.")) {
   config_path_ = dir_ + "/outboxd.toml";
   log_path_ = dir_ + "/outboxd.log";
   WriteFile(config_path_, toml);

@@ -244,7 +244,7 @@ struct CommandResult {
 // from the test's own thread.
 class OutboxdProcess {
  public:
-  explicit OutboxdProcess(std::string toml);
+  explicit OutboxdProcess(const std::string& toml);
   ~OutboxdProcess();
   OutboxdProcess(const OutboxdProcess&) = delete;
   OutboxdProcess& operator=(const OutboxdProcess&) = delete;

@@ -109,10 +109,12 @@ TEST_F(PollRelayTest, CustomKeyHeadersAndTopicTemplate) {
 void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string& type, const std::string& topic,
                           const std::string& config, bool mark) {
   constexpr int kWriters = 4, kPerWriter = 2500, kKeysPerWriter = 25;
+  constexpr std::size_t kEvents = std::size_t{kWriters} * kPerWriter;
   KafkaAdmin(SharedServices().kafka_bootstrap).CreateTopic(topic, 3, {});
   OutboxdProcess outboxd(config);
   outboxd.Start();
   std::vector<std::thread> writers;
+  writers.reserve(kWriters);
   std::atomic<int> failures{0};
   std::mutex mu;
   std::map<std::string, std::pair<std::string, std::string>> committed;  // id -> (key, payload)
@@ -152,9 +154,9 @@ void RunConcurrentWriters(PollRelayTest* t, TestDatabase& db, const std::string&
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
 
-  auto records = ConsumeTopic(SharedServices().kafka_bootstrap, topic, kWriters * kPerWriter, 120s);
-  ASSERT_EQ(static_cast<std::size_t>(kWriters * kPerWriter), Ids(records).size());
-  ASSERT_EQ(static_cast<std::size_t>(kWriters * kPerWriter), committed.size());
+  auto records = ConsumeTopic(SharedServices().kafka_bootstrap, topic, kEvents, 120s);
+  ASSERT_EQ(kEvents, Ids(records).size());
+  ASSERT_EQ(kEvents, committed.size());
   std::map<std::string, int> last_n;  // key -> last payload n seen
   for (const auto& r : records) {
     ASSERT_TRUE(r.key.has_value());

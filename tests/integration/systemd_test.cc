@@ -53,7 +53,7 @@ class SystemdUnitTest : public ::testing::TestWithParam<const char*> {
       text.replace(pos, from.size(), OutboxdProcess::BinaryPath());
       pos += OutboxdProcess::BinaryPath().size();
     }
-    const std::string path = dir_ + "/" + name;
+    std::string path = dir_ + "/" + name;
     std::ofstream(path) << text;
     return path;
   }

@@ -57,6 +57,7 @@ struct Change {
 
 std::vector<Change> Changes(const std::vector<KafkaRecord>& records) {
   std::vector<Change> out;
+  out.reserve(records.size());
   for (const auto& r : records) out.push_back({r, ParseJson(r.value)});
   return out;
 }
@@ -390,6 +391,7 @@ TEST_F(CdcRelayTest, OutboxTableInsertsArePublishedUpdatesAndDeletesAreNot) {
     std::string id, key, payload_literal;
   };
   std::vector<Event> events;
+  events.reserve(4);
   for (int i = 0; i < 4; ++i) {
     events.push_back(
         {db_->QueryString("SELECT gen_random_uuid()::text"), "order-" + std::to_string(i),
@@ -661,7 +663,7 @@ TEST_F(CdcRelayTest, SlotRecreatedWhileStoppedIsRefusedWithExit69) {
 int64_t EndOffsets(const std::string& topic, int partitions) {
   std::vector<std::string> args = {"kcat", "-Q", "-b", SharedServices().kafka_bootstrap};
   for (int p = 0; p < partitions; ++p) {
-    args.push_back("-t");
+    args.emplace_back("-t");
     args.push_back(topic + ":" + std::to_string(p) + ":-1");
   }
   auto r = RunCommand(args, 30s);
@@ -684,9 +686,9 @@ TEST_F(CdcRelayTest, MillionRowTransactionIsPublishedInBoundedMemory) {
   constexpr int kPartitions = 3;
 #ifdef OUTBOXD_SANITIZED
   // ASan keeps freed memory in quarantine (256 MiB) and adds shadow memory.
-  constexpr int64_t kRssLimitKb = 1024 * 1024;
+  constexpr int64_t kRssLimitKb = int64_t{1024} * 1024;
 #else
-  constexpr int64_t kRssLimitKb = 400 * 1024;
+  constexpr int64_t kRssLimitKb = int64_t{400} * 1024;
 #endif
   db_->Exec("CREATE TABLE bulk (id int PRIMARY KEY, v int)");
   const std::string topic = TableTopic("bulk");

@@ -98,7 +98,7 @@ TEST_F(ChangeMapperTest, EnvelopeTextIsWhatTheJsonLibraryWrites) {
       {Col("control \"col\"", kBpchar), T(std::string("nul\x01"
                                                       "ctl\x7f"
                                                       "\0end",
-                                                      13))},
+                                                      12))},
       {Col("price", kNumeric), T("12345678901234567890.000000000001")},
       {Col("uid", kUuid), T("5f0c3c1e-0000-4000-8000-000000000001")},
       {Col("doc", kJsonb), T(R"({"a": [1, 2.5, "x"]})")},

@@ -107,6 +107,7 @@ Frame Insert(uint32_t oid, const std::vector<Col>& cols) {
 
 std::vector<TupleColumn> Columns(const std::vector<Col>& cols) {
   std::vector<TupleColumn> out;
+  out.reserve(cols.size());
   for (const Col& c : cols) out.push_back({static_cast<Kind>(c.kind), c.value});
   return out;
 }

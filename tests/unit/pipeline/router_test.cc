@@ -132,11 +132,12 @@ TEST_F(RouterTest, CustomColumnsForIdKeyAndPayload) {
   Row r = OutboxRow();
   Set(r, "event_id", std::string("e-1"));
   Set(r, "tenant", std::string("acme"));
-  Set(r, "body", std::string("\x00\x01binary", 8));
+  const std::string binary = std::string(1, '\0') + '\x01' + "binary";  // 8 bytes, a NUL first
+  Set(r, "body", binary);
   Record rec = Route(config_, r);
   EXPECT_EQ((Header{"id", "e-1"}), rec.headers[0]);
   EXPECT_EQ(std::optional<std::string>("acme"), rec.key);
-  EXPECT_EQ(std::optional<std::string>(std::string("\x00\x01binary", 8)), rec.value);
+  EXPECT_EQ(std::optional<std::string>(binary), rec.value);
 }
 
 TEST_F(RouterTest, HeadersMapColumnsInConfiguredOrderAndKeepNulls) {

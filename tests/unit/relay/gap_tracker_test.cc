@@ -167,6 +167,7 @@ class GapTrackerTest : public ::testing::Test {
       bool rollback = false;
     };
     std::vector<Writer> writers;
+    writers.reserve(6);
     for (int w = 0; w < 6; ++w) writers.push_back({table_.Connect()});
     for (int step = 0; step < steps; ++step) {
       for (std::size_t w = 0; w < writers.size(); ++w) {
@@ -466,7 +467,7 @@ TEST_F(GapTrackerTest, PastTheLimitTheClosestRangesMergeAndStillCoverEveryGap) {
 
 TEST_F(GapTrackerTest, AMergedRangeWaitsForTheLaterOfBothTransactionSets) {
   GapTracker gaps(GapFill::kOpenTransactions, {0ms, 4});
-  auto round = [&](GapSnapshot s, std::vector<Position> claimed) {
+  auto round = [&](const GapSnapshot& s, const std::vector<Position>& claimed) {
     gaps.BeginRound(s);
     for (const auto& row : gaps.Order(claimed, {}, false)) gaps.Took(row);
     gaps.EndRound();
