@@ -3,9 +3,9 @@
 # tracked .cc/.h) and .clang-tidy (clang-tidy-14, every translation unit of a
 # configured build tree), in check mode: prints the findings and exits 1.
 #
-#   scripts/lint.sh            format: everything; tidy: the daemon's sources
-#                              (common config pipeline relay cdc daemon)
-#   scripts/lint.sh --all      tidy also tests/ and bench/ (about 10 more minutes)
+#   scripts/lint.sh            format and tidy: every source, tests and bench included
+#   scripts/lint.sh --daemon   tidy only the daemon's sources (common config
+#                              pipeline relay cdc daemon): a few minutes quicker
 #   scripts/lint.sh --fix      reformat in place instead of checking the format
 #
 # Environment: OUTBOXD_LINT_BUILD_DIR, the build tree whose
@@ -15,13 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-tidy_dirs="common|config|pipeline|relay|cdc|daemon"
+tidy_dirs="common|config|pipeline|relay|cdc|daemon|tests|bench"
 fix=0
 while (($#)); do
   case "$1" in
-    --all) tidy_dirs="$tidy_dirs|tests|bench" ;;
+    --daemon) tidy_dirs="common|config|pipeline|relay|cdc|daemon" ;;
     --fix) fix=1 ;;
-    *) echo "usage: $0 [--all] [--fix]" >&2; exit 64 ;;
+    *) echo "usage: $0 [--daemon] [--fix]" >&2; exit 64 ;;
   esac
   shift
 done
