@@ -591,8 +591,8 @@ Status CdcSource::ReportPosition(Report when) {
   return Status::Ok();
 }
 
-Status CdcSource::Settle(Clock::time_point) {
-  OUTBOXD_RETURN_IF_ERROR(HandleFailures());
+Status CdcSource::Settle(Clock::time_point, FailedDeliveries failed) {
+  if (failed == FailedDeliveries::kAct) OUTBOXD_RETURN_IF_ERROR(HandleFailures());
   if (snapshot_ == SnapshotState::kFailed) return snapshot_failure_;
   ReleaseAcknowledged();
   if (phase_ != Phase::kStreaming) return Status::Ok();

@@ -52,7 +52,8 @@ Status PipelineRunner::Fail(const Status& status) {
       Reconnect(status);
       return Status::Ok();
     case FailureAction::kRecreateProducer:
-      return RecreateProducer();
+      BeginProducerRecovery();
+      return Status::Ok();
     case FailureAction::kStop:
       if (phase_ == Phase::kStarting) return status;  // nothing in flight yet: exit at once
       BeginStop(status);
@@ -76,16 +77,33 @@ void PipelineRunner::Reconnect(const Status& why) {
   reconnect_at_ = Clock::now() + delay;
 }
 
+void PipelineRunner::BeginProducerRecovery() {
+  if (producer_ == ProducerState::kFailed) return;
+  producer_ = ProducerState::kFailed;
+  recreate_deadline_ = Clock::now() + kafka_.shutdown_timeout;
+  Logger("kafka")->warn(
+      "the Kafka producer failed fatally; waiting up to {} ms for the reports of the {} records it had sent, then "
+      "recreating it",
+      kafka_.shutdown_timeout.count(), publisher_->OutstandingCount());
+}
+
 Status PipelineRunner::RecreateProducer() {
-  Logger("kafka")->warn("the Kafka producer failed fatally; recreating it and producing again what it held");
+  const int unreported = publisher_->OutstandingCount();
+  Logger("kafka")->warn("recreating the Kafka producer; {} records were not reported and are produced again",
+                        unreported);
   source_->OnProducerLost();
+  producer_ = ProducerState::kHealthy;
   return publisher_->Recreate();
 }
 
 Status PipelineRunner::ServeDeliveries() {
   publisher_->DrainWakeup();
   publisher_->Poll(milliseconds(0));
-  if (publisher_->fatal_error_raised()) return RecreateProducer();
+  if (publisher_->fatal_error_raised()) BeginProducerRecovery();
+  if (producer_ == ProducerState::kFailed &&
+      (publisher_->OutstandingCount() == 0 || Clock::now() >= recreate_deadline_)) {
+    return RecreateProducer();
+  }
   return Status::Ok();
 }
 
@@ -137,6 +155,7 @@ Status PipelineRunner::Wait(int stop_fd) {
   if (phase_ != Phase::kStopping) until = std::min(until, next_sample_);
   if (!source_->connected() && phase_ != Phase::kStopping) until = std::min(until, reconnect_at_);
   if (phase_ == Phase::kStopping) until = std::min(until, now + kStoppingWait);
+  if (producer_ == ProducerState::kFailed) until = std::min(until, recreate_deadline_);
   const auto timeout = std::max(milliseconds(0), std::chrono::ceil<milliseconds>(until - now));
 
   std::vector<pollfd> fds = {{stop_fd, POLLIN, 0}, {publisher_->WakeupFd(), POLLIN, 0}};
@@ -172,8 +191,10 @@ Status PipelineRunner::Run(int stop_fd) {
 
     OUTBOXD_RETURN_IF_ERROR(ServeDeliveries());
     now = Clock::now();
-    if (Status st = source_->Settle(now); !st.ok()) OUTBOXD_RETURN_IF_ERROR(Fail(st));
-    if (phase_ != Phase::kStopping && source_->connected()) {
+    const auto failed =
+        producer_ == ProducerState::kFailed ? Source::FailedDeliveries::kHold : Source::FailedDeliveries::kAct;
+    if (Status st = source_->Settle(now, failed); !st.ok()) OUTBOXD_RETURN_IF_ERROR(Fail(st));
+    if (phase_ != Phase::kStopping && producer_ == ProducerState::kHealthy && source_->connected()) {
       if (Status st = source_->Pump(Clock::now()); !st.ok()) OUTBOXD_RETURN_IF_ERROR(Fail(st));
     }
     SampleIfDue(Clock::now());

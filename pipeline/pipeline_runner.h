@@ -47,6 +47,14 @@ class PipelineRunner {
     kRunning,   // connected, or reconnecting after a failure
     kStopping,  // a stop was requested or the source cannot go on: draining
   };
+  // The producer's state. After a fatal error librdkafka drops what it had
+  // queued but still reports what it had sent; the runner waits for those
+  // reports (up to kafka.shutdown_timeout) so what Kafka acknowledged is
+  // checkpointed, not produced again by the new producer.
+  enum class ProducerState : uint8_t {
+    kHealthy,
+    kFailed,  // a fatal error: no new records; draining the reports, then recreated
+  };
 
   // Builds the Publisher from `kafka` and attaches it to `source`. `kafka`
   // and `metrics` must outlive the runner.
@@ -75,6 +83,9 @@ class PipelineRunner {
   [[nodiscard]] Status Fail(const Status& status);
   void Reconnect(const Status& why);
   [[nodiscard]] Status ServeDeliveries();
+  // A fatal producer error: stop producing, let the reports of what was sent
+  // come in, then RecreateProducer().
+  void BeginProducerRecovery();
   [[nodiscard]] Status RecreateProducer();
   void BeginStop(const Status& why);
   void SampleIfDue(Clock::time_point now);
@@ -94,6 +105,8 @@ class PipelineRunner {
   Phase phase_ = Phase::kStarting;
   Status stop_reason_;  // why the source stopped, when it could not go on
   Clock::time_point stop_deadline_{};
+  ProducerState producer_ = ProducerState::kHealthy;
+  Clock::time_point recreate_deadline_{};  // while kFailed
   Backoff reconnect_backoff_{std::chrono::milliseconds(100), kMaxReconnectDelay};
   Clock::time_point reconnect_at_{};
   std::optional<Clock::time_point> connected_at_;  // of the current connection

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/failpoint.h"
 #include "common/logging.h"
 
 namespace outboxd {
@@ -50,7 +51,9 @@ DeliveryOutcome ClassifyKafkaError(rd_kafka_resp_err_t err) {
 }
 
 Publisher::Publisher(KafkaConfig config, DeliveryHandler on_delivery)
-    : config_(std::move(config)), on_delivery_(std::move(on_delivery)) {}
+    : config_(std::move(config)),
+      on_delivery_(std::move(on_delivery)),
+      acks_until_fatal_(FailpointValue("kafka_fatal_after_acks").value_or(-1)) {}
 
 Publisher::~Publisher() { Destroy(); }
 
@@ -244,6 +247,11 @@ void Publisher::OnDelivery(rd_kafka_t* rk, const rd_kafka_message_t* msg, void* 
   r.partition = msg->partition;
   r.offset = msg->offset;
   self->on_delivery_(r);
+  if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR && self->acks_until_fatal_ > 0 && --self->acks_until_fatal_ == 0) {
+    // The failpoint (common/failpoint.h): a fatal idempotence error, as the
+    // broker would cause with an out-of-order sequence.
+    rd_kafka_test_fatal_error(rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "failpoint kafka_fatal_after_acks");
+  }
 }
 
 void Publisher::OnError(rd_kafka_t* rk, int err, const char* reason, void* opaque) {

@@ -22,6 +22,7 @@
 #include <poll.h>
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -62,12 +63,18 @@ class Source {
 
   // A delivery report of one of its records (its own tokens).
   virtual void OnDelivery(const DeliveryReport& report) = 0;
+  // What Settle() does with the turn's failed deliveries.
+  enum class FailedDeliveries : uint8_t {
+    kAct,   // rewind, dead-letter or halt
+    kHold,  // the producer failed fatally: keep them for OnProducerLost()
+  };
   // After the turn's reports: handles failed deliveries (rewind, dead
   // letter, halt) and checkpoints what Kafka acknowledged — deletes or marks
   // rows, records and confirms the slot position.
-  [[nodiscard]] virtual Status Settle(Clock::time_point now) = 0;
-  // The producer raised a fatal error and is being recreated: every record
-  // not yet reported is gone with it.
+  [[nodiscard]] virtual Status Settle(Clock::time_point now, FailedDeliveries failed) = 0;
+  // The producer failed fatally, the reports of what it had sent are in (or
+  // it gave up waiting), and it is being recreated: every record not yet
+  // acknowledged, and every failure held, is produced again.
   virtual void OnProducerLost() = 0;
   // Produces what is ready, within the in-flight bound: claims rows, reads
   // the stream.

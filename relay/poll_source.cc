@@ -255,11 +255,11 @@ void PollSource::OnDelivery(const DeliveryReport& r) {
   failures_.push_back({index, ticket, dead_letter, r});
 }
 
-Status PollSource::Settle(Clock::time_point) {
+Status PollSource::Settle(Clock::time_point, FailedDeliveries failed) {
   if (conn_.healthy()) {
     for (auto& s : streams_) OUTBOXD_RETURN_IF_ERROR(ReleaseAcknowledged(*s));
   }
-  HandleFailures();
+  if (failed == FailedDeliveries::kAct) HandleFailures();
   return Status::Ok();
 }
 

@@ -33,6 +33,7 @@
 
 #include "common/pg.h"
 #include "tests/harness/test_env.h"
+#include "tests/integration/metrics_support.h"
 
 namespace outboxd::testing {
 namespace {
@@ -546,6 +547,41 @@ TEST(CdcFault, SigkillWhileStreamingFourTimesLosesNothing) {
   // but not yet confirmed (confirm_interval, 100 ms): at the writer's 1,000
   // rows/s at most, a quarter second of traffic per kill.
   EXPECT_LE(duplicates, 4 * 250u);
+}
+
+// A fatal error of the idempotent producer while the slot streams (the
+// failpoint raises one after 3,000 acknowledgements): outboxd waits for the
+// reports of what the old producer had sent, confirms what Kafka
+// acknowledged, and streams the rest again with a new producer. Nothing is
+// lost; outboxd_events_resent_total{cause="producer"} counts exactly the
+// duplicates in Kafka (acknowledged events behind one that was not).
+TEST(CdcFault, FatalProducerErrorResendsOnlyWhatKafkaDidNotAcknowledge) {
+  TestDatabase db;
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, SharedServices().kafka_bootstrap);
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  const int port = FreePort();
+  OutboxdProcess outboxd(capture.Config() + HttpSection(port));
+  outboxd.SetEnv("OUTBOXD_FAILPOINTS", "kafka_fatal_after_acks=3000");
+  outboxd.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
+  OrderWriter writer(db.conninfo(), 20, 5ms);
+  writer.Start();  // until stopped
+  ASSERT_TRUE(outboxd.WaitForLog("recreating the Kafka producer", 60s)) << outboxd.Log();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 2000, 60s)) << outboxd.Log();
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(60s)) << outboxd.Log();
+  const Scrape scrape = ScrapeMetrics(port);
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  const auto committed = writer.Rows();
+  EXPECT_EQ(0, writer.failures()) << writer.last_error();
+  const std::size_t duplicates = ExpectAllDelivered(committed, capture.Consume(committed.size(), 60s), "fatal");
+  const double resent = scrape.Or0("outboxd_events_resent_total", {{"cause", "producer"}});
+  std::cout << "[ resent   ] outboxd_events_resent_total{cause=\"producer\"} " << resent << ", duplicates in Kafka "
+            << duplicates << "\n";
+  EXPECT_EQ(static_cast<double>(duplicates), resent);
+  EXPECT_EQ(0, scrape.Or0("outboxd_events_resent_total", {{"cause", "rewind"}}));
 }
 
 TEST(CdcFault, KafkaDownSixtySecondsConfirmsNothingAndKeepsTheStream) {

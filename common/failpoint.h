@@ -1,0 +1,23 @@
+#pragma once
+// Failpoints: test-only triggers that make outboxd fail at a chosen point, so
+// a test hits a crash or error path deterministically instead of by timing.
+// They are read from the environment variable OUTBOXD_FAILPOINTS, a
+// comma-separated list of NAME=VALUE (e.g. "kafka_fatal_after_acks=3000").
+// Unset — as in every production run — no failpoint is armed and
+// FailpointValue() costs one branch.
+//
+// The failpoints outboxd knows:
+//   kafka_fatal_after_acks=N  the producer raises a fatal error
+//                             (rd_kafka_test_fatal_error) once N records were
+//                             acknowledged, counted over the process's life.
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace outboxd {
+
+// The value of failpoint `name`, when OUTBOXD_FAILPOINTS arms it.
+std::optional<int64_t> FailpointValue(std::string_view name);
+
+}  // namespace outboxd
