@@ -711,6 +711,62 @@ TEST(CdcFault, PostgresRestartAndTerminatedWalsenderLoseNothing) {
   EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "restart + terminate"));
 }
 
+// Two instances on one slot, each with its own login role. Three times while
+// events flow, the active one's role is locked out and its sessions (its
+// walsender and its query connection) are terminated, so the other takes the
+// slot over; the role is let in again once it has. Nothing is lost, and what
+// the instance that lost the slot had delivered is not sent again.
+TEST(CdcFault, HandoverAfterTerminatedSessionsSendsNothingTwice) {
+  TestDatabase db;
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, SharedServices().kafka_bootstrap);
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  const std::map<std::string, std::string> role = {{"outboxd_a", "a" + capture.slot()},
+                                                   {"outboxd_b", "b" + capture.slot()}};
+  for (const auto& [name, r] : role) db.Exec("CREATE ROLE " + r + " LOGIN SUPERUSER");
+  // The instance's application_name, then its role (the later user= wins).
+  OutboxdProcess a(capture.Config("", "outboxd_a user=" + role.at("outboxd_a")));
+  a.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << a.Log();
+  OutboxdProcess b(capture.Config("", "outboxd_b user=" + role.at("outboxd_b")));
+  b.Start();
+  ASSERT_TRUE(b.WaitForLog("waiting for it to be released", 30s)) << b.Log();
+
+  OrderWriter writer(db.conninfo(), 10, 10ms);
+  writer.Start();  // until stopped: about 1,000 rows/s
+  // The instance streaming the slot, by application_name.
+  auto holder = [&] {
+    const auto rows = db.Query(
+        "SELECT a.application_name FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid "
+        "WHERE s.slot_name = '" +
+        capture.slot() + "'");
+    return rows.empty() ? std::string() : rows[0][0].value_or("");
+  };
+  std::string holders;
+  for (int round = 0; round < 3; ++round) {
+    ASSERT_TRUE(capture.WaitStreamed(writer, 1000, 60s)) << a.Log() << b.Log();
+    std::string active;
+    ASSERT_TRUE(WaitUntil([&] { return !(active = holder()).empty(); }, 30s)) << a.Log() << b.Log();
+    holders += active + " ";
+    db.Exec("ALTER ROLE " + role.at(active) + " NOLOGIN");
+    db.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '" + active + "'");
+    ASSERT_TRUE(WaitUntil([&] { return !holder().empty() && holder() != active; }, 30s)) << a.Log() << b.Log();
+    db.Exec("ALTER ROLE " + role.at(active) + " LOGIN");
+  }
+  holders += holder();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 1000, 60s)) << a.Log() << b.Log();
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(60s)) << a.Log() << b.Log();
+  a.Terminate();
+  b.Terminate();
+  ASSERT_EQ(0, a.WaitExit(30s)) << a.Log();
+  ASSERT_EQ(0, b.WaitExit(30s)) << b.Log();
+  std::cout << "[ handover ] the slot went " << holders << "\n";
+  const auto committed = writer.Rows();
+  EXPECT_EQ(0, writer.failures()) << writer.last_error();
+  EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 60s), "handover"));
+}
+
 TEST(CdcFault, SecondOutboxdWaitsForTheSlotAndTakesOver) {
   TestDatabase db;
   db.Exec(kOrdersDdl);
