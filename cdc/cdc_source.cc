@@ -433,11 +433,15 @@ Status CdcSource::RestartStream(bool check_slot) {
 
 void CdcSource::Disconnect() {
   if (streamed_once_) lost_connection_ = true;
-  if (phase_ == Phase::kStreaming && checkpoint_.pending() > 0 && !gate_.rewinding()) {
-    // Stream again only once what is in flight is reported: what Kafka
-    // acknowledged meanwhile is then released, not read and sent again.
+  if (phase_ == Phase::kStreaming && !gate_.rewinding()) {
     restart_cause_ = ResendCause::kReconnect;
-    gate_.Start(RewindGate::Pause::kNone, Clock::now());
+    if (checkpoint_.pending() > 0) {
+      // Stream again only once what is in flight is reported: what Kafka
+      // acknowledged meanwhile is then released, not read and sent again.
+      gate_.Start(RewindGate::Pause::kNone, Clock::now());
+    } else {
+      CountResent();  // the stream restarts at once, at the open transaction's beginning
+    }
   }
   stream_.Close();
   ctl_.reset();
@@ -538,9 +542,11 @@ void CdcSource::Rewind(const std::string& why, ResendCause cause) {
 
 void CdcSource::CountResent() {
   for (uint32_t i = 0; i < sources_.size(); ++i) {
-    sources_[i].metrics->Resent(restart_cause_, checkpoint_.CountAcked([i](const Position& p) {
+    MetricsSource& source = sources_[i];
+    source.metrics->Resent(restart_cause_, source.released_in_open_txn + checkpoint_.CountAcked([i](const Position& p) {
       return p.source == i && (p.kind == EntryKind::kEvent || p.kind == EntryKind::kDeadLetter);
     }));
+    source.released_in_open_txn = 0;
   }
 }
 
@@ -552,8 +558,12 @@ void CdcSource::OnProducerLost() {
 
 void CdcSource::ReleaseAcknowledged() {
   for (const Position& p : checkpoint_.TakeReleasable()) {
-    if (p.kind == EntryKind::kEvent || p.kind == EntryKind::kDeadLetter) ++released_events_;
+    if (p.kind == EntryKind::kEvent || p.kind == EntryKind::kDeadLetter) {
+      ++released_events_;
+      ++sources_[p.source].released_in_open_txn;
+    }
     if (p.kind == EntryKind::kCommit) {
+      for (MetricsSource& source : sources_) source.released_in_open_txn = 0;
       acked_lsn_ = std::max(acked_lsn_, p.lsn);
       acked_commit_lsn_ = std::max(acked_commit_lsn_, p.lsn);
     }

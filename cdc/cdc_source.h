@@ -181,6 +181,9 @@ class CdcSource final : public Source {
   struct MetricsSource {
     SourceMetrics* metrics;
     int64_t in_flight = 0;
+    // Acknowledged events of the transaction whose commit is not released
+    // yet: released, but a restart reads them again from its beginning.
+    uint64_t released_in_open_txn = 0;
   };
 
   explicit CdcSource(const Config& config);

@@ -10,6 +10,10 @@
 //   kafka_fatal_after_acks=N  the producer raises a fatal error
 //                             (rd_kafka_test_fatal_error) once N records were
 //                             acknowledged, counted over the process's life.
+//   kafka_timeout_report_after_acks=N
+//                             the N-th acknowledged record is reported as
+//                             _MSG_TIMED_OUT instead: a record in Kafka whose
+//                             acknowledgement was lost, once per process.
 
 #include <cstdint>
 #include <optional>

@@ -53,7 +53,8 @@ DeliveryOutcome ClassifyKafkaError(rd_kafka_resp_err_t err) {
 Publisher::Publisher(KafkaConfig config, DeliveryHandler on_delivery)
     : config_(std::move(config)),
       on_delivery_(std::move(on_delivery)),
-      acks_until_fatal_(FailpointValue("kafka_fatal_after_acks").value_or(-1)) {}
+      acks_until_fatal_(FailpointValue("kafka_fatal_after_acks").value_or(-1)),
+      acks_until_timeout_(FailpointValue("kafka_timeout_report_after_acks").value_or(-1)) {}
 
 Publisher::~Publisher() { Destroy(); }
 
@@ -225,31 +226,45 @@ void Publisher::DrainWakeup() {
   }
 }
 
+namespace {
+
+// One step of a failpoint that counts acknowledgements down: true once, at
+// the N-th (unarmed: -1).
+bool CountDown(int64_t& remaining) { return remaining > 0 && --remaining == 0; }
+
+}  // namespace
+
 void Publisher::OnDelivery(rd_kafka_t* rk, const rd_kafka_message_t* msg, void* opaque) {
   auto* self = static_cast<Publisher*>(opaque);
   if (!self->on_delivery_) return;
+  rd_kafka_resp_err_t err = msg->err;
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR && CountDown(self->acks_until_timeout_)) {
+    // The failpoint (common/failpoint.h): a record the broker persisted is
+    // reported as timed out, as when the acknowledgement is lost.
+    err = RD_KAFKA_RESP_ERR__MSG_TIMED_OUT;
+  }
   DeliveryReport r;
   r.token = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(msg->_private));
-  r.error = msg->err;
-  r.outcome = ClassifyKafkaError(msg->err);
-  if (msg->err == RD_KAFKA_RESP_ERR__FATAL) {
+  r.error = err;
+  r.outcome = ClassifyKafkaError(err);
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
     char buf[512];
     const rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof buf);
     r.error_name = std::string("_FATAL(") + rd_kafka_err2name(orig) + ")";
     r.error_message = buf;
     self->fatal_raised_ = true;
-  } else if (msg->err) {
-    r.error_name = rd_kafka_err2name(msg->err);
-    r.error_message = rd_kafka_err2str(msg->err);
+  } else if (err) {
+    r.error_name = rd_kafka_err2name(err);
+    r.error_message = rd_kafka_err2str(err);
   }
   if (r.outcome == DeliveryOutcome::kFatal) self->fatal_raised_ = true;
-  if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) self->last_answer_ = std::chrono::steady_clock::now();
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) self->last_answer_ = std::chrono::steady_clock::now();
   r.partition = msg->partition;
   r.offset = msg->offset;
   self->on_delivery_(r);
-  if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR && self->acks_until_fatal_ > 0 && --self->acks_until_fatal_ == 0) {
-    // The failpoint (common/failpoint.h): a fatal idempotence error, as the
-    // broker would cause with an out-of-order sequence.
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR && CountDown(self->acks_until_fatal_)) {
+    // The failpoint: a fatal idempotence error, as the broker would cause
+    // with an out-of-order sequence.
     rd_kafka_test_fatal_error(rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "failpoint kafka_fatal_after_acks");
   }
 }

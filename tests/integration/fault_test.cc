@@ -337,6 +337,39 @@ TEST(Fault, FatalProducerErrorResendsOnlyWhatKafkaDidNotAcknowledge) {
   EXPECT_EQ(0, scrape.Or0("outboxd_events_resent_total", {{"cause", "rewind"}}));
 }
 
+// A record Kafka persisted is reported as timed out (the failpoint: its
+// acknowledgement was lost). outboxd produces it again and, to keep each
+// key's order, the rows after it that were in flight. Every duplicate but
+// that one record (whose fate outboxd could not know) is counted in
+// outboxd_events_resent_total{cause="rewind"}.
+TEST(Fault, LostAcknowledgementIsResentWithWhatFollowedAndCounted) {
+  TestDatabase db;
+  db.Exec(OutboxDdl("outbox"));
+  const std::string type = UniqueTopic("lostack");
+  const std::string topic = "outbox.event." + type;
+  KafkaAdmin(SharedServices().kafka_bootstrap).CreateTopic(topic, 3, {});
+  const int port = FreePort();
+  OutboxdProcess outboxd(RelayConfig(db.conninfo(), SharedServices().kafka_bootstrap) + HttpSection(port));
+  outboxd.SetEnv("OUTBOXD_FAILPOINTS", "kafka_timeout_report_after_acks=3000");
+  outboxd.Start();
+  Writer writer(db.conninfo(), type);
+  writer.Start(8000, 20, 5ms);  // about 4,000 events/s
+  ASSERT_TRUE(outboxd.WaitForLog("_MSG_TIMED_OUT", 60s)) << outboxd.Log();
+  ASSERT_TRUE(WaitUntil([&] { return writer.done(); }, 60s));
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 60s)) << outboxd.Log();
+  const Scrape scrape = ScrapeMetrics(port);
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  const auto committed = writer.committed();
+  const std::size_t duplicates =
+      ExpectAllDelivered(committed, ConsumeTopic(SharedServices().kafka_bootstrap, topic, committed.size(), 60s));
+  const double resent = scrape.Or0("outboxd_events_resent_total", {{"cause", "rewind"}});
+  std::cout << "[ resent   ] outboxd_events_resent_total{cause=\"rewind\"} " << resent << ", duplicates in Kafka "
+            << duplicates << "\n";
+  EXPECT_EQ(static_cast<double>(duplicates), resent + 1);
+  EXPECT_EQ(0, scrape.Or0("outboxd_events_resent_total", {{"cause", "producer"}}));
+}
+
 TEST(Fault, PostgresRestartAndTerminatedBackendLoseNothing) {
   ServiceControl services;
   services.StartPostgres();

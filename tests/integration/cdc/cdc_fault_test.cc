@@ -584,6 +584,40 @@ TEST(CdcFault, FatalProducerErrorResendsOnlyWhatKafkaDidNotAcknowledge) {
   EXPECT_EQ(0, scrape.Or0("outboxd_events_resent_total", {{"cause", "rewind"}}));
 }
 
+// An event Kafka persisted is reported as timed out (the failpoint: its
+// acknowledgement was lost). outboxd streams again from the last confirmed
+// transaction: that event and the acknowledged ones after it come twice,
+// and all but the one whose fate outboxd could not know are counted in
+// outboxd_events_resent_total{cause="rewind"}.
+TEST(CdcFault, LostAcknowledgementIsResentWithWhatFollowedAndCounted) {
+  TestDatabase db;
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, SharedServices().kafka_bootstrap);
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  const int port = FreePort();
+  OutboxdProcess outboxd(capture.Config() + HttpSection(port));
+  outboxd.SetEnv("OUTBOXD_FAILPOINTS", "kafka_timeout_report_after_acks=3000");
+  outboxd.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
+  OrderWriter writer(db.conninfo(), 20, 5ms);
+  writer.Start();  // until stopped
+  ASSERT_TRUE(outboxd.WaitForLog("_MSG_TIMED_OUT", 60s)) << outboxd.Log();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 2000, 60s)) << outboxd.Log();
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(60s)) << outboxd.Log();
+  const Scrape scrape = ScrapeMetrics(port);
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  const auto committed = writer.Rows();
+  EXPECT_EQ(0, writer.failures()) << writer.last_error();
+  const std::size_t duplicates = ExpectAllDelivered(committed, capture.Consume(committed.size(), 60s), "lost ack");
+  const double resent = scrape.Or0("outboxd_events_resent_total", {{"cause", "rewind"}});
+  std::cout << "[ resent   ] outboxd_events_resent_total{cause=\"rewind\"} " << resent << ", duplicates in Kafka "
+            << duplicates << "\n";
+  EXPECT_EQ(static_cast<double>(duplicates), resent + 1);
+  EXPECT_EQ(0, scrape.Or0("outboxd_events_resent_total", {{"cause", "producer"}}));
+}
+
 TEST(CdcFault, KafkaDownSixtySecondsConfirmsNothingAndKeepsTheStream) {
   ServiceControl services;
   services.StartPostgres();
