@@ -58,26 +58,11 @@ class Checkpoint {
   // Removes and returns the positions of the contiguous acknowledged prefix.
   std::vector<Position> TakeReleasable() {
     std::vector<Position> out;
-    while (!entries_.empty() &&
-           (entries_.front().state == State::kAcked || entries_.front().state == State::kReleased)) {
-      if (entries_.front().state == State::kAcked) out.push_back(entries_.front().pos);
+    while (!entries_.empty() && entries_.front().state == State::kAcked) {
+      out.push_back(entries_.front().pos);
       entries_.pop_front();
       ++front_ticket_;
     }
-    return out;
-  }
-  // Removes and returns the positions of every acknowledged event, also
-  // behind one that is not: only for a source whose positions are
-  // independent and where nothing before them can still reach Kafka (the
-  // caller's argument, e.g. a purged producer queue).
-  std::vector<Position> TakeAcked() {
-    std::vector<Position> out;
-    for (Entry& e : entries_) {
-      if (e.state != State::kAcked) continue;
-      out.push_back(e.pos);
-      e.state = State::kReleased;
-    }
-    TakeReleasable();  // drops a released prefix
     return out;
   }
 
@@ -115,12 +100,7 @@ class Checkpoint {
   bool empty() const { return entries_.empty(); }
 
  private:
-  enum class State : uint8_t {
-    kPending,
-    kAcked,
-    kFailed,
-    kReleased,  // taken by TakeAcked() behind an entry still tracked
-  };
+  enum class State : uint8_t { kPending, kAcked, kFailed };
   struct Entry {
     Position pos;
     State state;

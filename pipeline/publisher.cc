@@ -261,8 +261,6 @@ void Publisher::OnDelivery(rd_kafka_t* rk, const rd_kafka_message_t* msg, void* 
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) self->last_answer_ = std::chrono::steady_clock::now();
   r.partition = msg->partition;
   r.offset = msg->offset;
-  r.purged_unsent =
-      err == RD_KAFKA_RESP_ERR__PURGE_QUEUE && rd_kafka_message_status(msg) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
   self->on_delivery_(r);
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR && CountDown(self->acks_until_fatal_)) {
     // The failpoint: a fatal idempotence error, as the broker would cause

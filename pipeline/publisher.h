@@ -42,9 +42,6 @@ struct DeliveryReport {
   std::string error_message;  // librdkafka's description
   int32_t partition = -1;
   int64_t offset = -1;
-  // librdkafka purged the record from its queue before it was ever sent
-  // (_PURGE_QUEUE, status not persisted): it is certainly not in Kafka.
-  bool purged_unsent = false;
 };
 
 class Publisher {

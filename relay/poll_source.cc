@@ -265,24 +265,6 @@ Status PollSource::Settle(Clock::time_point, FailedDeliveries failed) {
 
 void PollSource::OnProducerLost() {
   for (auto& s : streams_) {
-    if (s->phase != Phase::kHalted && s->checkpoint.pending() == 0 &&
-        std::all_of(failures_.begin(), failures_.end(),
-                    [&](const Failure& f) { return f.stream != s->index || f.report.purged_unsent; })) {
-      // Every record the old producer sent was reported, and what failed
-      // never left its queue, purged at once after the fatal error. A
-      // partition's queue is sent in order, so each key's acknowledged rows
-      // precede all of its purged ones: deleting them, although rows before
-      // them are produced again, keeps every key in order and sends nothing
-      // twice.
-      const auto acked = s->checkpoint.TakeAcked();
-      for (const Stream::Tracked& t : acked) s->unreleased.push_back(t.value);
-      if (!acked.empty()) {
-        Logger("relay")->info(
-            "\"{}\": {} rows Kafka acknowledged behind rows the failed producer dropped unsent are "
-            "deleted or marked, not produced again",
-            s->name(), acked.size());
-      }
-    }
     if (s->phase != Phase::kHalted) {
       Rewind(*s, "the Kafka producer failed fatally", RewindGate::Pause::kBackOff, ResendCause::kProducer);
     }

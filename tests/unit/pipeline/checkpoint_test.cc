@@ -102,31 +102,5 @@ TEST_F(CheckpointTest, CountAckedAndPendingTicketsSayWhatARewindSendsAgain) {
   EXPECT_TRUE(cp_.PendingTickets().empty());
 }
 
-TEST_F(CheckpointTest, TakeAckedReleasesBehindAFailureAndNeverTwice) {
-  auto a = Produce(1), b = Produce(2), c = Produce(3), d = Produce(4), e = Produce(5);
-  cp_.MarkFailed(a);
-  cp_.MarkAcked(b);
-  cp_.MarkAcked(d);
-  EXPECT_EQ((Positions{{2}, {4}}), cp_.TakeAcked());
-  const auto all = [](const OutboxPosition&) { return true; };
-  EXPECT_EQ(0u, cp_.CountAcked(all));  // taken: a rewind does not send them again
-  EXPECT_EQ(Positions{}, cp_.TakeAcked());
-  cp_.MarkAcked(c);
-  EXPECT_EQ(Positions{}, Release());  // still behind the failed 1
-  cp_.Reset();
-  EXPECT_FALSE(cp_.MarkAcked(e));  // stale
-  EXPECT_EQ(Positions{}, cp_.TakeAcked());
-}
-
-TEST_F(CheckpointTest, ATakenPrefixIsDroppedWithoutReleasingItAgain) {
-  auto a = Produce(1), b = Produce(2), c = Produce(3);
-  cp_.MarkAcked(b);
-  EXPECT_EQ((Positions{{2}}), cp_.TakeAcked());
-  cp_.MarkAcked(a);
-  cp_.MarkAcked(c);
-  EXPECT_EQ((Positions{{1}, {3}}), Release());  // 2 was taken already
-  EXPECT_TRUE(cp_.empty());
-}
-
 }  // namespace
 }  // namespace outboxd
