@@ -435,12 +435,17 @@ void CdcSource::Disconnect() {
   if (streamed_once_) lost_connection_ = true;
   if (phase_ == Phase::kStreaming && !gate_.rewinding()) {
     restart_cause_ = ResendCause::kReconnect;
-    if (checkpoint_.pending() > 0) {
-      // Stream again only once what is in flight is reported: what Kafka
-      // acknowledged meanwhile is then released, not read and sent again.
+    if (checkpoint_.pending() > 0 || !failures_.empty()) {
+      // Stream again only once what is in flight is reported (and failures
+      // held for a failed producer are handled): what Kafka acknowledged
+      // meanwhile is then released, not read and sent again.
       gate_.Start(RewindGate::Pause::kNone, Clock::now());
     } else {
-      CountResent();  // the stream restarts at once, at the open transaction's beginning
+      // The stream restarts at once, at the last released commit: what is
+      // acknowledged up to a commit is released first, the rest of the open
+      // transaction is read and sent again.
+      ReleaseAcknowledged();
+      CountResent();
     }
   }
   stream_.Close();
@@ -566,6 +571,10 @@ void CdcSource::ReleaseAcknowledged() {
       for (MetricsSource& source : sources_) source.released_in_open_txn = 0;
       acked_lsn_ = std::max(acked_lsn_, p.lsn);
       acked_commit_lsn_ = std::max(acked_commit_lsn_, p.lsn);
+    }
+    if (p.kind == EntryKind::kSnapshotDone) {
+      // The snapshot's rows are never read again once it is acknowledged.
+      for (MetricsSource& source : sources_) source.released_in_open_txn = 0;
     }
     if (p.kind == EntryKind::kSnapshotDone && snapshot_ == SnapshotState::kUnacknowledged) {
       snapshot_ = SnapshotState::kUnrecorded;

@@ -100,11 +100,15 @@ Status PipelineRunner::ServeDeliveries() {
   publisher_->DrainWakeup();
   publisher_->Poll(milliseconds(0));
   if (publisher_->fatal_error_raised()) BeginProducerRecovery();
-  if (producer_ == ProducerState::kFailed &&
-      (publisher_->OutstandingCount() == 0 || Clock::now() >= recreate_deadline_)) {
-    return RecreateProducer();
-  }
   return Status::Ok();
+}
+
+Status PipelineRunner::RecreateProducerWhenReported() {
+  // While stopping there is nothing to produce again: the drain ends with
+  // what was acknowledged checkpointed, the rest is published on the next start.
+  if (producer_ != ProducerState::kFailed || phase_ == Phase::kStopping) return Status::Ok();
+  if (publisher_->OutstandingCount() > 0 && Clock::now() < recreate_deadline_) return Status::Ok();
+  return RecreateProducer();
 }
 
 void PipelineRunner::BeginStop(const Status& why) {
@@ -155,7 +159,7 @@ Status PipelineRunner::Wait(int stop_fd) {
   if (phase_ != Phase::kStopping) until = std::min(until, next_sample_);
   if (!source_->connected() && phase_ != Phase::kStopping) until = std::min(until, reconnect_at_);
   if (phase_ == Phase::kStopping) until = std::min(until, now + kStoppingWait);
-  if (producer_ == ProducerState::kFailed) until = std::min(until, recreate_deadline_);
+  if (producer_ == ProducerState::kFailed && phase_ != Phase::kStopping) until = std::min(until, recreate_deadline_);
   const auto timeout = std::max(milliseconds(0), std::chrono::ceil<milliseconds>(until - now));
 
   std::vector<pollfd> fds = {{stop_fd, POLLIN, 0}, {publisher_->WakeupFd(), POLLIN, 0}};
@@ -194,13 +198,21 @@ Status PipelineRunner::Run(int stop_fd) {
     const auto failed =
         producer_ == ProducerState::kFailed ? Source::FailedDeliveries::kHold : Source::FailedDeliveries::kAct;
     if (Status st = source_->Settle(now, failed); !st.ok()) OUTBOXD_RETURN_IF_ERROR(Fail(st));
+    // After Settle: what the last reports acknowledged is checkpointed first.
+    OUTBOXD_RETURN_IF_ERROR(RecreateProducerWhenReported());
     if (phase_ != Phase::kStopping && producer_ == ProducerState::kHealthy && source_->connected()) {
       if (Status st = source_->Pump(Clock::now()); !st.ok()) OUTBOXD_RETURN_IF_ERROR(Fail(st));
     }
     SampleIfDue(Clock::now());
     UpdateHealth();
 
-    if (phase_ == Phase::kStopping && (source_->Drained() || Clock::now() >= stop_deadline_)) break;
+    // A failed producer that reported everything reports nothing more: what
+    // its sources still hold is produced again on the next start.
+    const bool failed_producer_drained = producer_ == ProducerState::kFailed && publisher_->OutstandingCount() == 0;
+    if (phase_ == Phase::kStopping &&
+        (source_->Drained() || failed_producer_drained || Clock::now() >= stop_deadline_)) {
+      break;
+    }
     OUTBOXD_RETURN_IF_ERROR(Wait(stop_fd));
   }
   source_->Finish();

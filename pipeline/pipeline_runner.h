@@ -86,6 +86,8 @@ class PipelineRunner {
   // A fatal producer error: stop producing, let the reports of what was sent
   // come in, then RecreateProducer().
   void BeginProducerRecovery();
+  // Once every report of the failed producer is in (or the wait is over).
+  [[nodiscard]] Status RecreateProducerWhenReported();
   [[nodiscard]] Status RecreateProducer();
   void BeginStop(const Status& why);
   void SampleIfDue(Clock::time_point now);
