@@ -573,6 +573,12 @@ void ReadKafkaProperties(const toml::table& table, Diagnostics& diag, std::map<s
       diag.Error(p.where, what + ": set the brokers with 'bootstrap_servers' in [kafka]");
       continue;
     }
+    if (p.name == "transactional.id") {
+      // A transactional producer refuses every record sent outside a
+      // transaction; the exactly-once mode derives the id from each source.
+      diag.Error(p.where, what + ": outboxd's producer is not transactional; remove it");
+      continue;
+    }
     if (auto [it, inserted] = seen.emplace(p.name, p.where); !inserted) {
       diag.Error(p.where, what + " is set twice (first at " + diag.Location(it->second) + ")");
       continue;

@@ -1156,6 +1156,14 @@ TEST_F(ConfigTest, BrokersAreNotAProperty) {
                 "[kafka]");
 }
 
+TEST_F(ConfigTest, ATransactionalIdIsRefused) {
+  EXPECT_EQ(
+      Error(kPostgres + kOutbox + kKafka +
+            "[kafka.properties]\n"  // line 7
+            "\"transactional.id\" = \"mine\"\n"),
+      At(8, 1) + ": 'transactional.id' in [kafka.properties]: outboxd's producer is not transactional; remove it");
+}
+
 // --- The file itself ----------------------------------------------------------
 
 TEST_F(ConfigTest, SyntaxErrorHasFileLineAndColumn) {
