@@ -50,16 +50,18 @@ DeliveryOutcome ClassifyKafkaError(rd_kafka_resp_err_t err) {
   }
 }
 
-Publisher::Publisher(KafkaConfig config, DeliveryHandler on_delivery)
+Publisher::Publisher(KafkaConfig config, DeliveryHandler on_delivery, std::string transactional_id)
     : config_(std::move(config)),
       on_delivery_(std::move(on_delivery)),
+      transactional_id_(std::move(transactional_id)),
       acks_until_fatal_(FailpointValue("kafka_fatal_after_acks").value_or(-1)),
       acks_until_timeout_(FailpointValue("kafka_timeout_report_after_acks").value_or(-1)) {}
 
 Publisher::~Publisher() { Destroy(); }
 
-Result<std::unique_ptr<Publisher>> Publisher::Create(const KafkaConfig& config, DeliveryHandler on_delivery) {
-  std::unique_ptr<Publisher> p(new Publisher(config, std::move(on_delivery)));
+Result<std::unique_ptr<Publisher>> Publisher::Create(const KafkaConfig& config, DeliveryHandler on_delivery,
+                                                     std::string transactional_id) {
+  std::unique_ptr<Publisher> p(new Publisher(config, std::move(on_delivery), std::move(transactional_id)));
   int fds[2];
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     return Status::Internal(std::string("could not create a pipe: ") + std::strerror(errno));
@@ -86,6 +88,7 @@ Status Publisher::Build() {
   // Bounds the memory of records waiting for Kafka (librdkafka's default is
   // 1 GiB); when it is full outboxd stops claiming until deliveries drain.
   OUTBOXD_RETURN_IF_ERROR(set("queue.buffering.max.kbytes", "65536", false));
+  if (!transactional_id_.empty()) OUTBOXD_RETURN_IF_ERROR(set("transactional.id", transactional_id_, false));
   for (const auto& [k, v] : config_.properties) {
     if (k == "bootstrap.servers") continue;  // [kafka] bootstrap_servers wins
     OUTBOXD_RETURN_IF_ERROR(set(k, v, true));
@@ -201,6 +204,74 @@ Status Publisher::Produce(const Record& record, uint64_t token) {
       break;
   }
   return Status::Retriable(what);
+}
+
+// --- Transactions -----------------------------------------------------------------
+
+std::string_view TxnOutcomeName(TxnOutcome outcome) {
+  switch (outcome) {
+    case TxnOutcome::kDone:
+      return "done";
+    case TxnOutcome::kInProgress:
+      return "in progress";
+    case TxnOutcome::kAbort:
+      return "abort";
+    case TxnOutcome::kFenced:
+      return "fenced";
+    case TxnOutcome::kFatal:
+      return "fatal";
+  }
+  return "?";
+}
+
+namespace {
+
+// The one place that decides what a transactional call's error means; takes
+// ownership of `error`.
+TxnResult ClassifyTxnError(rd_kafka_error_t* error) {
+  if (error == nullptr) return {};
+  TxnResult r;
+  r.error = std::string(rd_kafka_error_name(error)) + ": " + rd_kafka_error_string(error);
+  const rd_kafka_resp_err_t code = rd_kafka_error_code(error);
+  const bool fenced = code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+                      code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+  if (fenced) {
+    r.outcome = TxnOutcome::kFenced;
+  } else if (!rd_kafka_error_is_fatal(error) && rd_kafka_error_txn_requires_abort(error)) {
+    r.outcome = TxnOutcome::kAbort;
+  } else if (!rd_kafka_error_is_fatal(error) &&
+             (rd_kafka_error_is_retriable(error) || code == RD_KAFKA_RESP_ERR__TIMED_OUT)) {
+    r.outcome = TxnOutcome::kInProgress;
+  } else {
+    // Fatal, or a state error (a call out of turn): the producer is unusable.
+    r.outcome = TxnOutcome::kFatal;
+  }
+  rd_kafka_error_destroy(error);
+  return r;
+}
+
+TxnResult NotTransactional() { return {TxnOutcome::kFatal, "the producer is not transactional"}; }
+
+}  // namespace
+
+TxnResult Publisher::InitTransactions(std::chrono::milliseconds timeout) {
+  if (rk_ == nullptr || !transactional()) return NotTransactional();
+  return ClassifyTxnError(rd_kafka_init_transactions(rk_, static_cast<int>(timeout.count())));
+}
+
+TxnResult Publisher::BeginTransaction() {
+  if (rk_ == nullptr || !transactional()) return NotTransactional();
+  return ClassifyTxnError(rd_kafka_begin_transaction(rk_));
+}
+
+TxnResult Publisher::CommitTransaction(std::chrono::milliseconds timeout) {
+  if (rk_ == nullptr || !transactional()) return NotTransactional();
+  return ClassifyTxnError(rd_kafka_commit_transaction(rk_, static_cast<int>(timeout.count())));
+}
+
+TxnResult Publisher::AbortTransaction(std::chrono::milliseconds timeout) {
+  if (rk_ == nullptr || !transactional()) return NotTransactional();
+  return ClassifyTxnError(rd_kafka_abort_transaction(rk_, static_cast<int>(timeout.count())));
 }
 
 void Publisher::Poll(std::chrono::milliseconds timeout) {

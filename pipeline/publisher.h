@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 
 #include "common/status.h"
@@ -44,15 +45,48 @@ struct DeliveryReport {
   int64_t offset = -1;
 };
 
+// What a call on a Kafka transaction came to (groundwork of the exactly-once
+// mode, docs/design/exactly-once.md). ClassifyTxnError() is the one place
+// that maps librdkafka's transactional errors to it.
+enum class TxnOutcome : uint8_t {
+  kDone,        // the call completed
+  kInProgress,  // not finished within the timeout: librdkafka goes on; call again to resume
+  kAbort,       // this transaction failed: AbortTransaction(), then produce it again
+  kFenced,      // a producer with the same transactional.id took over: this one is finished
+  kFatal,       // the producer is unusable: recreate it
+};
+std::string_view TxnOutcomeName(TxnOutcome outcome);
+
+struct TxnResult {
+  TxnOutcome outcome = TxnOutcome::kDone;
+  std::string error;  // librdkafka's error name and text, unless kDone
+};
+
 class Publisher {
  public:
   using DeliveryHandler = std::function<void(const DeliveryReport&)>;
 
   // Builds the producer from [kafka]; an unknown or invalid librdkafka
   // property is an InvalidConfig error naming it. `on_delivery` is called from
-  // Poll() for every produced record.
-  [[nodiscard]] static Result<std::unique_ptr<Publisher>> Create(const KafkaConfig& config,
-                                                                 DeliveryHandler on_delivery);
+  // Poll() for every produced record. A non-empty `transactional_id` makes it
+  // a transactional producer: InitTransactions() before the first record,
+  // and every record inside Begin/CommitTransaction().
+  [[nodiscard]] static Result<std::unique_ptr<Publisher>> Create(const KafkaConfig& config, DeliveryHandler on_delivery,
+                                                                 std::string transactional_id = "");
+
+  // Kafka transactions (transactional producers only). Each call waits up to
+  // `timeout`; kInProgress means "call it again", librdkafka keeps working.
+  // InitTransactions() fences every earlier producer with the same
+  // transactional.id and aborts (or completes) what it left open.
+  [[nodiscard]] TxnResult InitTransactions(std::chrono::milliseconds timeout);
+  [[nodiscard]] TxnResult BeginTransaction();
+  // Flushes the transaction's records and commits it; the records of a
+  // committed transaction are visible to read_committed consumers at once.
+  [[nodiscard]] TxnResult CommitTransaction(std::chrono::milliseconds timeout);
+  // Records of an aborted transaction are never visible to read_committed
+  // consumers; those still queued are reported as purged.
+  [[nodiscard]] TxnResult AbortTransaction(std::chrono::milliseconds timeout);
+  bool transactional() const { return !transactional_id_.empty(); }
   ~Publisher();
   Publisher(const Publisher&) = delete;
   Publisher& operator=(const Publisher&) = delete;
@@ -93,7 +127,7 @@ class Publisher {
   std::chrono::steady_clock::time_point last_answer() const { return last_answer_; }
 
  private:
-  Publisher(KafkaConfig config, DeliveryHandler on_delivery);
+  Publisher(KafkaConfig config, DeliveryHandler on_delivery, std::string transactional_id);
   [[nodiscard]] Status Build();
   void Destroy();
   void LookUpTopicOnce(const std::string& topic);
@@ -103,6 +137,7 @@ class Publisher {
 
   KafkaConfig config_;
   DeliveryHandler on_delivery_;
+  const std::string transactional_id_;      // empty: idempotent, not transactional
   rd_kafka_t* rk_ = nullptr;                // owned; destroyed in Destroy()
   rd_kafka_queue_t* main_queue_ = nullptr;  // owned reference to rk_'s main queue
   UniqueFd wake_read_;

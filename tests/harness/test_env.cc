@@ -785,15 +785,29 @@ int KafkaAdmin::PartitionCount(const std::string& name) {
 }
 
 std::vector<KafkaRecord> ConsumeTopic(const std::string& bootstrap, const std::string& topic,
-                                      std::size_t expected_at_least, milliseconds deadline) {
+                                      std::size_t expected_at_least, milliseconds deadline, Isolation isolation) {
   const auto end = Clock::now() + deadline;
   std::vector<KafkaRecord> records;
   std::string last_problem;
   while (true) {
     const milliseconds pass_deadline = std::max(milliseconds(1000), std::min(Remaining(end), milliseconds(60000)));
-    ProcessOutput r = RunProcess({"kcat", "-C", "-b", bootstrap, "-t", topic, "-J", "-e", "-o", "beginning", "-q", "-X",
-                                  "allow.auto.create.topics=false"},
-                                 pass_deadline, "", /*merge=*/false);
+    std::vector<std::string> args = {"kcat",
+                                     "-C",
+                                     "-b",
+                                     bootstrap,
+                                     "-t",
+                                     topic,
+                                     "-J",
+                                     "-e",
+                                     "-o",
+                                     "beginning",
+                                     "-q",
+                                     "-X",
+                                     "allow.auto.create.topics=false"};
+    if (isolation == Isolation::kReadUncommitted) {
+      args.insert(args.end(), {"-X", "isolation.level=read_uncommitted"});
+    }
+    ProcessOutput r = RunProcess(args, pass_deadline, "", /*merge=*/false);
     if (r.exit_code == 0) {
       std::vector<KafkaRecord> pass;
       std::istringstream lines(r.out);

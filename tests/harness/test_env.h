@@ -200,9 +200,12 @@ struct KafkaRecord {
 // not exist yet reads as empty. Keys, values and header values come back
 // byte-exact, also when they are not UTF-8 (kcat writes such bytes raw into
 // its JSON; they are decoded here as Latin-1 code points and turned back into
-// bytes). Reads committed records only (kcat's default isolation).
+// bytes). Reads committed records only (kcat's default isolation), or with
+// `Isolation::kReadUncommitted` also those of open and aborted transactions.
+enum class Isolation : uint8_t { kReadCommitted, kReadUncommitted };
 [[nodiscard]] std::vector<KafkaRecord> ConsumeTopic(const std::string& bootstrap, const std::string& topic,
-                                                    std::size_t expected_at_least, std::chrono::milliseconds deadline);
+                                                    std::size_t expected_at_least, std::chrono::milliseconds deadline,
+                                                    Isolation isolation = Isolation::kReadCommitted);
 
 // One record to produce with kcat.
 struct KcatMessage {
