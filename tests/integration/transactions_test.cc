@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/position_store.h"
 #include "pipeline/publisher.h"
 #include "tests/harness/test_env.h"
 
@@ -136,6 +137,67 @@ TEST_F(TransactionsTest, AnIdempotentPublisherRefusesTransactionCalls) {
   ASSERT_TRUE(p.ok()) << p.status().message();
   EXPECT_FALSE((*p)->transactional());
   EXPECT_EQ(TxnOutcome::kFatal, (*p)->BeginTransaction().outcome);
+}
+
+// The position a stream commits with its events, read back after a restart:
+// the last committed one, never one of an aborted transaction, per stream.
+TEST_F(TransactionsTest, PositionStoreReadsTheLastCommittedPositionOfAStream) {
+  KafkaConfig c;
+  c.bootstrap_servers = SharedServices().kafka_bootstrap;
+  auto store = PositionStore::Create(c, topic_ + ".positions");
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  ASSERT_TRUE((*store)->EnsureTopic(30s).ok());
+  ASSERT_TRUE((*store)->EnsureTopic(30s).ok());  // it exists now: nothing to do
+  auto none = (*store)->ReadLast("cdc.s1", 0, 30s);
+  ASSERT_TRUE(none.ok()) << none.status().message();
+  EXPECT_FALSE(none->has_value());
+
+  auto p = NewPublisher();
+  ASSERT_EQ(TxnOutcome::kDone, Finish(*p, [&] { return p->InitTransactions(10s); }).outcome);
+  auto commit_with_position = [&](const std::string& stream, const std::string& position, bool abort) {
+    ASSERT_EQ(TxnOutcome::kDone, p->BeginTransaction().outcome);
+    Produce(*p, "event-before-" + position);
+    ASSERT_TRUE(p->Produce((*store)->PositionRecord(stream, position), 0).ok());
+    if (abort) {
+      const int expected = acked_ + 2;
+      ASSERT_TRUE(WaitUntil(
+          [&] {
+            p->Poll(10ms);
+            return acked_ >= expected;
+          },
+          30s));
+      ASSERT_EQ(TxnOutcome::kDone, Finish(*p, [&] { return p->AbortTransaction(10s); }).outcome);
+    } else {
+      ASSERT_EQ(TxnOutcome::kDone, Finish(*p, [&] { return p->CommitTransaction(10s); }).outcome);
+    }
+  };
+  commit_with_position("cdc.s1", "0/100", false);
+  commit_with_position("poll.t1", "7", false);
+  commit_with_position("cdc.s1", "0/200", true);  // acknowledged, then aborted
+  auto s1 = (*store)->ReadLast("cdc.s1", 0, 30s);
+  ASSERT_TRUE(s1.ok()) << s1.status().message();
+  ASSERT_TRUE(s1->has_value());
+  EXPECT_EQ("0/100", (*s1)->value);
+
+  commit_with_position("cdc.s1", "0/300", false);
+  // From the offset remembered with the last read, as a restart would.
+  auto again = (*store)->ReadLast("cdc.s1", (*s1)->offset, 30s);
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  ASSERT_TRUE(again->has_value());
+  EXPECT_EQ("0/300", (*again)->value);
+  auto t1 = (*store)->ReadLast("poll.t1", 0, 30s);
+  ASSERT_TRUE(t1.ok() && t1->has_value());
+  EXPECT_EQ("7", (*t1)->value);
+}
+
+TEST_F(TransactionsTest, APositionTopicWithSeveralPartitionsIsRefusedByName) {
+  KafkaConfig c;
+  c.bootstrap_servers = SharedServices().kafka_bootstrap;
+  auto store = PositionStore::Create(c, topic_);  // made with 3 partitions in SetUp()
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  const Status st = (*store)->EnsureTopic(30s);
+  EXPECT_EQ(StatusCode::kInvalidConfig, st.code());
+  EXPECT_NE(std::string::npos, st.message().find("\"" + topic_ + "\" has 3 partitions")) << st.message();
 }
 
 }  // namespace
