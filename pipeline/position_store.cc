@@ -42,10 +42,11 @@ Result<std::unique_ptr<PositionStore>> PositionStore::Create(const KafkaConfig& 
   auto set = [&](const std::string& k, const std::string& v) { return conf.Set(k, v).Prefixed("position reader"); };
   OUTBOXD_RETURN_IF_ERROR(set("bootstrap.servers", kafka.bootstrap_servers));
   // The connection (and, later, security) properties are the producer's;
-  // librdkafka ignores the producer-only ones for a consumer, and says so
-  // only at debug level with log_level 3.
+  // librdkafka ignores the producer-only ones for a consumer (with a warning,
+  // silenced by log_level 3).
   for (const auto& [k, v] : kafka.properties) OUTBOXD_RETURN_IF_ERROR(set(k, v));
-  OUTBOXD_RETURN_IF_ERROR(set("log_level", "3"));
+  OUTBOXD_RETURN_IF_ERROR(set("log_level", "3"));                     // not the warnings about producer-only properties
+  OUTBOXD_RETURN_IF_ERROR(set("allow.auto.create.topics", "false"));  // EnsureTopic() creates it, compacted
   OUTBOXD_RETURN_IF_ERROR(set("client.id", "outboxd-positions"));
   // assign() only: the group is never joined and nothing is committed.
   OUTBOXD_RETURN_IF_ERROR(set("group.id", "outboxd-positions"));
@@ -56,7 +57,8 @@ Result<std::unique_ptr<PositionStore>> PositionStore::Create(const KafkaConfig& 
   char errstr[512];
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), errstr, sizeof errstr);
   if (rk == nullptr) return Status::InvalidConfig(std::string("could not create the position reader: ") + errstr);
-  conf.release();  // now owned by rk
+  conf.release();                  // now owned by rk
+  rd_kafka_poll_set_consumer(rk);  // one queue: errors are served by consumer_poll, not left to pile up
   return std::unique_ptr<PositionStore>(new PositionStore(std::move(topic), rk));
 }
 
@@ -121,26 +123,38 @@ Result<std::optional<StoredPosition>> PositionStore::ReadLast(const std::string&
   if (rd_kafka_resp_err_t err = rd_kafka_assign(rk_, parts.get()); err != RD_KAFKA_RESP_ERR_NO_ERROR) {
     return Status::Retriable("could not read the position topic \"" + topic_ + "\": " + rd_kafka_err2name(err));
   }
+  // Read at least to the end of the log as it is now: read_committed stops
+  // early, at the first record of a transaction still open (another
+  // stream's, or one its crashed holder left until transaction.timeout.ms),
+  // and a position read there could be older than one committed after it.
+  // The end is the high watermark of the first fetch, which librdkafka
+  // caches (ListOffsets under read_committed would answer the stable offset).
+  int64_t end_of_log = -1;
   std::optional<StoredPosition> last;
-  Status st = Status::Retriable("the position topic \"" + topic_ + "\" was not read to its end in time");
+  Status st = Status::Retriable("the position topic \"" + topic_ +
+                                "\" was not read to its end in time: a transaction is still open there, or Kafka "
+                                "did not answer");
   while (Clock::now() < end) {
     rd_kafka_message_t* m =
         rd_kafka_consumer_poll(rk_, Millis(std::min(Remaining(end), std::chrono::milliseconds(100))));
     if (m == nullptr) continue;
     std::unique_ptr<rd_kafka_message_t, decltype(&rd_kafka_message_destroy)> msg(m, &rd_kafka_message_destroy);
     if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      int64_t low = 0;
+      if (end_of_log < 0 &&
+          rd_kafka_get_watermark_offsets(rk_, topic_.c_str(), 0, &low, &end_of_log) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        end_of_log = -1;
+      }
+      if (end_of_log < 0 || msg->offset < end_of_log) continue;  // an open transaction ends first
       st = Status::Ok();
       break;
     }
-    if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-      // Transport errors are retried by librdkafka until the deadline; a
-      // missing topic is not.
-      if (msg->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || msg->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
-        st = Status::InvalidConfig("the position topic \"" + topic_ + "\" does not exist");
-        break;
-      }
+    if (msg->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || msg->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+      // Also right after EnsureTopic() created it, until the metadata spreads.
+      st = Status::Retriable("the position topic \"" + topic_ + "\" does not exist (yet)");
       continue;
     }
+    if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) continue;  // librdkafka retries until the deadline
     if (msg->key == nullptr || std::string_view(static_cast<const char*>(msg->key), msg->key_len) != stream) continue;
     std::string value;
     if (msg->payload != nullptr) value.assign(static_cast<const char*>(msg->payload), msg->len);

@@ -7,10 +7,13 @@
 // aborted or completed what an earlier holder left open, the stream reads
 // its last committed position back (ReadLast()).
 //
-// The position topic has one partition and is compacted (EnsureTopic()): a
-// position record joins its transaction only right before the commit, so an
-// open transaction holds the partition's last stable offset back for
-// milliseconds, not for the length of the transaction.
+// The position topic has one partition and is compacted (EnsureTopic()). A
+// position record joins its transaction only right before the commit, so a
+// running transaction holds the partition's last stable offset back for
+// milliseconds; one whose producer died there holds it until the broker
+// aborts it (transaction.timeout.ms). ReadLast() reads to the end of the log
+// as it was when called, so it waits for such a transaction rather than
+// return a position older than one committed after it.
 //
 // Not thread-safe: one thread uses a store.
 
@@ -53,8 +56,9 @@ class PositionStore {
 
   // The last committed position of `stream`, reading from `from_offset` (a
   // StoredPosition::offset remembered earlier, or 0) to the last stable
-  // offset; nullopt when the stream has none there. Retriable when Kafka
-  // does not answer within `timeout`.
+  // offset, at least to the log's end at the call; nullopt when the stream
+  // has none there. Retriable when that is not done within `timeout` (Kafka
+  // does not answer, or a transaction open there did not end).
   [[nodiscard]] Result<std::optional<StoredPosition>> ReadLast(const std::string& stream, int64_t from_offset,
                                                                std::chrono::milliseconds timeout);
 

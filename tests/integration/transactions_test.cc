@@ -190,6 +190,53 @@ TEST_F(TransactionsTest, PositionStoreReadsTheLastCommittedPositionOfAStream) {
   EXPECT_EQ("7", (*t1)->value);
 }
 
+// Another stream's transaction open in the position topic holds read_committed
+// readers back at its first record; a position committed after it must not be
+// missed: ReadLast() waits for the open one to end rather than return an
+// older position.
+TEST_F(TransactionsTest, PositionStoreWaitsForATransactionOpenAheadOfTheEnd) {
+  KafkaConfig c;
+  c.bootstrap_servers = SharedServices().kafka_bootstrap;
+  auto store = PositionStore::Create(c, topic_ + ".positions");
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  ASSERT_TRUE((*store)->EnsureTopic(30s).ok());
+
+  auto mine = NewPublisher();
+  ASSERT_EQ(TxnOutcome::kDone, Finish(*mine, [&] { return mine->InitTransactions(10s); }).outcome);
+  ASSERT_EQ(TxnOutcome::kDone, mine->BeginTransaction().outcome);
+  ASSERT_TRUE(mine->Produce((*store)->PositionRecord("mine", "1"), 0).ok());
+  ASSERT_EQ(TxnOutcome::kDone, Finish(*mine, [&] { return mine->CommitTransaction(10s); }).outcome);
+
+  // Another stream's transaction, open with its position record in the log.
+  transactional_id_ += ".other";
+  auto other = NewPublisher();
+  ASSERT_EQ(TxnOutcome::kDone, Finish(*other, [&] { return other->InitTransactions(10s); }).outcome);
+  ASSERT_EQ(TxnOutcome::kDone, other->BeginTransaction().outcome);
+  const int acked_before = acked_;
+  ASSERT_TRUE(other->Produce((*store)->PositionRecord("other", "x"), 0).ok());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        other->Poll(10ms);
+        return acked_ > acked_before;
+      },
+      30s));
+
+  ASSERT_EQ(TxnOutcome::kDone, mine->BeginTransaction().outcome);
+  ASSERT_TRUE(mine->Produce((*store)->PositionRecord("mine", "2"), 0).ok());
+  ASSERT_EQ(TxnOutcome::kDone, Finish(*mine, [&] { return mine->CommitTransaction(10s); }).outcome);
+
+  auto blocked = (*store)->ReadLast("mine", 0, 2s);
+  EXPECT_FALSE(blocked.ok()) << "read past an open transaction: "
+                             << (blocked.ok() && blocked->has_value() ? (*blocked)->value : std::string("nothing"));
+  EXPECT_EQ(StatusCode::kRetriable, blocked.status().code());
+
+  ASSERT_EQ(TxnOutcome::kDone, Finish(*other, [&] { return other->CommitTransaction(10s); }).outcome);
+  auto read = (*store)->ReadLast("mine", 0, 30s);
+  ASSERT_TRUE(read.ok()) << read.status().message();
+  ASSERT_TRUE(read->has_value());
+  EXPECT_EQ("2", (*read)->value);
+}
+
 TEST_F(TransactionsTest, APositionTopicWithSeveralPartitionsIsRefusedByName) {
   KafkaConfig c;
   c.bootstrap_servers = SharedServices().kafka_bootstrap;
