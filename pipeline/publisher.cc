@@ -235,12 +235,15 @@ TxnResult ClassifyTxnError(rd_kafka_error_t* error) {
   const rd_kafka_resp_err_t code = rd_kafka_error_code(error);
   const bool fenced = code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
                       code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+  // Another call is still in progress (e.g. an abort while a commit waits
+  // to be resumed): retrying would spin, the caller called out of turn.
+  const bool out_of_turn = code == RD_KAFKA_RESP_ERR__CONFLICT || code == RD_KAFKA_RESP_ERR__PREV_IN_PROGRESS;
+  const bool usable = !out_of_turn && !rd_kafka_error_is_fatal(error);
   if (fenced) {
     r.outcome = TxnOutcome::kFenced;
-  } else if (!rd_kafka_error_is_fatal(error) && rd_kafka_error_txn_requires_abort(error)) {
+  } else if (usable && rd_kafka_error_txn_requires_abort(error)) {
     r.outcome = TxnOutcome::kAbort;
-  } else if (!rd_kafka_error_is_fatal(error) &&
-             (rd_kafka_error_is_retriable(error) || code == RD_KAFKA_RESP_ERR__TIMED_OUT)) {
+  } else if (usable && (rd_kafka_error_is_retriable(error) || code == RD_KAFKA_RESP_ERR__TIMED_OUT)) {
     r.outcome = TxnOutcome::kInProgress;
   } else {
     // Fatal, or a state error (a call out of turn): the producer is unusable.

@@ -76,6 +76,8 @@ class Publisher {
 
   // Kafka transactions (transactional producers only). Each call waits up to
   // `timeout`; kInProgress means "call it again", librdkafka keeps working.
+  // Commit and abort flush: delivery reports (also of purged records) are
+  // served from inside them, not only from Poll().
   // InitTransactions() fences every earlier producer with the same
   // transactional.id and aborts (or completes) what it left open.
   [[nodiscard]] TxnResult InitTransactions(std::chrono::milliseconds timeout);

@@ -114,12 +114,22 @@ TEST_F(TransactionsTest, ASecondProducerWithTheSameIdFencesTheFirst) {
   ASSERT_EQ(TxnOutcome::kDone, Finish(*old_holder, [&] { return old_holder->InitTransactions(10s); }).outcome);
   ASSERT_EQ(TxnOutcome::kDone, old_holder->BeginTransaction().outcome);
   Produce(*old_holder, "old-open");  // left open: the new holder aborts it
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        old_holder->Poll(10ms);
+        return acked_ == 1;  // in the log, inside the open transaction
+      },
+      30s));
 
   auto new_holder = NewPublisher();
   ASSERT_EQ(TxnOutcome::kDone, Finish(*new_holder, [&] { return new_holder->InitTransactions(10s); }).outcome);
 
-  // The old holder goes on as a paused instance would after resuming.
-  Produce(*old_holder, "old-after-fence");
+  // The old holder goes on as a paused instance would after resuming. Its
+  // produce may already be refused (it may have learnt it is fenced).
+  Record late;
+  late.topic = topic_;
+  late.value = "old-after-fence";
+  old_holder->Produce(late, 0).IgnoreError();
   const TxnResult old_commit = Finish(*old_holder, [&] { return old_holder->CommitTransaction(10s); });
   EXPECT_EQ(TxnOutcome::kFenced, old_commit.outcome) << TxnOutcomeName(old_commit.outcome) << ": " << old_commit.error;
 
