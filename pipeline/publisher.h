@@ -82,13 +82,17 @@ class Publisher {
   // transactional.id and aborts (or completes) what it left open.
   [[nodiscard]] TxnResult InitTransactions(std::chrono::milliseconds timeout);
   [[nodiscard]] TxnResult BeginTransaction();
-  // Flushes the transaction's records and commits it; the records of a
-  // committed transaction are visible to read_committed consumers at once.
+  // Commits the transaction once all its records are acknowledged; the
+  // records of a committed transaction are visible to read_committed
+  // consumers at once. While a record is outstanding it returns kInProgress
+  // at once, without starting the commit: Poll() and call again.
   [[nodiscard]] TxnResult CommitTransaction(std::chrono::milliseconds timeout);
   // Records of an aborted transaction are never visible to read_committed
   // consumers; those still queued are reported as purged.
   [[nodiscard]] TxnResult AbortTransaction(std::chrono::milliseconds timeout);
   bool transactional() const { return !transactional_id_.empty(); }
+  // The least time given to a commit or an abort; see CommitTransaction().
+  static constexpr std::chrono::milliseconds kMinTxnEndTimeout{100};
   ~Publisher();
   Publisher(const Publisher&) = delete;
   Publisher& operator=(const Publisher&) = delete;
