@@ -28,8 +28,9 @@ using std::chrono::milliseconds;
 
 constexpr std::array<std::string_view, 6> kSections = {"postgres", "kafka", "http", "log", "cdc", "outbox"};
 constexpr std::array<std::string_view, 2> kPostgresKeys = {"conninfo", "password_file"};
-constexpr std::array<std::string_view, 4> kKafkaKeys = {"bootstrap_servers", "properties", "max_in_flight",
-                                                        "shutdown_timeout"};
+constexpr std::array<std::string_view, 8> kKafkaKeys = {
+    "bootstrap_servers", "properties",     "max_in_flight",        "shutdown_timeout",
+    "delivery",          "position_topic", "transaction_max_wait", "transaction_max_events"};
 constexpr std::array<std::string_view, 1> kHttpKeys = {"listen"};
 constexpr std::array<std::string_view, 2> kLogKeys = {"level", "format"};
 constexpr std::array<std::string_view, 15> kOutboxKeys = {
@@ -574,9 +575,11 @@ void ReadKafkaProperties(const toml::table& table, Diagnostics& diag, std::map<s
       continue;
     }
     if (p.name == "transactional.id") {
-      // A transactional producer refuses every record sent outside a
-      // transaction; the exactly-once mode derives the id from each source.
-      diag.Error(p.where, what + ": outboxd's producer is not transactional; remove it");
+      // At least once, a transactional producer would refuse every record
+      // (none is in a transaction); exactly once, the id is the stream's.
+      diag.Error(p.where, what +
+                              ": outboxd derives it from each source with [kafka] delivery = \"exactly-once\"; "
+                              "remove it");
       continue;
     }
     if (auto [it, inserted] = seen.emplace(p.name, p.where); !inserted) {
@@ -615,6 +618,25 @@ void ReadKafka(const toml::table& table, Diagnostics& diag, KafkaConfig& out) {
     }
   }
   if (auto d = r.Duration("shutdown_timeout")) out.shutdown_timeout = *d;
+  static constexpr std::array<std::string_view, 2> kDeliveries = {"at-least-once", "exactly-once"};
+  if (auto delivery = r.OneOf("delivery", kDeliveries)) {
+    out.delivery = *delivery == "exactly-once" ? Delivery::kExactlyOnce : Delivery::kAtLeastOnce;
+  }
+  if (auto topic = r.String("position_topic")) {
+    if (std::string problem = CheckTopicName(*topic); !problem.empty()) {
+      r.Invalid("position_topic", problem);
+    } else {
+      out.position_topic = std::move(*topic);
+    }
+  }
+  if (auto d = r.Duration("transaction_max_wait")) out.transaction_max_wait = *d;
+  if (auto n = r.Integer("transaction_max_events")) {
+    if (*n < 1) {
+      r.MustBe("transaction_max_events", "a positive integer, got " + std::to_string(*n));
+    } else {
+      out.transaction_max_events = *n;
+    }
+  }
 }
 
 void ReadHttp(const toml::table& table, Diagnostics& diag, HttpConfig& out) {
@@ -995,6 +1017,28 @@ void ReadCdc(const toml::table& table, Diagnostics& diag, CdcConfig& out, CdcIde
 
 // The checks that involve both [cdc] and [[outbox]] blocks. `has_cdc`: the
 // file has a 'cdc' key, even one that is not a table (already reported).
+// What exactly-once delivery does not cover yet is refused at the 'delivery'
+// key rather than silently delivered at least once.
+void CheckDelivery(const toml::table& kafka, const KafkaConfig& config, const CdcIdentity* cdc,
+                   const std::vector<OutboxIdentity>& outboxes, Diagnostics& diag) {
+  if (config.delivery != Delivery::kExactlyOnce) return;
+  const toml::node& at = *kafka.get("delivery");
+  for (const OutboxIdentity& o : outboxes) {
+    if (o.cdc_source != nullptr) continue;
+    diag.Error(at, "'delivery' in [kafka]: \"exactly-once\" covers the cdc source only so far, and [[outbox]] #" +
+                       std::to_string(o.number) + " at " + o.location +
+                       " is polled; give it source = \"cdc\" or use \"at-least-once\"");
+  }
+  if (cdc != nullptr) {
+    if (const toml::node* snapshot = cdc->section->get("snapshot");
+        snapshot != nullptr && snapshot->value_or(std::string_view()) == "initial") {
+      diag.Error(at,
+                 "'delivery' in [kafka]: \"exactly-once\" does not cover [cdc] snapshot = \"initial\" yet; "
+                 "take the snapshot with \"at-least-once\" first");
+    }
+  }
+}
+
 void CheckCdcCapture(bool has_cdc, const CdcIdentity* cdc, const std::vector<OutboxIdentity>& outboxes,
                      Diagnostics& diag) {
   bool any_cdc_outbox = false;
@@ -1131,6 +1175,9 @@ Result<Config> Load(const std::string& path) {
   std::vector<OutboxIdentity> outboxes;
   ReadOutboxes(root, has_cdc, diag, config.outboxes, outboxes);
   CheckCdcCapture(has_cdc, cdc ? &*cdc : nullptr, outboxes, diag);
+  if (const toml::table* t = root.get_as<toml::table>("kafka")) {
+    CheckDelivery(*t, config.kafka, cdc ? &*cdc : nullptr, outboxes, diag);
+  }
   if (diag.HasErrors()) return diag.ToStatus();
   return config;
 }

@@ -29,6 +29,13 @@ struct PostgresConfig {
   std::optional<std::string> password;
 };
 
+// What a consumer of the topics is promised (docs/configuration.md,
+// docs/design/exactly-once.md).
+enum class Delivery : uint8_t {
+  kAtLeastOnce,  // every event, a copy after a failure (same id)
+  kExactlyOnce,  // Kafka transactions: read_committed consumers see every event once
+};
+
 struct KafkaConfig {
   std::string bootstrap_servers;                  // required
   std::map<std::string, std::string> properties;  // passed to librdkafka as is
@@ -36,6 +43,16 @@ struct KafkaConfig {
   std::size_t max_in_flight = 50000;
   // On shutdown, how long to wait for in-flight deliveries.
   std::chrono::milliseconds shutdown_timeout{10000};
+  Delivery delivery = Delivery::kAtLeastOnce;
+  // Exactly-once: the compacted one-partition topic holding each stream's
+  // last committed position (pipeline/position_store.h).
+  std::string position_topic = "outboxd.positions";
+  // Exactly-once: consecutive PostgreSQL transactions share one Kafka
+  // transaction until it has been open this long or holds this many events;
+  // it is committed at the next PostgreSQL transaction's end. One PostgreSQL
+  // transaction is never split.
+  std::chrono::milliseconds transaction_max_wait{20};
+  std::int64_t transaction_max_events = 10000;
 };
 
 struct HttpConfig {

@@ -1157,11 +1157,65 @@ TEST_F(ConfigTest, BrokersAreNotAProperty) {
 }
 
 TEST_F(ConfigTest, ATransactionalIdIsRefused) {
-  EXPECT_EQ(
-      Error(kPostgres + kOutbox + kKafka +
-            "[kafka.properties]\n"  // line 7
-            "\"transactional.id\" = \"mine\"\n"),
-      At(8, 1) + ": 'transactional.id' in [kafka.properties]: outboxd's producer is not transactional; remove it");
+  EXPECT_EQ(Error(kPostgres + kOutbox + kKafka +
+                  "[kafka.properties]\n"  // line 7
+                  "\"transactional.id\" = \"mine\"\n"),
+            At(8, 1) +
+                ": 'transactional.id' in [kafka.properties]: outboxd derives it from each source with [kafka] "
+                "delivery = \"exactly-once\"; remove it");
+}
+
+// --- [kafka] delivery ------------------------------------------------------------
+
+TEST_F(ConfigTest, DeliveryDefaultsToAtLeastOnce) {
+  const Config c = Valid(kPostgres + kKafka + kOutbox);
+  EXPECT_EQ(Delivery::kAtLeastOnce, c.kafka.delivery);
+  EXPECT_EQ("outboxd.positions", c.kafka.position_topic);
+  EXPECT_EQ(milliseconds(20), c.kafka.transaction_max_wait);
+  EXPECT_EQ(10000, c.kafka.transaction_max_events);
+}
+
+TEST_F(ConfigTest, ExactlyOnceWithItsBoundsForTheCdcSource) {
+  const Config c = Valid(kPostgres + kKafka +
+                         "delivery = \"exactly-once\"\n"
+                         "position_topic = \"app.outboxd.positions\"\n"
+                         "transaction_max_wait = \"50ms\"\n"
+                         "transaction_max_events = 500\n" +
+                         kCdc);
+  EXPECT_EQ(Delivery::kExactlyOnce, c.kafka.delivery);
+  EXPECT_EQ("app.outboxd.positions", c.kafka.position_topic);
+  EXPECT_EQ(milliseconds(50), c.kafka.transaction_max_wait);
+  EXPECT_EQ(500, c.kafka.transaction_max_events);
+}
+
+TEST_F(ConfigTest, DeliveryMustBeOneOfTheTwo) {
+  const std::string message = Error(kKafka + "delivery = \"exactly_once\"\n" + kPostgres + kOutbox);
+  EXPECT_EQ(At(3, 12) + ": 'delivery' in [kafka] must be at-least-once or exactly-once, got \"exactly_once\"", message);
+}
+
+TEST_F(ConfigTest, ExactlyOnceRefusesPolledTablesAtTheDeliveryKey) {
+  const std::string message = Error(kKafka + "delivery = \"exactly-once\"\n" + kPostgres + kOutbox);
+  EXPECT_NE(std::string::npos, message.find(At(3, 12) +
+                                            ": 'delivery' in [kafka]: \"exactly-once\" covers the cdc "
+                                            "source only so far, and [[outbox]] #1 at " +
+                                            At(6, 1) + " is polled"))
+      << message;
+}
+
+TEST_F(ConfigTest, ExactlyOnceRefusesAnInitialSnapshot) {
+  const std::string message =
+      Error(kKafka + "delivery = \"exactly-once\"\n" + kPostgres + kCdc + "snapshot = \"initial\"\n");
+  EXPECT_NE(std::string::npos, message.find(At(3, 12) + ": 'delivery' in [kafka]: \"exactly-once\" does not cover "
+                                                        "[cdc] snapshot = \"initial\""))
+      << message;
+}
+
+TEST_F(ConfigTest, PositionTopicAndTransactionBoundsAreChecked) {
+  EXPECT_NE(std::string::npos, Error(kKafka + "position_topic = \"bad topic\"\n" + kPostgres + kOutbox)
+                                   .find(At(3, 18) + ": 'position_topic' in [kafka]: "))
+      << "invalid topic name";
+  EXPECT_EQ(At(3, 26) + ": 'transaction_max_events' in [kafka] must be a positive integer, got 0",
+            Error(kKafka + "transaction_max_events = 0\n" + kPostgres + kOutbox));
 }
 
 // --- The file itself ----------------------------------------------------------

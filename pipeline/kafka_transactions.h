@@ -1,0 +1,126 @@
+#pragma once
+// KafkaTransactions: one stream's Kafka transactions in the exactly-once mode
+// ([kafka] delivery = "exactly-once", docs/design/exactly-once.md). A source
+// keeps its records flowing as in the at-least-once mode and asks this class
+// when to begin, when a commit is due and what the outcome was; the
+// transaction's state lives here, in one enum.
+//
+//   kUninitialised ──Initialise()──► kIdle ──Begin()──► kOpen ──StartCommit()──► kCommitting
+//        ▲                            ▲  ▲                 │                          │
+//        │                            │  └──── committed ──┼──────────────────────────┘
+//        │                            │                    ▼ StartAbort()
+//        └── ProducerLost()           └───── aborted ── kAborting
+//
+// Initialise() makes the producer transactional with the stream's id and runs
+// InitTransactions() — which fences every earlier producer with that id and
+// aborts what it left open — unless that is done already, and then reads
+// the stream's last committed position from the position topic. The source
+// calls it every time it starts its stream, once it holds it (the slot): a
+// standby never fences the instance that streams, and the position is fresh
+// after another instance held the stream (that instance, if it comes back,
+// is fenced: by this Initialise() or, when this producer was initialised
+// before, by the fatal error its old epoch earns at its first transaction,
+// after which the producer is recreated and Initialise()d). Advance() drives a commit or an abort
+// without blocking the loop for long; an error that ends the producer
+// (fenced, fatal) is a kFatal Status, on which the runner recreates the
+// producer and the source calls ProducerLost().
+//
+// Not thread-safe: the runner's thread only.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/status.h"
+#include "config/config.h"
+#include "pipeline/metrics.h"
+#include "pipeline/position_store.h"
+#include "pipeline/publisher.h"
+#include "pipeline/record.h"
+
+namespace outboxd {
+
+class KafkaTransactions {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  enum class State : uint8_t {
+    kUninitialised,  // a new or recreated producer: Initialise() first
+    kIdle,           // no transaction open
+    kOpen,           // records are produced into it
+    kCommitting,     // its position record is produced: Advance() until committed
+    kAborting,       // Advance() until aborted
+  };
+  // What Advance() came to.
+  enum class Step : uint8_t {
+    kNothing,    // no commit or abort under way
+    kPending,    // still under way: call again next turn
+    kCommitted,  // the transaction committed: its records are visible
+    kAborted,    // it was aborted (asked for, or its commit failed): produce it again
+  };
+
+  // `stream`: the transactional.id, also the position record's key and the
+  // metrics' `stream` label.
+  KafkaTransactions(const KafkaConfig& kafka, std::string stream, Metrics& metrics);
+  ~KafkaTransactions();
+
+  // The transactional.id of a cdc slot's stream: unique over PostgreSQL
+  // clusters (IDENTIFY_SYSTEM's system identifier), databases and slots.
+  static std::string CdcStream(const std::string& system_id, const std::string& database, const std::string& slot) {
+    return "outboxd.cdc." + system_id + "." + database + "." + slot;
+  }
+
+  // InitTransactions() unless done, then the last committed position
+  // (nullopt: none yet). Blocks up to `timeout` (the caller marks it a long
+  // call); Retriable when Kafka does not answer in time.
+  [[nodiscard]] Result<std::optional<std::string>> Initialise(Publisher& publisher, std::chrono::milliseconds timeout);
+
+  // Opens a transaction unless one is open. kFatal when the producer cannot;
+  // Internal when a commit or an abort is under way (a caller's bug).
+  [[nodiscard]] Status Begin(Publisher& publisher, Clock::time_point now);
+  // One more record went into the open transaction.
+  void Added() { ++events_; }
+  // The open transaction reached transaction_max_wait or _max_events.
+  bool CommitDue(Clock::time_point now) const;
+  // When CommitDue() becomes true for an open transaction.
+  std::optional<Clock::time_point> CommitDueAt() const;
+  // The record that ends the transaction, stating `position`: produce it
+  // last, then StartCommit().
+  Record PositionRecord(const std::string& position) const;
+  void StartCommit();
+  // An open transaction is to be aborted (a delivery failed, the stream
+  // rewinds). A commit under way is left to end: it commits, or fails and
+  // aborts.
+  void StartAbort();
+  // Drives a commit or an abort; call every turn while one is under way, once
+  // every record of the transaction is produced. A commit fenced after the
+  // transaction was open longer than librdkafka's transaction.timeout.ms is
+  // Permanent: the broker aborted it, and as one PostgreSQL transaction is
+  // never split, producing it again would overrun again.
+  [[nodiscard]] Result<Step> Advance(Publisher& publisher);
+  // The producer is gone (recreated): whatever was open went with it.
+  void ProducerLost() { state_ = State::kUninitialised; }
+
+  State state() const { return state_; }
+  const std::string& stream() const { return stream_; }
+  // Records of the open (or committing) transaction, the position record
+  // not counted.
+  int64_t events() const { return events_; }
+
+ private:
+  const KafkaConfig& kafka_;
+  const std::string stream_;
+  const std::chrono::milliseconds timeout_;  // librdkafka's transaction.timeout.ms
+  TransactionMetrics& metrics_;
+  std::unique_ptr<PositionStore> store_;  // created by the first Initialise()
+  int64_t store_hint_ = 0;                // offset of the last position record read
+  int64_t commits_until_kill_;            // the failpoint kill_after_kafka_commits (unarmed: -1)
+  State state_ = State::kUninitialised;
+  Clock::time_point opened_at_{};
+  Clock::time_point commit_started_at_{};
+  int64_t events_ = 0;
+};
+
+}  // namespace outboxd
