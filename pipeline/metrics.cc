@@ -212,6 +212,18 @@ Metrics::Metrics(const std::string& version)
                   .Name("outboxd_halted")
                   .Help("1 while the source is halted by an event that cannot be delivered")
                   .Register(*registry_)),
+      transactions_(BuildCounter()
+                        .Name("outboxd_kafka_transactions_total")
+                        .Help("Kafka transactions ended (exactly-once), by outcome: committed or aborted")
+                        .Register(*registry_)),
+      transaction_events_(BuildHistogram()
+                              .Name("outboxd_kafka_transaction_events")
+                              .Help("Records per committed Kafka transaction (exactly-once)")
+                              .Register(*registry_)),
+      transaction_commit_(BuildHistogram()
+                              .Name("outboxd_kafka_transaction_commit_seconds")
+                              .Help("Start of a Kafka transaction's commit to its end (exactly-once)")
+                              .Register(*registry_)),
       kafka_queue_(BuildGauge()
                        .Name("outboxd_kafka_queue_messages")
                        .Help("Messages in librdkafka's queue (rd_kafka_outq_len)")
@@ -245,6 +257,19 @@ SlotMetrics& Metrics::Slot(const std::string& slot) {
   if (!entry) {
     entry = std::make_unique<SlotMetrics>(SlotMetrics{
         slot_lag_.Add({{"slot", slot}}), slot_retained_.Add({{"slot", slot}}), slot_confirmed_.Add({{"slot", slot}})});
+  }
+  return *entry;
+}
+
+TransactionMetrics& Metrics::Transactions(const std::string& stream) {
+  std::lock_guard lock(mu_);
+  auto& entry = transaction_streams_[stream];
+  if (!entry) {
+    entry = std::make_unique<TransactionMetrics>(
+        TransactionMetrics{transactions_.Add({{"stream", stream}, {"outcome", "committed"}}),
+                           transactions_.Add({{"stream", stream}, {"outcome", "aborted"}}),
+                           transaction_events_.Add({{"stream", stream}}, kBatchBuckets),
+                           transaction_commit_.Add({{"stream", stream}}, kLatencyBuckets)});
   }
   return *entry;
 }

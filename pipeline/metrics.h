@@ -129,6 +129,16 @@ struct SlotMetrics {
   prometheus::Gauge& confirmed_lsn;
 };
 
+// A stream's Kafka transactions in the exactly-once mode
+// (pipeline/kafka_transactions.h), labelled by the stream (its
+// transactional.id).
+struct TransactionMetrics {
+  prometheus::Counter& committed;
+  prometheus::Counter& aborted;
+  prometheus::Histogram& events;          // records per committed transaction, its position record not counted
+  prometheus::Histogram& commit_seconds;  // from the commit's start (all records produced) to committed
+};
+
 // What one relay (poll or cdc) tells the health endpoints. All members are
 // thread-safe.
 class RelayHealth {
@@ -186,6 +196,7 @@ class Metrics {
   SourceMetrics& Source(const std::string& source);
   TableMetrics& Table(const std::string& table);
   SlotMetrics& Slot(const std::string& slot);
+  TransactionMetrics& Transactions(const std::string& stream);
   // A relay that /healthz and /readyz wait for from now on.
   RelayHealth& AddRelay(const std::string& name);
 
@@ -226,6 +237,9 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& resent_;
   prometheus::Family<prometheus::Gauge>& last_delivery_;
   prometheus::Family<prometheus::Gauge>& halted_;
+  prometheus::Family<prometheus::Counter>& transactions_;
+  prometheus::Family<prometheus::Histogram>& transaction_events_;
+  prometheus::Family<prometheus::Histogram>& transaction_commit_;
   prometheus::Gauge& kafka_queue_;
   prometheus::Gauge& ready_;
 
@@ -233,6 +247,7 @@ class Metrics {
   std::unordered_map<std::string, std::unique_ptr<SourceMetrics>> sources_;
   std::unordered_map<std::string, std::unique_ptr<TableMetrics>> tables_;
   std::unordered_map<std::string, std::unique_ptr<SlotMetrics>> slots_;
+  std::unordered_map<std::string, std::unique_ptr<TransactionMetrics>> transaction_streams_;
   std::vector<std::unique_ptr<RelayHealth>> relays_;
 };
 
