@@ -25,6 +25,10 @@ constexpr std::size_t kFramesPerTurn = 4096;  // then serve delivery reports and
 // While reading is paused the server's keepalive requests go unseen, so the
 // status goes out at least this often.
 constexpr milliseconds kPausedStatusInterval(1000);
+// Exactly-once: fencing the previous holder and reading the position take
+// this long at most (longer when a transaction the previous holder left open
+// in the position topic must be aborted first).
+constexpr milliseconds kInitialiseTimeout(30000);
 
 // "table" → "public.table".
 std::string Qualified(const std::string& table) {
@@ -75,6 +79,7 @@ Result<std::unique_ptr<CdcSource>> CdcSource::Create(const Config& config, Metri
   }
   for (const std::string& t : config.cdc->tables) source->captured_.push_back(Qualified(t));
   source->slot_metrics_ = &metrics.Slot(config.cdc->slot);
+  source->metrics_ = &metrics;
   return source;
 }
 
@@ -361,6 +366,11 @@ Status CdcSource::Connect(bool first) {
   OUTBOXD_RETURN_IF_ERROR(stream_.Connect());
   auto identity = stream_.IdentifySystem();
   if (!identity.ok()) return identity.status();
+  if (config_.kafka.delivery == Delivery::kExactlyOnce && txn_ == nullptr) {
+    // The stream's id needs the server's identity: nothing is produced before.
+    txn_ = std::make_unique<KafkaTransactions>(
+        config_.kafka, KafkaTransactions::CdcStream(identity->system_id, identity->dbname, cdc_.slot), *metrics_);
+  }
   if (!mapper_) {
     database_ = identity->dbname;
     ChangeMapperOptions options;
@@ -408,6 +418,12 @@ Status CdcSource::StartStreaming() {
     }
     return st;
   }
+  if (txn_ != nullptr) {
+    if (Status init = InitialiseTransactions(); !init.ok()) {
+      stream_.Close();
+      return init;
+    }
+  }
   log->info("streaming replication slot \"{}\" (publication \"{}\") from {}", cdc_.slot, cdc_.publication,
             acked_lsn_.ToString());
   next_status_ = Clock::now();
@@ -435,10 +451,13 @@ void CdcSource::Disconnect() {
   if (streamed_once_) lost_connection_ = true;
   if (phase_ == Phase::kStreaming && !gate_.rewinding()) {
     restart_cause_ = ResendCause::kReconnect;
-    if (checkpoint_.pending() > 0 || !failures_.empty()) {
+    const bool txn_open = txn_ != nullptr && txn_->state() != KafkaTransactions::State::kIdle &&
+                          txn_->state() != KafkaTransactions::State::kUninitialised;
+    if (checkpoint_.pending() > 0 || !failures_.empty() || txn_open) {
       // Stream again only once what is in flight is reported (and failures
-      // held for a failed producer are handled): what Kafka acknowledged
-      // meanwhile is then released, not read and sent again.
+      // held for a failed producer are handled, and an open Kafka
+      // transaction is aborted): what Kafka acknowledged meanwhile is then
+      // released, not read and sent again.
       gate_.Start(RewindGate::Pause::kNone, Clock::now());
     } else {
       // The stream restarts at once, at the last released commit: what is
@@ -448,6 +467,9 @@ void CdcSource::Disconnect() {
       CountResent();
     }
   }
+  // The stream resumes at the last committed position: an open Kafka
+  // transaction is produced again.
+  if (txn_ != nullptr) txn_->StartAbort();
   stream_.Close();
   ctl_.reset();
   tx_.reset();
@@ -471,6 +493,7 @@ void CdcSource::OnDelivery(const DeliveryReport& report) {
   if (report.outcome == DeliveryOutcome::kPersisted) {
     checkpoint_.MarkAcked(report.token);
     gate_.Delivered();
+    if (pos->kind == EntryKind::kPosition) return;
     if (pos->kind == EntryKind::kDeadLetter) {
       ++dead_lettered_;
       source.metrics->DeadLettered();
@@ -500,7 +523,13 @@ Status CdcSource::HandleFailures() {
   for (const Failure& f : failures) {
     const std::string event =
         "event " + std::to_string(f.pos.index) + " of the transaction committed at " + f.pos.lsn.ToString();
-    switch (ActionFor(f.report.outcome, f.pos.kind == EntryKind::kDeadLetter, /*has_dead_letter_topic=*/true)) {
+    // A position record refused: its transaction is produced again (the
+    // topic is outboxd's own; a refusal for good shows in the log each time).
+    const FailureAction action =
+        f.pos.kind == EntryKind::kPosition
+            ? FailureAction::kRewind
+            : ActionFor(f.report.outcome, f.pos.kind == EntryKind::kDeadLetter, /*has_dead_letter_topic=*/true);
+    switch (action) {
       case FailureAction::kHalt:  // the dead-letter record itself was refused
         return Status::Permanent(event + " could not be written to the dead-letter topic either: " +
                                  f.report.error_name + ": " + f.report.error_message);
@@ -520,7 +549,9 @@ Status CdcSource::HandleFailures() {
         break;
     }
   }
-  if (!why.empty()) Rewind(why, ResendCause::kRewind);
+  // Already rewinding: the replay produces these again anyway (e.g. records
+  // an abort purged).
+  if (!why.empty() && !gate_.rewinding()) Rewind(why, ResendCause::kRewind);
   return Status::Ok();
 }
 
@@ -539,6 +570,7 @@ void CdcSource::Rewind(const std::string& why, ResendCause cause) {
                         acked_lsn_.ToString());
   }
   gate_.Start(RewindGate::Pause::kBackOff, Clock::now());
+  if (txn_ != nullptr) txn_->StartAbort();
   stream_.Close();
   tx_.reset();
   stalled_.clear();
@@ -558,6 +590,7 @@ void CdcSource::CountResent() {
 void CdcSource::OnProducerLost() {
   gate_.ProducerLost();  // its queue went with it
   failures_.clear();
+  if (txn_ != nullptr) txn_->ProducerLost();  // what was open went with it
   Rewind("the Kafka producer failed and was recreated", ResendCause::kProducer);
 }
 
@@ -613,6 +646,10 @@ Status CdcSource::ReportPosition(Report when) {
 Status CdcSource::Settle(Clock::time_point, FailedDeliveries failed) {
   if (failed == FailedDeliveries::kAct) OUTBOXD_RETURN_IF_ERROR(HandleFailures());
   if (snapshot_ == SnapshotState::kFailed) return snapshot_failure_;
+  if (failed == FailedDeliveries::kAct) {
+    OUTBOXD_RETURN_IF_ERROR(CommitIfDue(Clock::now()));
+    OUTBOXD_RETURN_IF_ERROR(AdvanceTransaction());
+  }
   ReleaseAcknowledged();
   if (phase_ != Phase::kStreaming) return Status::Ok();
   OUTBOXD_RETURN_IF_ERROR(ReportPosition(Report::kWhenDue));
@@ -632,6 +669,7 @@ Status CdcSource::Pump(Clock::time_point now) {
     case Phase::kSnapshotting:
       return ReadSnapshot();
     case Phase::kRewinding:
+      if (TransactionBusy()) return Status::Ok();  // the open Kafka transaction is aborted first
       if (!gate_.TakeFinished(now)) return Status::Ok();
       // Every report of the old generation is in: what was acknowledged is
       // released, the rest is read again from the slot.
@@ -643,6 +681,8 @@ Status CdcSource::Pump(Clock::time_point now) {
     case Phase::kStreaming:
       OUTBOXD_RETURN_IF_ERROR(ReadStream());
       if (phase_ != Phase::kStreaming) return Status::Ok();  // it rewound
+      OUTBOXD_RETURN_IF_ERROR(CommitIfDue(now));
+      OUTBOXD_RETURN_IF_ERROR(AdvanceTransaction());
       OUTBOXD_RETURN_IF_ERROR(ReportPosition(Report::kWhenDue));
       if (stream_.flush_pending()) OUTBOXD_RETURN_IF_ERROR(stream_.FlushPending());
       return Status::Ok();
@@ -666,7 +706,79 @@ Status CdcSource::ProduceStalled() {
 }
 
 bool CdcSource::ReadingPaused() const {
-  return !stalled_.empty() || checkpoint_.pending() >= config_.kafka.max_in_flight;
+  return !stalled_.empty() || checkpoint_.pending() >= config_.kafka.max_in_flight || TransactionBusy();
+}
+
+bool CdcSource::TransactionBusy() const {
+  return txn_ != nullptr && (txn_->state() == KafkaTransactions::State::kCommitting ||
+                             txn_->state() == KafkaTransactions::State::kAborting);
+}
+
+// --- Kafka transactions (exactly-once) ---------------------------------------------
+
+Status CdcSource::InitialiseTransactions() {
+  health_->SetInLongCall(true);
+  auto position = txn_->Initialise(*publisher_, kInitialiseTimeout);
+  health_->SetInLongCall(false);
+  if (!position.ok()) return position.status();
+  txn_commits_.clear();
+  skipped_ = 0;
+  if (!position->has_value()) {
+    Logger("cdc")->info("Kafka transactions of \"{}\" initialised; no position stored in \"{}\" yet", txn_->stream(),
+                        config_.kafka.position_topic);
+    return Status::Ok();
+  }
+  auto lsn = Lsn::Parse(**position);
+  if (!lsn.ok()) {
+    return Status::Permanent("the position of \"" + txn_->stream() + "\" in topic \"" + config_.kafka.position_topic +
+                             "\" is not an LSN: \"" + **position + "\"");
+  }
+  skip_through_ = std::max(skip_through_, *lsn);
+  Logger("cdc")->info(
+      "Kafka transactions of \"{}\" initialised; Kafka has every transaction committed up to {}, the slot is "
+      "confirmed to {}",
+      txn_->stream(), skip_through_.ToString(), acked_lsn_.ToString());
+  return Status::Ok();
+}
+
+void CdcSource::AddCommitMarker(Lsn end_lsn, Lsn commit_lsn) {
+  const auto ticket = checkpoint_.Add({end_lsn, 0, EntryKind::kCommit});
+  if (txn_ != nullptr && txn_->state() == KafkaTransactions::State::kOpen) {
+    txn_commits_.push_back(ticket);
+    txn_last_commit_ = commit_lsn;
+    return;
+  }
+  checkpoint_.MarkAcked(ticket);
+}
+
+Status CdcSource::CommitIfDue(Clock::time_point now) {
+  if (txn_ == nullptr || tx_ || !stalled_.empty() || gate_.rewinding() || !txn_->CommitDue(now)) {
+    return Status::Ok();
+  }
+  Position pos{txn_last_commit_, 0, EntryKind::kPosition};
+  // The commit starts once librdkafka has the record (Produce()): it may wait
+  // in stalled_ for queue space first.
+  return Produce(txn_->PositionRecord(txn_last_commit_.ToString()), pos);
+}
+
+Status CdcSource::AdvanceTransaction() {
+  if (txn_ == nullptr || !stalled_.empty()) return Status::Ok();
+  auto step = txn_->Advance(*publisher_);
+  if (!step.ok()) return step.status();  // kFatal: the runner recreates the producer
+  switch (*step) {
+    case KafkaTransactions::Step::kCommitted:
+      for (const auto ticket : txn_commits_) checkpoint_.MarkAcked(ticket);
+      txn_commits_.clear();
+      break;
+    case KafkaTransactions::Step::kAborted:
+      txn_commits_.clear();
+      if (!gate_.rewinding()) Rewind("the Kafka transaction was aborted", ResendCause::kRewind);
+      break;
+    case KafkaTransactions::Step::kNothing:
+    case KafkaTransactions::Step::kPending:
+      break;
+  }
+  return Status::Ok();
 }
 
 Status CdcSource::ReadStream() {
@@ -737,14 +849,17 @@ Status CdcSource::HandleMessage(const PgoutputMessage& msg, const XLogData& fram
           tx_ = TransactionInfo::From(m);
           tx_index_ = 0;
           tx_events_ = 0;
+          if (txn_ != nullptr && tx_->commit_lsn <= skip_through_ && ++skipped_ == 1) {
+            Logger("cdc")->info("skipping the transactions committed up to {}: Kafka has them",
+                                skip_through_.ToString());
+          }
           return Status::Ok();
         } else if constexpr (std::is_same_v<T, CommitMsg>) {
           if (!tx_) return not_in_tx("commit");
           if (tx_events_ > 0) sources_[0].metrics->ObserveBatch(tx_events_);
-          const auto ticket = checkpoint_.Add({m.end_lsn, 0, EntryKind::kCommit});
-          checkpoint_.MarkAcked(ticket);
+          AddCommitMarker(m.end_lsn, tx_->commit_lsn);
           tx_.reset();
-          return Status::Ok();
+          return CommitIfDue(Clock::now());
         } else if constexpr (std::is_same_v<T, InsertMsg>) {
           if (!tx_) return not_in_tx("insert");
           if (RoleOf(*m.relation).outbox != nullptr) {
@@ -795,9 +910,10 @@ Status CdcSource::HandleMessage(const PgoutputMessage& msg, const XLogData& fram
           tx_ = alone;
           Status st = Emit(std::move(*routed), kNonTransactionalIndexFlag);
           tx_ = outer;
-          if (st.ok() && !tx_) {
-            const auto ticket = checkpoint_.Add({m.lsn, 0, EntryKind::kCommit});
-            checkpoint_.MarkAcked(ticket);
+          // Refused and rewinding: no marker, or the replay would start past it.
+          if (st.ok() && !tx_ && !gate_.rewinding()) {
+            AddCommitMarker(m.lsn, m.lsn);
+            return CommitIfDue(Clock::now());
           }
           return st;
         } else if constexpr (std::is_same_v<T, RelationMsg>) {
@@ -863,7 +979,8 @@ std::optional<CdcSource::Routed> CdcSource::RouteMessage(const LogicalMsg& msg, 
 }
 
 Status CdcSource::Emit(Routed routed, uint64_t index) {
-  if (gate_.rewinding()) return Status::Ok();  // produced again by the replay
+  if (gate_.rewinding()) return Status::Ok();                                    // produced again by the replay
+  if (txn_ != nullptr && tx_->commit_lsn <= skip_through_) return Status::Ok();  // Kafka has it
   ++tx_events_;
   Position pos{tx_->commit_lsn, index, EntryKind::kEvent};
   pos.source = routed.metrics_source;
@@ -914,11 +1031,27 @@ Status CdcSource::Produce(Record record, Position pos) {
     stalled_.emplace_back(std::move(record), pos);
     return Status::Ok();
   }
+  if (txn_ != nullptr) OUTBOXD_RETURN_IF_ERROR(txn_->Begin(*publisher_, Clock::now()));
   Status st = publisher_->Produce(record, checkpoint_.next_ticket());
   MetricsSource& source = sources_[pos.source];
-  const FailureAction action = ActionForProduce(st, pos.kind == EntryKind::kDeadLetter, /*has_dead_letter_topic=*/true);
+  if (txn_ != nullptr && !st.ok() && publisher_->last_produce_error() == "_STATE") {
+    // The Kafka transaction failed (an abortable error, e.g. a partition it
+    // could not add): abort it and produce it again.
+    Rewind("the Kafka transaction cannot take records: " + st.message(), ResendCause::kRewind);
+    return Status::Ok();
+  }
+  FailureAction action = ActionForProduce(st, pos.kind == EntryKind::kDeadLetter, /*has_dead_letter_topic=*/true);
+  if (pos.kind == EntryKind::kPosition && (action == FailureAction::kDeadLetter || action == FailureAction::kHalt)) {
+    return Status::Permanent(st.message())
+        .Prefixed("the position record was refused by topic \"" + record.topic + "\"");
+  }
   switch (action) {
     case FailureAction::kNone:
+      if (pos.kind == EntryKind::kPosition) {
+        txn_->StartCommit();
+      } else if (txn_ != nullptr) {
+        txn_->Added();
+      }
       if (pos.kind == EntryKind::kEvent) pos.published = &source.metrics->Published(record.topic);
       ++source.in_flight;
       gate_.Produced();
@@ -992,8 +1125,12 @@ CdcSource::Clock::time_point CdcSource::NextWakeup(Clock::time_point now) const 
     case Phase::kStreaming:
       next = std::min(next, next_status_);
       if (acked_commit_lsn_ > reported_lsn_) next = std::min(next, next_confirm_);
+      if (txn_ != nullptr) {
+        if (auto due = txn_->CommitDueAt()) next = std::min(next, *due);
+      }
       break;
   }
+  if (TransactionBusy()) next = std::min(next, now + milliseconds(5));
   if (!stalled_.empty()) next = std::min(next, now + milliseconds(10));
   return next;
 }
@@ -1015,6 +1152,25 @@ Source::Health CdcSource::CheckHealth() {
 
 void CdcSource::Finish() {
   auto log = Logger("cdc");
+  if (txn_ != nullptr && txn_->state() != KafkaTransactions::State::kIdle &&
+      txn_->state() != KafkaTransactions::State::kUninitialised) {
+    // An open Kafka transaction holds read_committed consumers of its
+    // partitions back until it ends: abort it rather than leave it to
+    // transaction.timeout.ms. It is produced again on the next start.
+    txn_->StartAbort();
+    const auto deadline = Clock::now() + std::chrono::seconds(2);
+    Result<KafkaTransactions::Step> step = KafkaTransactions::Step::kPending;
+    while (step.ok() && *step == KafkaTransactions::Step::kPending && Clock::now() < deadline) {
+      step = txn_->Advance(*publisher_);
+    }
+    if (!step.ok()) {
+      log->warn("could not end the open Kafka transaction: {}", step.status().message());
+    } else if (*step == KafkaTransactions::Step::kCommitted) {
+      // Its commit had begun (its position record was out): confirmed below.
+      for (const auto ticket : txn_commits_) checkpoint_.MarkAcked(ticket);
+      txn_commits_.clear();
+    }
+  }
   ReleaseAcknowledged();
   if (phase_ == Phase::kStreaming) {
     Status st = ReportPosition(Report::kNow);

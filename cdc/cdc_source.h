@@ -68,6 +68,7 @@
 #include "common/status.h"
 #include "config/config.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/kafka_transactions.h"
 #include "pipeline/metrics.h"
 #include "pipeline/publisher.h"
 #include "pipeline/rewind_gate.h"
@@ -124,8 +125,9 @@ class CdcSource final : public Source {
     kUnrecorded,      // acknowledged; the state table does not say so yet
     kFailed,          // a rewind before it was acknowledged: stop (retaken at the next start)
   };
-  // What a checkpoint entry stands for.
-  enum class EntryKind : uint8_t { kEvent, kDeadLetter, kCommit, kSnapshotDone };
+  // What a checkpoint entry stands for. kPosition: the position record that
+  // ends a Kafka transaction (exactly-once).
+  enum class EntryKind : uint8_t { kEvent, kDeadLetter, kCommit, kSnapshotDone, kPosition };
   struct Position {
     Lsn lsn;             // events: their transaction's commit LSN (the consistent point for snapshot
                          // rows); commit markers: its end LSN
@@ -212,6 +214,20 @@ class CdcSource final : public Source {
   // After a rewind or as a standby: the replication connection again, then
   // StartStreaming().
   [[nodiscard]] Status RestartStream(bool check_slot);
+  // Exactly-once: a PostgreSQL transaction's commit marker is released only
+  // once its Kafka transaction committed; at least once, at once.
+  void AddCommitMarker(Lsn end_lsn, Lsn commit_lsn);
+  // Exactly-once: at a PostgreSQL transaction boundary, ends the open Kafka
+  // transaction with its position record once transaction_max_wait or
+  // _max_events is reached.
+  [[nodiscard]] Status CommitIfDue(Clock::time_point now);
+  // Exactly-once: drives a commit or abort under way; a commit releases its
+  // PostgreSQL transactions' commit markers.
+  [[nodiscard]] Status AdvanceTransaction();
+  // Exactly-once: right after the stream started (the slot is ours), fences
+  // earlier holders and reads the position Kafka has.
+  [[nodiscard]] Status InitialiseTransactions();
+  bool TransactionBusy() const;
   // Produces the record waiting for queue space, if any.
   [[nodiscard]] Status ProduceStalled();
   [[nodiscard]] Status HandleFailures();
@@ -250,6 +266,7 @@ class CdcSource final : public Source {
   Publisher* publisher_ = nullptr;  // owned by the runner
   RelayHealth* health_ = nullptr;   // owned by the Metrics
   SlotMetrics* slot_metrics_ = nullptr;
+  Metrics* metrics_ = nullptr;
   std::map<std::string, Router> outbox_routers_;  // "schema.table" of cdc outbox tables
   std::map<std::string, const OutboxTableConfig*> outbox_configs_;
   std::map<std::string, uint32_t> outbox_sources_;  // "schema.table" → index into sources_
@@ -292,6 +309,17 @@ class CdcSource final : public Source {
   std::vector<Failure> failures_;                               // filled by OnDelivery, handled by Settle
   uint64_t published_ = 0;
   uint64_t dead_lettered_ = 0;
+
+  // Exactly-once ([kafka] delivery): the slot's Kafka transactions, from the
+  // first Connect() (its id needs the server's identity); null at least
+  // once.
+  std::unique_ptr<KafkaTransactions> txn_;
+  // Commit markers of the PostgreSQL transactions in the open Kafka
+  // transaction: acknowledged when it commits.
+  std::vector<Checkpoint<Position>::Ticket> txn_commits_;
+  Lsn txn_last_commit_;   // commit LSN of its last PostgreSQL transaction: its position
+  Lsn skip_through_;      // Kafka has every transaction committed up to here (its position)
+  uint64_t skipped_ = 0;  // transactions skipped for it since the last Initialise
 };
 
 }  // namespace outboxd

@@ -14,6 +14,10 @@
 //                             the N-th acknowledged record is reported as
 //                             _MSG_TIMED_OUT instead: a record in Kafka whose
 //                             acknowledgement was lost, once per process.
+//   kill_after_kafka_commits=N
+//                             exactly-once: outboxd kills itself (SIGKILL)
+//                             right after its N-th Kafka transaction
+//                             committed, before the source confirms it.
 
 #include <cstdint>
 #include <optional>

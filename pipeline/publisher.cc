@@ -131,6 +131,13 @@ void Publisher::Destroy() {
   on_delivery_ = std::move(handler);
 }
 
+Status Publisher::UseTransactionalId(const std::string& id) {
+  if (id == transactional_id_) return Status::Ok();
+  transactional_id_ = id;
+  Destroy();
+  return Build();
+}
+
 Status Publisher::Recreate() {
   Logger("kafka")->warn("recreating the Kafka producer");
   Destroy();

@@ -91,6 +91,10 @@ class Publisher {
   // consumers; those still queued are reported as purged.
   [[nodiscard]] TxnResult AbortTransaction(std::chrono::milliseconds timeout);
   bool transactional() const { return !transactional_id_.empty(); }
+  // Makes it the transactional producer `id` (recreating it unless it is
+  // already); nothing it had queued is kept. For a source that learns its
+  // stream's id once connected, before it produces anything.
+  [[nodiscard]] Status UseTransactionalId(const std::string& id);
   // The least time given to a commit or an abort; see CommitTransaction().
   static constexpr std::chrono::milliseconds kMinTxnEndTimeout{100};
   ~Publisher();
@@ -143,7 +147,7 @@ class Publisher {
 
   KafkaConfig config_;
   DeliveryHandler on_delivery_;
-  const std::string transactional_id_;      // empty: idempotent, not transactional
+  std::string transactional_id_;            // empty: idempotent, not transactional
   rd_kafka_t* rk_ = nullptr;                // owned; destroyed in Destroy()
   rd_kafka_queue_t* main_queue_ = nullptr;  // owned reference to rk_'s main queue
   UniqueFd wake_read_;

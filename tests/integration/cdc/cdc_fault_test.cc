@@ -32,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/pg.h"
+#include "config/config.h"
 #include "tests/harness/test_env.h"
 #include "tests/integration/metrics_support.h"
 
@@ -509,44 +510,117 @@ void ExpectConfirmedRowsInKafka(const CdcCapture& capture, const std::vector<Com
 
 // ---------------------------------------------------------------------------
 
-TEST(CdcFault, SigkillWhileStreamingFourTimesLosesNothing) {
+// The [kafka] keys of the exactly-once mode, with a position topic of the test's own.
+std::string ExactlyOnce(const CdcCapture& capture) {
+  return "delivery = \"exactly-once\"\nposition_topic = \"" + capture.topic() + ".positions\"\n";
+}
+
+// Kills outboxd (SIGKILL) `kills` times while a writer commits 10-row
+// transactions, each time once the slot confirmed `rows_per_round` more rows,
+// checking the slot never passed what Kafka has; then drains with one more
+// start. Returns the duplicates a read_committed reader finds.
+std::size_t KillWhileStreaming(Delivery delivery, int kills, std::size_t rows_per_round) {
   TestDatabase db;
   db.Exec(kOrdersDdl);
   CdcCapture capture(db, SharedServices().kafka_bootstrap);
   KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
-  OutboxdProcess outboxd(capture.Config());
+  OutboxdProcess outboxd(capture.Config(delivery == Delivery::kExactlyOnce ? ExactlyOnce(capture) : ""));
   outboxd.Start();
-  ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
+  if (!capture.WaitActive(60s)) ADD_FAILURE() << outboxd.Log();
 
   OrderWriter writer(db.conninfo(), 10, 10ms);
   writer.Start();  // until stopped
-  for (int round = 1; round <= 4; ++round) {
+  for (int round = 1; round <= kills; ++round) {
     if (round > 1) outboxd.Start();
     // Kill it in the middle of the flow, once it streamed more in this round.
-    ASSERT_TRUE(capture.WaitStreamed(writer, 1500, 120s))
-        << "round " << round << ", writer: " << writer.last_error() << "\n"
-        << outboxd.Log();
+    if (!capture.WaitStreamed(writer, rows_per_round, 120s)) {
+      ADD_FAILURE() << "round " << round << ", writer: " << writer.last_error() << "\n" << outboxd.Log();
+      return 0;
+    }
     outboxd.Kill();
-    ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(10s));
+    EXPECT_EQ(128 + SIGKILL, outboxd.WaitExit(10s));
     // The walsender notices the lost client and may still apply a last
     // status update it had read: the position to check is the final one.
-    ASSERT_TRUE(capture.WaitInactive(30s)) << "round " << round;
+    EXPECT_TRUE(capture.WaitInactive(30s)) << "round " << round;
     const uint64_t confirmed = capture.ConfirmedFlush();
     ExpectConfirmedRowsInKafka(capture, writer.Rows(), confirmed, "after kill " + std::to_string(round));
   }
   writer.Stop();
 
   outboxd.Start();
-  ASSERT_TRUE(capture.WaitDrained(180s)) << outboxd.Log();
+  EXPECT_TRUE(capture.WaitDrained(180s)) << outboxd.Log();
   outboxd.Terminate();
-  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
   const auto committed = writer.Rows();
   EXPECT_EQ(0, writer.failures()) << writer.last_error();
-  const std::size_t duplicates = ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "4 kills");
+  return ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), std::to_string(kills) + " kills");
+}
+
+TEST(CdcFault, SigkillWhileStreamingFourTimesLosesNothing) {
+  const std::size_t duplicates = KillWhileStreaming(Delivery::kAtLeastOnce, 4, 1500);
   // A kill replays what Kafka had not acknowledged and what was acknowledged
   // but not yet confirmed (confirm_interval, 100 ms): at the writer's 1,000
   // rows/s at most, a quarter second of traffic per kill.
   EXPECT_LE(duplicates, 4 * 250u);
+}
+
+// --- Exactly-once ([kafka] delivery = "exactly-once") ----------------------
+//
+// A read_committed consumer must see every committed row once: no
+// duplicate at all, whatever the kill.
+
+TEST(CdcExactlyOnce, SigkillTenTimesWhileStreamingDeliversEveryRowOnce) {
+  EXPECT_EQ(0u, KillWhileStreaming(Delivery::kExactlyOnce, 10, 800));
+}
+
+// The crash point at-least-once turns into duplicates: Kafka committed the
+// transaction, the slot was not confirmed. The failpoint kills outboxd right
+// after its 30th Kafka commit; the next start reads the position from Kafka
+// and skips what the slot replays below it.
+TEST(CdcExactlyOnce, KilledAfterTheKafkaCommitBeforeTheSlotIsConfirmedSendsNothingTwice) {
+  TestDatabase db;
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, SharedServices().kafka_bootstrap);
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  OutboxdProcess outboxd(capture.Config(ExactlyOnce(capture)));
+  outboxd.SetEnv("OUTBOXD_FAILPOINTS", "kill_after_kafka_commits=30");
+  outboxd.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
+  OrderWriter writer(db.conninfo(), 10, 5ms);
+  writer.Start();
+  ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(120s)) << outboxd.Log();
+  ASSERT_TRUE(capture.WaitInactive(30s));
+
+  const int port = FreePort();
+  OutboxdProcess again(capture.Config(ExactlyOnce(capture)) + HttpSection(port));
+  again.Start();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 500, 120s)) << again.Log();
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(120s)) << again.Log();
+  const Scrape scrape = ScrapeMetrics(port);
+  again.Terminate();
+  ASSERT_EQ(0, again.WaitExit(30s)) << again.Log();
+  // The replay really overlapped what Kafka had.
+  EXPECT_NE(std::string::npos, again.Log().find("Kafka has them")) << again.Log();
+  const auto committed = writer.Rows();
+  const std::size_t duplicates =
+      ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "kill after commit");
+  EXPECT_EQ(0u, duplicates);
+  // The second instance's transactions: each counted once, with its records.
+  // The stream: outboxd.cdc.<system identifier>.<database>.<slot>.
+  const std::string stream_id = "outboxd.cdc." +
+                                db.QueryString("SELECT system_identifier::text FROM pg_control_system()") + "." +
+                                db.name() + "." + capture.slot();
+  const Scrape::Labels stream = {{"stream", stream_id}};
+  const double transactions =
+      scrape.Or0("outboxd_kafka_transactions_total", {{"stream", stream_id}, {"outcome", "committed"}});
+  EXPECT_GT(transactions, 0);
+  EXPECT_EQ(transactions, scrape.Or0("outboxd_kafka_transaction_events_count", stream));
+  EXPECT_EQ(transactions, scrape.Or0("outboxd_kafka_transaction_commit_seconds_count", stream));
+  EXPECT_LE(scrape.Or0("outboxd_kafka_transaction_events_sum", stream), static_cast<double>(committed.size()));
+  std::cout << "[ stats    ] second instance: " << transactions << " Kafka transactions, "
+            << scrape.Or0("outboxd_kafka_transaction_events_sum", stream) << " records, commit p-sum "
+            << scrape.Or0("outboxd_kafka_transaction_commit_seconds_sum", stream) << " s\n";
 }
 
 // A fatal error of the idempotent producer while the slot streams (the
