@@ -782,14 +782,15 @@ TEST(CdcFault, KafkaDownSixtySecondsConfirmsNothingAndKeepsTheStream) {
   EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "60 s Kafka outage"));
 }
 
-TEST(CdcFault, PostgresRestartAndTerminatedWalsenderLoseNothing) {
+// PostgreSQL restarted, then the walsender terminated, while events flow.
+void RestartPostgresAndTerminateWalsender(Delivery delivery) {
   ServiceControl services;
   services.StartPostgres();
   TestDatabase db(services.info());
   db.Exec(kOrdersDdl);
   CdcCapture capture(db, SharedServices().kafka_bootstrap);
   KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
-  OutboxdProcess outboxd(capture.Config());
+  OutboxdProcess outboxd(capture.Config(delivery == Delivery::kExactlyOnce ? ExactlyOnce(capture) : ""));
   outboxd.Start();
   ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
   OrderWriter writer(db.conninfo(), 10, 10ms);
@@ -817,6 +818,46 @@ TEST(CdcFault, PostgresRestartAndTerminatedWalsenderLoseNothing) {
   // The slot is read again only once what was in flight is reported: what
   // Kafka acknowledged meanwhile is confirmed, not sent twice.
   EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "restart + terminate"));
+}
+
+TEST(CdcFault, PostgresRestartAndTerminatedWalsenderLoseNothing) {
+  RestartPostgresAndTerminateWalsender(Delivery::kAtLeastOnce);
+}
+
+TEST(CdcExactlyOnce, PostgresRestartAndTerminatedWalsenderDeliverEveryRowOnce) {
+  RestartPostgresAndTerminateWalsender(Delivery::kExactlyOnce);
+}
+
+// The Kafka broker SIGKILLed while Kafka transactions are open, and started
+// again: the transactions it had not committed are aborted and produced
+// again; a read_committed reader sees every row once.
+TEST(CdcExactlyOnce, KafkaBrokerKilledMidTransactionDeliversEveryRowOnce) {
+  ServiceControl services;
+  services.StartPostgres();
+  services.StartKafka();
+  TestDatabase db(services.info());
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, services.kafka_bootstrap());
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  OutboxdProcess outboxd(capture.Config(ExactlyOnce(capture)));
+  outboxd.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << outboxd.Log();
+  OrderWriter writer(db.conninfo(), 10, 10ms);
+  writer.Start();  // until stopped
+  ASSERT_TRUE(capture.WaitStreamed(writer, 1000, 60s)) << outboxd.Log();
+  services.KillKafka();
+  // Writes go on while the broker is down; the slot cannot move.
+  const std::size_t at_kill = writer.count();
+  ASSERT_TRUE(WaitUntil([&] { return writer.count() >= at_kill + 500; }, 30s)) << writer.last_error();
+  services.StartKafkaAgain();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 1000, 180s)) << outboxd.Log();
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(120s)) << outboxd.Log();
+  ASSERT_TRUE(outboxd.Running()) << outboxd.Log();
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  const auto committed = writer.Rows();
+  EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), "broker killed"));
 }
 
 // Two instances on one slot, each with its own login role. Three times while
@@ -873,6 +914,52 @@ TEST(CdcFault, HandoverAfterTerminatedSessionsSendsNothingTwice) {
   const auto committed = writer.Rows();
   EXPECT_EQ(0, writer.failures()) << writer.last_error();
   EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 60s), "handover"));
+}
+
+// The zombie: the active instance is paused (SIGSTOP), most likely with a
+// Kafka transaction open, its walsender is ended, and the standby takes the
+// slot over — fencing the paused instance's transactional.id, skipping what
+// Kafka has although the slot replays it — and publishes.
+// Resumed (SIGCONT), the paused instance's queued records go out with a
+// stale epoch: the broker refuses them, nothing of them becomes visible to
+// read_committed readers, and it stands by.
+TEST(CdcExactlyOnce, APausedInstanceThatResumesAfterATakeoverMakesNothingVisible) {
+  TestDatabase db;
+  db.Exec(kOrdersDdl);
+  CdcCapture capture(db, SharedServices().kafka_bootstrap);
+  KafkaAdmin(capture.bootstrap()).CreateTopic(capture.topic(), 3);
+  // a confirms the slot only every 500 ms (its status_interval): when b
+  // takes over, the slot replays up to half a second that a's committed
+  // transactions already hold.
+  OutboxdProcess a(capture.Config(ExactlyOnce(capture), "outboxd_a") + "confirm_interval = \"500ms\"\n");
+  a.Start();
+  ASSERT_TRUE(capture.WaitActive(60s)) << a.Log();
+  OutboxdProcess b(capture.Config(ExactlyOnce(capture), "outboxd_b"));
+  b.Start();
+  ASSERT_TRUE(b.WaitForLog("waiting for it to be released", 30s)) << b.Log();
+
+  OrderWriter writer(db.conninfo(), 10, 5ms);
+  writer.Start();  // until stopped
+  ASSERT_TRUE(capture.WaitStreamed(writer, 1000, 60s)) << a.Log();
+  a.Signal(SIGSTOP);
+  const std::size_t log_b = b.LogSize();
+  db.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outboxd_a'");
+  ASSERT_TRUE(b.WaitForLog("streaming replication slot", 30s, log_b)) << b.Log();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 1000, 60s)) << b.Log();
+  const std::size_t log_a = a.LogSize();
+  a.Signal(SIGCONT);
+  ASSERT_TRUE(a.WaitForLog("waiting for it to be released", 60s, log_a)) << a.Log();
+  ASSERT_TRUE(capture.WaitStreamed(writer, 1000, 60s)) << b.Log();
+  writer.Stop();
+  ASSERT_TRUE(capture.WaitDrained(60s)) << a.Log() << b.Log();
+  ASSERT_TRUE(a.Running()) << a.Log();
+  a.Terminate();
+  b.Terminate();
+  ASSERT_EQ(0, a.WaitExit(30s)) << a.Log();
+  ASSERT_EQ(0, b.WaitExit(30s)) << b.Log();
+  const auto committed = writer.Rows();
+  EXPECT_EQ(0, writer.failures()) << writer.last_error();
+  EXPECT_EQ(0u, ExpectAllDelivered(committed, capture.Consume(committed.size(), 60s), "zombie"));
 }
 
 TEST(CdcFault, SecondOutboxdWaitsForTheSlotAndTakesOver) {

@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/config.h"
 #include "tests/integration/cdc/cdc_test_support.h"
 
 namespace outboxd::testing {
@@ -681,7 +682,12 @@ int64_t EndOffsets(const std::string& topic, int partitions) {
   return found == partitions ? sum : -1;
 }
 
-TEST_F(CdcRelayTest, MillionRowTransactionIsPublishedInBoundedMemory) {
+// At least once and exactly once (then as one Kafka transaction: one
+// position record).
+class CdcRelayMillionRowTest : public CdcRelayTest, public ::testing::WithParamInterface<Delivery> {};
+
+TEST_P(CdcRelayMillionRowTest, MillionRowTransactionIsPublishedInBoundedMemory) {
+  const bool exactly_once = GetParam() == Delivery::kExactlyOnce;
   constexpr int64_t kRows = 1'000'000;
   constexpr int kPartitions = 3;
 #ifdef OUTBOXD_SANITIZED
@@ -696,6 +702,8 @@ TEST_F(CdcRelayTest, MillionRowTransactionIsPublishedInBoundedMemory) {
   CdcToml toml = Toml();
   toml.tables = {"public.bulk"};
   toml.log_level = "info";
+  const std::string positions = topic + ".positions";
+  if (exactly_once) toml.kafka_extra = "delivery = \"exactly-once\"\nposition_topic = \"" + positions + "\"\n";
   OutboxdProcess outboxd(toml.Build());
   ASSERT_TRUE(StartStreaming(outboxd)) << outboxd.Log();
 
@@ -756,7 +764,19 @@ TEST_F(CdcRelayTest, MillionRowTransactionIsPublishedInBoundedMemory) {
   RecordProperty("records_read", std::to_string(lines));
   EXPECT_EQ(static_cast<std::size_t>(kRows), keys.size());
   EXPECT_TRUE(keys.count(R"({"id":1})") && keys.count(R"({"id":1000000})"));
+  if (exactly_once) {
+    EXPECT_EQ(kRows, lines) << "a read_committed reader sees each row once";
+    // One PostgreSQL transaction, one Kafka transaction: one position record.
+    const auto stored = ConsumeTopic(SharedServices().kafka_bootstrap, positions, 1, 30s);
+    EXPECT_EQ(1u, stored.size());
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Delivery, CdcRelayMillionRowTest,
+                         ::testing::Values(Delivery::kAtLeastOnce, Delivery::kExactlyOnce),
+                         [](const ::testing::TestParamInfo<Delivery>& info) {
+                           return std::string(info.param == Delivery::kExactlyOnce ? "ExactlyOnce" : "AtLeastOnce");
+                         });
 
 }  // namespace
 }  // namespace outboxd::testing

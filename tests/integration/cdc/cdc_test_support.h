@@ -37,11 +37,12 @@ struct CdcToml {
   std::string log_level = "debug";
   std::string outbox_blocks;  // raw [[outbox]] TOML, written after [cdc]
   std::string cdc_extra;      // raw lines appended to [cdc]
+  std::string kafka_extra;    // raw lines appended to [kafka]
 
   std::string Build() const {
     auto quoted = [](const std::string& s) { return "\"" + s + "\""; };
     std::string t = "[postgres]\nconninfo = " + quoted(conninfo) + "\n" +
-                    "[kafka]\nbootstrap_servers = " + quoted(SharedServices().kafka_bootstrap) + "\n" +
+                    "[kafka]\nbootstrap_servers = " + quoted(SharedServices().kafka_bootstrap) + "\n" + kafka_extra +
                     "[log]\nlevel = " + quoted(log_level) + "\n" + "[cdc]\nslot = " + quoted(slot) +
                     "\npublication = " + quoted(publication) + "\ncreate = " + (create ? "true" : "false") +
                     "\nstatus_interval = " + quoted(status_interval) + "\n";
