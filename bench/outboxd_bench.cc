@@ -104,9 +104,10 @@ struct Options {
   int tx_rows = 100;       // rows per transaction in the "small transactions" run
   double cdc_rate = 2000;  // cdc latency: events (one-row transactions) per second
   bool cdc_async_commit = false;
-  std::string cdc_status_interval;  // cdc latency: [cdc] status_interval; empty: outboxd's default (10s)  // cdc
-                                    // latency: keep the server's synchronous_commit = off for the writer
-  std::string pg_recvlogical;       // empty: PATH, then the server's version's bindir
+  std::string cdc_status_interval;   // cdc latency: [cdc] status_interval; empty: outboxd's default (10s)  // cdc
+                                     // latency: keep the server's synchronous_commit = off for the writer
+  std::string pg_recvlogical;        // empty: PATH, then the server's version's bindir
+  std::string transaction_max_wait;  // exactly-once runs: [kafka] transaction_max_wait; empty: outboxd's
 };
 
 void Usage(const char* argv0) {
@@ -127,6 +128,7 @@ void Usage(const char* argv0) {
       "  --tx-rows N         cdc throughput: rows per transaction of the many-transactions run (default 100)\n"
       "  --cdc-rate R        cdc latency: one-row transactions per second (default 2000)\n"
       "  --cdc-status-interval D  cdc latency: [cdc] status_interval, e.g. 1s (default: outboxd's, 10s)\n"
+      "  --transaction-max-wait D  exactly-once runs: [kafka] transaction_max_wait (default: outboxd's, 20ms)\n"
       "  --cdc-async-commit  cdc latency: the writer keeps the server's synchronous_commit = off\n"
       "                      (default: it sets on; off adds up to wal_writer_delay, see bench/README.md)\n"
       "  --pg-recvlogical P  cdc raw limit: pg_recvlogical binary (default: PATH, then\n"
@@ -207,6 +209,8 @@ Options ParseOptions(int argc, char** argv) {
       o.cdc_rate = number(i);
     } else if (a == "--cdc-status-interval") {
       o.cdc_status_interval = value(i);
+    } else if (a == "--transaction-max-wait") {
+      o.transaction_max_wait = value(i);
     } else if (a == "--cdc-async-commit") {
       o.cdc_async_commit = true;
     } else if (a == "--pg-recvlogical") {
@@ -1102,7 +1106,8 @@ std::string CdcToml(const Options& o, const TestDatabase& db, const CdcNames& n,
   std::string t = CommonToml(o, db);
   if (delivery == Delivery::kExactlyOnce) {
     // [kafka] keys, placed before the sections CommonToml ends with.
-    const std::string keys = "delivery = \"exactly-once\"\nposition_topic = " + Quote(n.topic + ".positions") + "\n";
+    std::string keys = "delivery = \"exactly-once\"\nposition_topic = " + Quote(n.topic + ".positions") + "\n";
+    if (!o.transaction_max_wait.empty()) keys += "transaction_max_wait = " + Quote(o.transaction_max_wait) + "\n";
     t.insert(t.find('\n', t.find("bootstrap_servers")) + 1, keys);
   }
   t += "[cdc]\nslot = " + Quote(n.slot) + "\npublication = " + Quote(n.publication) + "\n";
