@@ -101,6 +101,19 @@ int CheckConfig(const std::string& path) {
             << (config->outboxes.size() == 1 ? "" : "s");
   if (config->cdc) std::cout << ", replication slot \"" << config->cdc->slot << "\"";
   std::cout << ")\n";
+  if (config->kafka.delivery == Delivery::kExactlyOnce) {
+    // What the mode needs beyond this file (docs/configuration.md).
+    std::cout << "delivery = \"exactly-once\": events go out in Kafka transactions with the slot's position in topic \""
+              << config->kafka.position_topic << "\" (created compacted, 1 partition, unless it exists).\n"
+              << "  consumers: set isolation.level=read_committed; read_uncommitted consumers also see the copies in "
+                 "aborted transactions.\n"
+              << "  broker: the transaction state log (transaction.state.log.replication.factor and .min.isr) and "
+                 "transaction.max.timeout.ms >= librdkafka's transaction.timeout.ms (60 s unless set in "
+                 "[kafka.properties]), which must cover producing the largest PostgreSQL transaction.\n"
+              << "  ACLs: WRITE and DESCRIBE on the transactional id outboxd.cdc.<system id>.<database>." +
+                     (config->cdc ? config->cdc->slot : std::string("<slot>"))
+              << ", and READ and WRITE on the position topic (CREATE too unless it exists).\n";
+  }
   return kExitOk;
 }
 

@@ -33,6 +33,28 @@ TEST(Cli, CheckConfigAcceptsTheShippedExamples) {
   }
 }
 
+// What exactly-once delivery needs beyond the file is said by check-config,
+// and a polled table is refused with it, naming the block.
+TEST(Cli, CheckConfigExplainsExactlyOnceAndRefusesItForPolledTables) {
+  const std::string cdc = WriteFile("eo_cdc.toml",
+                                    "[postgres]\nconninfo = \"host=127.0.0.1\"\n[kafka]\nbootstrap_servers = "
+                                    "\"b:9092\"\ndelivery = \"exactly-once\"\n[cdc]\nslot = \"orders\"\n"
+                                    "message_prefix = \"outbox\"\n");
+  auto ok = OutboxdProcess::RunCommand({"check-config", "-c", cdc}, 10s);
+  EXPECT_EQ(0, ok.exit_code) << ok.output;
+  EXPECT_NE(std::string::npos, ok.output.find("isolation.level=read_committed")) << ok.output;
+  EXPECT_NE(std::string::npos, ok.output.find("topic \"outboxd.positions\"")) << ok.output;
+  EXPECT_NE(std::string::npos, ok.output.find("outboxd.cdc.<system id>.<database>.orders")) << ok.output;
+
+  const std::string poll = WriteFile("eo_poll.toml",
+                                     "[postgres]\nconninfo = \"host=127.0.0.1\"\n[kafka]\nbootstrap_servers = "
+                                     "\"b:9092\"\ndelivery = \"exactly-once\"\n[[outbox]]\ntable = \"outbox\"\n");
+  auto refused = OutboxdProcess::RunCommand({"check-config", "-c", poll}, 10s);
+  EXPECT_EQ(78, refused.exit_code) << refused.output;
+  EXPECT_NE(std::string::npos, refused.output.find(poll + ":5:12: 'delivery' in [kafka]")) << refused.output;
+  EXPECT_NE(std::string::npos, refused.output.find("[[outbox]] #1")) << refused.output;
+}
+
 struct BadConfig {
   const char* name;
   const char* toml;
