@@ -3,6 +3,7 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <ostream>
@@ -18,6 +19,8 @@
 #include "common/pg.h"
 #include "common/pg_types.h"
 #include "daemon/exit_codes.h"
+#include "pipeline/kafka_transactions.h"
+#include "pipeline/position_store.h"
 
 namespace outboxd {
 
@@ -49,6 +52,11 @@ struct SlotReport {
   std::string state_table;
   std::string state;  // matches | no row | snapshot pending | dropped | re-created | unknown
   std::optional<Lsn> recorded_lsn;
+  // Exactly-once: the position stored in Kafka (the commit LSN of the last
+  // transaction Kafka has), or why it is not known.
+  bool exactly_once = false;
+  std::optional<Lsn> kafka_position;
+  std::string kafka_position_note;
   std::vector<std::string> problems;
 };
 
@@ -296,6 +304,33 @@ nlohmann::ordered_json HolderJson(const std::optional<int>& pid, const std::stri
   return {{"pid", *pid}, {"application_name", EmptyToNull(application)}, {"client_addr", EmptyToNull(address)}};
 }
 
+// Exactly-once: the slot's position in the position topic. Not knowing it
+// is a note, not a problem: status probes the database.
+void ReadKafkaPosition(const PgConn& conn, const Config& config, const std::string& database, SlotReport& report) {
+  report.exactly_once = true;
+  auto id = conn.Exec("SELECT system_identifier::text FROM pg_control_system()");
+  if (!id.ok()) {
+    report.kafka_position_note = "unknown (the system identifier cannot be read: " + id.status().message() + ")";
+    return;
+  }
+  const std::string stream = KafkaTransactions::CdcStream(PQgetvalue(id->get(), 0, 0), database, config.cdc->slot);
+  auto store = PositionStore::Create(config.kafka, config.kafka.position_topic);
+  if (!store.ok()) {
+    report.kafka_position_note = "unknown (" + store.status().message() + ")";
+    return;
+  }
+  auto last = (*store)->ReadLast(stream, 0, std::chrono::seconds(10));
+  if (!last.ok()) {
+    report.kafka_position_note = "unknown (" + last.status().message() + ")";
+  } else if (!last->has_value()) {
+    report.kafka_position_note = "none yet";
+  } else if (auto lsn = Lsn::Parse((*last)->value); lsn.ok()) {
+    report.kafka_position = *lsn;
+  } else {
+    report.kafka_position_note = "not an LSN: \"" + (*last)->value + "\"";
+  }
+}
+
 void PrintJson(std::ostream& out, const std::string& database, const std::vector<TableReport>& tables,
                const std::vector<SlotReport>& slots, const std::vector<std::string>& problems) {
   nlohmann::ordered_json j;
@@ -334,6 +369,10 @@ void PrintJson(std::ostream& out, const std::string& database, const std::vector
     o["state_table"] = s.state_table;
     o["recorded_lsn"] = LsnOrNull(s.recorded_lsn);
     o["state"] = s.state;
+    if (s.exactly_once) {
+      o["kafka_position"] = LsnOrNull(s.kafka_position);
+      o["kafka_position_note"] = EmptyToNull(s.kafka_position_note);
+    }
     o["problems"] = s.problems;
     j["slots"].push_back(std::move(o));
   }
@@ -387,6 +426,11 @@ void PrintText(std::ostream& out, const std::string& header, const std::vector<T
            s.lag_bytes ? FormatBytes(*s.lag_bytes) : "-", s.retained_bytes ? FormatBytes(*s.retained_bytes) : "-",
            s.wal_status.empty() ? "-" : s.wal_status,
            s.state + (s.recorded_lsn ? " (" + s.recorded_lsn->ToString() + ")" : "")});
+      if (s.exactly_once) {
+        notes.push_back("exactly-once: Kafka has every transaction of slot \"" + s.slot + "\" committed up to " +
+                        (s.kafka_position ? s.kafka_position->ToString() : s.kafka_position_note) +
+                        (s.kafka_position ? " (commit LSN; a restart skips what the slot replays up to it)" : ""));
+      }
     }
     out << "\n";
     PrintTable(out, rows);
@@ -463,6 +507,7 @@ int RunStatus(const Config& config, const StatusOptions& options, std::ostream& 
   if (problems.empty() && config.cdc) {
     SlotReport s;
     CheckSlot(*conn, *config.cdc, database, options, s);
+    if (config.kafka.delivery == Delivery::kExactlyOnce) ReadKafkaPosition(*conn, config, database, s);
     slots.push_back(std::move(s));
   }
   for (const auto& t : tables) problems.insert(problems.end(), t.problems.begin(), t.problems.end());

@@ -590,6 +590,14 @@ TEST(CdcExactlyOnce, KilledAfterTheKafkaCommitBeforeTheSlotIsConfirmedSendsNothi
   writer.Start();
   ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(120s)) << outboxd.Log();
   ASSERT_TRUE(capture.WaitInactive(30s));
+  // `outboxd status` shows the position Kafka has next to the slot's: the
+  // kill came after a Kafka commit the slot was not confirmed to.
+  const CommandResult status = OutboxdProcess::RunCommand({"status", "-c", outboxd.config_path(), "--json"}, 60s);
+  const auto report = nlohmann::json::parse(status.output, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(report.is_object() && report["slots"].size() == 1) << status.output;
+  const auto& slot = report["slots"][0];
+  ASSERT_TRUE(slot["kafka_position"].is_string()) << status.output;
+  EXPECT_GT(ParseLsn(slot["kafka_position"].get<std::string>()), capture.ConfirmedFlush()) << status.output;
 
   const int port = FreePort();
   OutboxdProcess again(capture.Config(ExactlyOnce(capture)) + HttpSection(port));
