@@ -451,9 +451,7 @@ void CdcSource::Disconnect() {
   if (streamed_once_) lost_connection_ = true;
   if (phase_ == Phase::kStreaming && !gate_.rewinding()) {
     restart_cause_ = ResendCause::kReconnect;
-    const bool txn_open = txn_ != nullptr && txn_->state() != KafkaTransactions::State::kIdle &&
-                          txn_->state() != KafkaTransactions::State::kUninitialised;
-    if (checkpoint_.pending() > 0 || !failures_.empty() || txn_open) {
+    if (checkpoint_.pending() > 0 || !failures_.empty() || (txn_ != nullptr && txn_->open())) {
       // Stream again only once what is in flight is reported (and failures
       // held for a failed producer are handled, and an open Kafka
       // transaction is aborted): what Kafka acknowledged meanwhile is then
@@ -709,10 +707,7 @@ bool CdcSource::ReadingPaused() const {
   return !stalled_.empty() || checkpoint_.pending() >= config_.kafka.max_in_flight || TransactionBusy();
 }
 
-bool CdcSource::TransactionBusy() const {
-  return txn_ != nullptr && (txn_->state() == KafkaTransactions::State::kCommitting ||
-                             txn_->state() == KafkaTransactions::State::kAborting);
-}
+bool CdcSource::TransactionBusy() const { return txn_ != nullptr && txn_->ending(); }
 
 // --- Kafka transactions (exactly-once) ---------------------------------------------
 
@@ -1152,8 +1147,7 @@ Source::Health CdcSource::CheckHealth() {
 
 void CdcSource::Finish() {
   auto log = Logger("cdc");
-  if (txn_ != nullptr && txn_->state() != KafkaTransactions::State::kIdle &&
-      txn_->state() != KafkaTransactions::State::kUninitialised) {
+  if (txn_ != nullptr && txn_->open()) {
     // An open Kafka transaction holds read_committed consumers of its
     // partitions back until it ends: abort it rather than leave it to
     // transaction.timeout.ms. It is produced again on the next start.

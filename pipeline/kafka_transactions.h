@@ -104,6 +104,10 @@ class KafkaTransactions {
   void ProducerLost() { state_ = State::kUninitialised; }
 
   State state() const { return state_; }
+  // A transaction is open, committing or aborting.
+  bool open() const { return state_ == State::kOpen || ending(); }
+  // A commit or an abort is under way: nothing may be produced until it ends.
+  bool ending() const { return state_ == State::kCommitting || state_ == State::kAborting; }
   const std::string& stream() const { return stream_; }
   // Records of the open (or committing) transaction, the position record
   // not counted.
