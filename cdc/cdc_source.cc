@@ -1029,9 +1029,7 @@ Status CdcSource::Produce(Record record, Position pos) {
   if (txn_ != nullptr) OUTBOXD_RETURN_IF_ERROR(txn_->Begin(*publisher_, Clock::now()));
   Status st = publisher_->Produce(record, checkpoint_.next_ticket());
   MetricsSource& source = sources_[pos.source];
-  if (txn_ != nullptr && !st.ok() && publisher_->last_produce_error() == "_STATE") {
-    // The Kafka transaction failed (an abortable error, e.g. a partition it
-    // could not add): abort it and produce it again.
+  if (!st.ok() && publisher_->last_produce_needs_abort()) {
     Rewind("the Kafka transaction cannot take records: " + st.message(), ResendCause::kRewind);
     return Status::Ok();
   }

@@ -108,6 +108,10 @@ class Publisher {
   // The librdkafka error name ("MSG_SIZE_TOO_LARGE") of the last Produce()
   // that failed.
   const std::string& last_produce_error() const { return last_produce_error_; }
+  // The last Produce() failed because the open Kafka transaction cannot take
+  // records (an abortable error, e.g. a partition it could not add;
+  // librdkafka says _STATE): abort it and produce it again.
+  bool last_produce_needs_abort() const { return transactional() && last_produce_error_ == "_STATE"; }
 
   // Serves delivery reports and errors; waits up to `timeout` for one.
   void Poll(std::chrono::milliseconds timeout);
