@@ -56,14 +56,28 @@ class Checkpoint {
   Ticket next_ticket() const { return next_ticket_; }
 
   // Removes and returns the positions of the contiguous acknowledged prefix.
-  std::vector<Position> TakeReleasable() {
+  std::vector<Position> TakeReleasable() { return TakeReleasable(next_ticket_); }
+
+  // The same, stopping at `before`: a ticket at or after it is not released
+  // even when acknowledged (exactly once: not yet in a committed Kafka
+  // transaction).
+  std::vector<Position> TakeReleasable(Ticket before) {
     std::vector<Position> out;
-    while (!entries_.empty() && entries_.front().state == State::kAcked) {
+    while (!entries_.empty() && entries_.front().state == State::kAcked && front_ticket_ < before) {
       out.push_back(entries_.front().pos);
       entries_.pop_front();
       ++front_ticket_;
     }
     return out;
+  }
+
+  // Calls `fn(position)` for every tracked event that is pending or
+  // acknowledged (not failed), in ticket order.
+  template <typename Fn>
+  void ForEachLive(Fn fn) const {
+    for (const Entry& e : entries_) {
+      if (e.state != State::kFailed) fn(e.pos);
+    }
   }
 
   // Forgets every tracked event; their later reports are stale.
