@@ -110,10 +110,15 @@ Record KafkaTransactions::PositionRecord(const std::string& position) const {
 void KafkaTransactions::StartCommit() {
   state_ = State::kCommitting;
   commit_started_at_ = Clock::now();
+  commit_called_ = false;
 }
 
 void KafkaTransactions::StartAbort() {
-  if (state_ == State::kOpen) state_ = State::kAborting;
+  // A commit still waiting for its records' acknowledgements has not asked
+  // Kafka anything: it can still turn into an abort. (It must: a record
+  // refused inside the transaction leaves the records after it queued until
+  // the abort purges them, so that commit would wait for ever.)
+  if (state_ == State::kOpen || (state_ == State::kCommitting && !commit_called_)) state_ = State::kAborting;
 }
 
 Result<KafkaTransactions::Step> KafkaTransactions::Advance(Publisher& publisher) {
@@ -123,6 +128,8 @@ Result<KafkaTransactions::Step> KafkaTransactions::Advance(Publisher& publisher)
     case State::kOpen:
       return Step::kNothing;
     case State::kCommitting: {
+      if (publisher.OutstandingCount() > 0) return Step::kPending;  // the commit starts once all are acknowledged
+      commit_called_ = true;
       const TxnResult r = publisher.CommitTransaction(kAdvanceTimeout);
       switch (r.outcome) {
         case TxnOutcome::kDone:

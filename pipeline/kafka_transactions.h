@@ -91,8 +91,9 @@ class KafkaTransactions {
   Record PositionRecord(const std::string& position) const;
   void StartCommit();
   // An open transaction is to be aborted (a delivery failed, the stream
-  // rewinds). A commit under way is left to end: it commits, or fails and
-  // aborts.
+  // rewinds). So is one whose commit still waits for its records'
+  // acknowledgements; a commit Kafka was asked for is left to end: it
+  // commits, or fails and aborts.
   void StartAbort();
   // Drives a commit or an abort; call every turn while one is under way, once
   // every record of the transaction is produced. A commit fenced after the
@@ -124,6 +125,7 @@ class KafkaTransactions {
   State state_ = State::kUninitialised;
   Clock::time_point opened_at_{};
   Clock::time_point commit_started_at_{};
+  bool commit_called_ = false;  // kCommitting: Kafka was asked to commit (it can no longer become an abort)
   int64_t events_ = 0;
 };
 
