@@ -25,10 +25,6 @@ constexpr std::size_t kFramesPerTurn = 4096;  // then serve delivery reports and
 // While reading is paused the server's keepalive requests go unseen, so the
 // status goes out at least this often.
 constexpr milliseconds kPausedStatusInterval(1000);
-// Exactly-once: fencing the previous holder and reading the position take
-// this long at most (longer when a transaction the previous holder left open
-// in the position topic must be aborted first).
-constexpr milliseconds kInitialiseTimeout(30000);
 
 // "table" → "public.table".
 std::string Qualified(const std::string& table) {
@@ -713,7 +709,7 @@ bool CdcSource::TransactionBusy() const { return txn_ != nullptr && txn_->ending
 
 Status CdcSource::InitialiseTransactions() {
   health_->SetInLongCall(true);
-  auto position = txn_->Initialise(*publisher_, kInitialiseTimeout);
+  auto position = txn_->Initialise(*publisher_, KafkaTransactions::kInitialiseTimeout);
   health_->SetInLongCall(false);
   if (!position.ok()) return position.status();
   txn_commits_.clear();
@@ -1146,15 +1142,8 @@ Source::Health CdcSource::CheckHealth() {
 void CdcSource::Finish() {
   auto log = Logger("cdc");
   if (txn_ != nullptr && txn_->open()) {
-    // An open Kafka transaction holds read_committed consumers of its
-    // partitions back until it ends: abort it rather than leave it to
-    // transaction.timeout.ms. It is produced again on the next start.
-    txn_->StartAbort();
-    const auto deadline = Clock::now() + std::chrono::seconds(2);
-    Result<KafkaTransactions::Step> step = KafkaTransactions::Step::kPending;
-    while (step.ok() && *step == KafkaTransactions::Step::kPending && Clock::now() < deadline) {
-      step = txn_->Advance(*publisher_);
-    }
+    // Aborted, it is produced again on the next start.
+    const Result<KafkaTransactions::Step> step = txn_->EndAtShutdown(*publisher_, std::chrono::seconds(2));
     if (!step.ok()) {
       log->warn("could not end the open Kafka transaction: {}", step.status().message());
     } else if (*step == KafkaTransactions::Step::kCommitted) {

@@ -46,6 +46,14 @@ KafkaTransactions::KafkaTransactions(const KafkaConfig& kafka, std::string strea
 
 KafkaTransactions::~KafkaTransactions() = default;
 
+std::string KafkaTransactions::PollStream(const std::string& system_id, const std::string& database,
+                                          std::vector<std::string> tables) {
+  std::sort(tables.begin(), tables.end());
+  std::string id = "outboxd.poll." + system_id + "." + database + ".";
+  for (std::size_t i = 0; i < tables.size(); ++i) id += (i == 0 ? "" : ",") + tables[i];
+  return id;
+}
+
 Result<std::optional<std::string>> KafkaTransactions::Initialise(Publisher& publisher, milliseconds timeout) {
   const Clock::time_point deadline = Clock::now() + timeout;
   auto remaining = [&] { return std::max(milliseconds(1), std::chrono::ceil<milliseconds>(deadline - Clock::now())); };
@@ -183,6 +191,14 @@ Result<KafkaTransactions::Step> KafkaTransactions::Advance(Publisher& publisher)
     }
   }
   return Step::kNothing;
+}
+
+Result<KafkaTransactions::Step> KafkaTransactions::EndAtShutdown(Publisher& publisher, milliseconds timeout) {
+  StartAbort();
+  const Clock::time_point deadline = Clock::now() + timeout;
+  Result<Step> step = Step::kPending;
+  while (step.ok() && *step == Step::kPending && Clock::now() < deadline) step = Advance(publisher);
+  return step;
 }
 
 }  // namespace outboxd

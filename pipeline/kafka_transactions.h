@@ -32,6 +32,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "config/config.h"
@@ -61,6 +62,11 @@ class KafkaTransactions {
     kAborted,    // it was aborted (asked for, or its commit failed): produce it again
   };
 
+  // How long a source lets Initialise() take: fencing the previous holder and
+  // reading the position (longer when a transaction the previous holder left
+  // open in the position topic must be aborted first).
+  static constexpr std::chrono::milliseconds kInitialiseTimeout{30000};
+
   // `stream`: the transactional.id, also the position record's key and the
   // metrics' `stream` label.
   KafkaTransactions(const KafkaConfig& kafka, std::string stream, Metrics& metrics);
@@ -71,6 +77,11 @@ class KafkaTransactions {
   static std::string CdcStream(const std::string& system_id, const std::string& database, const std::string& slot) {
     return "outboxd.cdc." + system_id + "." + database + "." + slot;
   }
+
+  // The transactional.id of a poll source's stream: its tables ("schema.table",
+  // sorted, comma-separated) in one database of one PostgreSQL cluster.
+  static std::string PollStream(const std::string& system_id, const std::string& database,
+                                std::vector<std::string> tables);
 
   // InitTransactions() unless done, then the last committed position
   // (nullopt: none yet). Blocks up to `timeout` (the caller marks it a long
@@ -101,6 +112,12 @@ class KafkaTransactions {
   // Permanent: the broker aborted it, and as one PostgreSQL transaction is
   // never split, producing it again would overrun again.
   [[nodiscard]] Result<Step> Advance(Publisher& publisher);
+  // At shutdown: aborts the open transaction rather than leave read_committed
+  // consumers of its partitions held back until transaction.timeout.ms (a
+  // commit Kafka was asked for is left to end), driving it for up to
+  // `timeout`.
+  // kCommitted when such a commit ended so.
+  [[nodiscard]] Result<Step> EndAtShutdown(Publisher& publisher, std::chrono::milliseconds timeout);
   // The producer is gone (recreated): whatever was open went with it.
   void ProducerLost() { state_ = State::kUninitialised; }
 
