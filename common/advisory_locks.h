@@ -17,6 +17,9 @@ inline constexpr int32_t kPollTableLockClass = 1868724324;
 // one boolean column.
 inline constexpr const char* kTryLockPollTableSql =
     "SELECT pg_try_advisory_lock(1868724324, ($1::bigint % 2147483647)::int)";
+// Gives the poll table lock of the table whose oid is $1 back.
+inline constexpr const char* kUnlockPollTableSql =
+    "SELECT pg_advisory_unlock(1868724324, ($1::bigint % 2147483647)::int)";
 // The session holding the poll table lock of the table whose oid is $1:
 // pid, application_name, client address (no row when none holds it).
 inline constexpr const char* kPollTableLockHolderSql =

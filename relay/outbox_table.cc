@@ -149,6 +149,9 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
     t.is_bytea_.push_back(*type == "bytea");
   }
 
+  // Last: the inserting transaction (exactly once, a Kafka transaction never
+  // ends inside a PostgreSQL transaction's rows).
+  select += ", xmin::text";
   const std::string from = " FROM " + qtable + " WHERE true" + unsent;
   t.claim_after_sql_ =
       "SELECT " + select + from + " AND " + qorder + " > $1::bigint ORDER BY " + qorder + " LIMIT $2::int";
@@ -179,6 +182,7 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
                       : "") +
       " FROM pg_current_snapshot() s";
   t.sweep_sql_ = "SELECT " + qorder + from + " AND " + qorder + " <= $1::bigint ORDER BY " + qorder + " LIMIT $2::int";
+  t.split_check_sql_ = "SELECT EXISTS (SELECT 1" + from + " AND " + qorder + " > $1::bigint AND xmin = ANY($2::xid[]))";
   t.fetch_sql_ = "SELECT " + select + from + " AND " + qorder + " = ANY($1::bigint[]) ORDER BY " + qorder;
   if (config.after_delivery == AfterDelivery::kDelete) {
     t.checkpoint_sql_ = "DELETE FROM " + qtable + " WHERE " + qorder + " = ANY($1::bigint[])";
@@ -191,6 +195,10 @@ Result<OutboxTable> OutboxTable::Resolve(const PgConn& conn, const OutboxTableCo
 
 OutboxPosition OutboxTable::PositionAt(const PGresult* res, int row) const {
   return OutboxPosition{std::strtoll(PQgetvalue(res, row, 0), nullptr, 10)};
+}
+
+std::string OutboxTable::TransactionAt(const PGresult* res, int row) const {
+  return PQgetvalue(res, row, static_cast<int>(columns_.size()) + 1);
 }
 
 Row OutboxTable::RowAt(const PGresult* res, int row) const {

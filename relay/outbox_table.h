@@ -54,6 +54,9 @@ class OutboxTable {
   const std::string& gap_fill_reason() const { return gap_fill_reason_; }
   // SELECT of the positions of up to $2 unsent rows with position <= $1.
   const std::string& sweep_sql() const { return sweep_sql_; }
+  // SELECT whether an unsent row with position > $1 was inserted by one of
+  // the transactions in the xid array $2 (a scan of the rows past $1).
+  const std::string& split_check_sql() const { return split_check_sql_; }
   // SELECT of the unsent rows whose positions are in the array $1.
   const std::string& fetch_sql() const { return fetch_sql_; }
   // DELETE or UPDATE (mark sent) of the rows whose positions are in $1.
@@ -63,9 +66,12 @@ class OutboxTable {
   const std::string& stats_sql() const { return stats_sql_; }
 
   // Converts one result row of the claim or fetch queries: column 0 is the
-  // position, the rest are the router's columns (bytea decoded to raw bytes).
+  // position, then the router's columns (bytea decoded to raw bytes), then
+  // the inserting transaction (TransactionAt()).
   OutboxPosition PositionAt(const PGresult* res, int row) const;
   Row RowAt(const PGresult* res, int row) const;
+  // The id of the transaction that inserted the row (its xmin), as text.
+  std::string TransactionAt(const PGresult* res, int row) const;
 
  private:
   std::string name_;
@@ -75,7 +81,7 @@ class OutboxTable {
   GapFill gap_fill_ = GapFill::kOpenSessions;
   std::string gap_fill_reason_;
   std::string claim_after_sql_, claim_first_sql_, gap_read_sql_, snapshot_sql_, sweep_sql_, fetch_sql_, checkpoint_sql_,
-      stats_sql_;
+      stats_sql_, split_check_sql_;
 };
 
 }  // namespace outboxd
