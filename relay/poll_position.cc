@@ -30,11 +30,11 @@ bool ParseNumber(std::string_view text, long long* out) {
 
 }  // namespace
 
-std::string FormatPollPosition(PollPositionRows rows) {
+std::string FormatPollPosition(const PollPositionRows& rows) {
   std::string out;
-  for (auto& [table, positions] : rows) {
+  for (const auto& [table, positions] : rows) {
     if (positions.empty()) continue;
-    out += table + ' ' + FormatRanges(std::move(positions)) + '\n';
+    out += table + ' ' + FormatRanges(positions) + '\n';
   }
   return out;
 }

@@ -22,7 +22,7 @@ namespace outboxd {
 using PollPositionRows = std::map<std::string, std::vector<long long>>;
 
 // `rows`' positions in any order; duplicates are written once.
-std::string FormatPollPosition(PollPositionRows rows);
+std::string FormatPollPosition(const PollPositionRows& rows);
 // Permanent, naming the line and what is wrong, for a text
 // FormatPollPosition() did not write.
 [[nodiscard]] Result<PollPositionRows> ParsePollPosition(std::string_view text);
