@@ -1019,16 +1019,9 @@ void ReadCdc(const toml::table& table, Diagnostics& diag, CdcConfig& out, CdcIde
 // file has a 'cdc' key, even one that is not a table (already reported).
 // What exactly-once delivery does not cover yet is refused at the 'delivery'
 // key rather than silently delivered at least once.
-void CheckDelivery(const toml::table& kafka, const KafkaConfig& config, const CdcIdentity* cdc,
-                   const std::vector<OutboxIdentity>& outboxes, Diagnostics& diag) {
+void CheckDelivery(const toml::table& kafka, const KafkaConfig& config, const CdcIdentity* cdc, Diagnostics& diag) {
   if (config.delivery != Delivery::kExactlyOnce) return;
   const toml::node& at = *kafka.get("delivery");
-  for (const OutboxIdentity& o : outboxes) {
-    if (o.cdc_source != nullptr) continue;
-    diag.Error(at, "'delivery' in [kafka]: \"exactly-once\" covers the cdc source only so far, and [[outbox]] #" +
-                       std::to_string(o.number) + " at " + o.location +
-                       " is polled; give it source = \"cdc\" or use \"at-least-once\"");
-  }
   if (cdc != nullptr) {
     if (const toml::node* snapshot = cdc->section->get("snapshot");
         snapshot != nullptr && snapshot->value_or(std::string_view()) == "initial") {
@@ -1176,7 +1169,7 @@ Result<Config> Load(const std::string& path) {
   ReadOutboxes(root, has_cdc, diag, config.outboxes, outboxes);
   CheckCdcCapture(has_cdc, cdc ? &*cdc : nullptr, outboxes, diag);
   if (const toml::table* t = root.get_as<toml::table>("kafka")) {
-    CheckDelivery(*t, config.kafka, cdc ? &*cdc : nullptr, outboxes, diag);
+    CheckDelivery(*t, config.kafka, cdc ? &*cdc : nullptr, diag);
   }
   if (diag.HasErrors()) return diag.ToStatus();
   return config;

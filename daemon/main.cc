@@ -103,15 +103,30 @@ int CheckConfig(const std::string& path) {
   std::cout << ")\n";
   if (config->kafka.delivery == Delivery::kExactlyOnce) {
     // What the mode needs beyond this file (docs/configuration.md).
-    std::cout << "delivery = \"exactly-once\": events go out in Kafka transactions with the slot's position in topic \""
+    std::vector<std::string> polled;
+    for (const OutboxTableConfig& t : config->outboxes) {
+      // As resolved with the default search_path.
+      if (t.source == OutboxSource::kPoll)
+        polled.push_back(t.table.find('.') == std::string::npos ? "public." + t.table : t.table);
+    }
+    std::string ids;
+    if (config->cdc) ids = "outboxd.cdc.<system id>.<database>." + config->cdc->slot;
+    if (!polled.empty()) {
+      std::sort(polled.begin(), polled.end());
+      std::string tables;
+      for (const std::string& t : polled) tables += (tables.empty() ? "" : ",") + t;
+      ids += (ids.empty() ? "" : " and ") + std::string("outboxd.poll.<system id>.<database>.") + tables +
+             " (each table as schema.table)";
+    }
+    std::cout << "delivery = \"exactly-once\": events go out in Kafka transactions with each source's position in "
+                 "topic \""
               << config->kafka.position_topic << "\" (created compacted, 1 partition, unless it exists).\n"
               << "  consumers: set isolation.level=read_committed; read_uncommitted consumers also see the copies in "
                  "aborted transactions.\n"
               << "  broker: the transaction state log (transaction.state.log.replication.factor and .min.isr) and "
                  "transaction.max.timeout.ms >= librdkafka's transaction.timeout.ms (60 s unless set in "
                  "[kafka.properties]), which must cover producing the largest PostgreSQL transaction.\n"
-              << "  ACLs: WRITE and DESCRIBE on the transactional id outboxd.cdc.<system id>.<database>." +
-                     (config->cdc ? config->cdc->slot : std::string("<slot>"))
+              << "  ACLs: WRITE and DESCRIBE on the transactional id " << ids
               << ", and READ and WRITE on the position topic (CREATE too unless it exists).\n";
   }
   return kExitOk;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <unordered_map>
 
@@ -11,6 +12,7 @@
 #include "common/logging.h"
 #include "pipeline/dead_letter.h"
 #include "pipeline/failure.h"
+#include "relay/poll_position.h"
 
 namespace outboxd {
 
@@ -20,6 +22,10 @@ namespace {
 constexpr int kTicketBits = 51;
 constexpr uint64_t kTicketMask = (uint64_t{1} << kTicketBits) - 1;
 constexpr uint64_t kDeadLetterBit = uint64_t{1} << kTicketBits;
+
+// The stream index of the position record that ends a Kafka transaction
+// (exactly once); no table has it.
+constexpr std::size_t kPositionStream = (std::size_t{1} << 12) - 1;
 
 uint64_t Token(std::size_t stream, bool dead_letter, uint64_t ticket) {
   return (static_cast<uint64_t>(stream) << (kTicketBits + 1)) | (dead_letter ? kDeadLetterBit : 0) |
@@ -84,6 +90,17 @@ struct PollSource::Stream {
   LogThrottle sweep_warnings{kRepeatedWarningInterval};
   LogThrottle merge_warnings{kRepeatedWarningInterval};
   uint64_t gap_merges_logged = 0;
+
+  // Exactly once.
+  uint64_t committed_before = 0;  // tickets below it are in committed Kafka transactions
+  // The PostgreSQL transactions (xids) of its rows in the open Kafka transaction.
+  std::set<std::string> txn_xids;
+  bool round_complete = true;  // the last round produced every row its claim and gap read found
+  bool claim_full = false;     // the last claim hit its limit: rows may be left past the cursor
+  int64_t split_check_at = 0;  // check for rows left past the cursor once the transaction has this many
+  // Rows Kafka refused for good: dead-lettered when produced again after the
+  // abort (error name, message).
+  std::map<long long, std::pair<std::string, std::string>> poisoned;
 };
 
 PollSource::PollSource(const Config& config, Metrics& metrics) : config_(config), metrics_(metrics) {}
@@ -109,17 +126,24 @@ void PollSource::Enter(Stream& s, Phase phase, std::string_view why) {
   if (phase == Phase::kClaiming) s.more = true;
 }
 
+void PollSource::Locked(Stream& s, LockAttempt attempt) {
+  // Exactly once, Kafka's position says what the old holder committed.
+  if (attempt == LockAttempt::kStandbyRetry && txn_ == nullptr) s.claim_not_before = Clock::now() + kTakeoverGrace;
+  const std::string why = attempt == LockAttempt::kStandbyRetry
+                              ? "took over \"" + s.name() + "\" from another outboxd instance"
+                              : "relaying \"" + s.name() + "\" (order by " + s.config->order_by + ", " +
+                                    (s.config->after_delivery == AfterDelivery::kDelete ? "delete" : "mark") +
+                                    " after delivery, topic " + s.config->topic +
+                                    (txn_ != nullptr ? ", exactly once" : "") + ")";
+  Enter(s, s.gate.rewinding() ? Phase::kRewinding : Phase::kClaiming, why);
+}
+
 Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
+  if (txn_ != nullptr) return TryLockAll(attempt);
   auto r = conn_.Exec(kTryLockPollTableSql, {std::to_string(s.table->oid())});
   if (!r.ok()) return r.status().Prefixed("could not lock \"" + s.name() + "\"");
   if (std::string_view(PQgetvalue(r->get(), 0, 0)) == "t") {
-    if (attempt == LockAttempt::kStandbyRetry) s.claim_not_before = Clock::now() + kTakeoverGrace;
-    const std::string why = attempt == LockAttempt::kStandbyRetry
-                                ? "took over \"" + s.name() + "\" from another outboxd instance"
-                                : "relaying \"" + s.name() + "\" (order by " + s.config->order_by + ", " +
-                                      (s.config->after_delivery == AfterDelivery::kDelete ? "delete" : "mark") +
-                                      " after delivery, topic " + s.config->topic + ")";
-    Enter(s, s.gate.rewinding() ? Phase::kRewinding : Phase::kClaiming, why);
+    Locked(s, attempt);
     return Status::Ok();
   }
   // Another instance took the table while this one was away. What this one
@@ -132,7 +156,54 @@ Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
   return Status::Ok();
 }
 
+Status PollSource::TryLockAll(LockAttempt attempt) {
+  std::vector<const Stream*> taken;
+  for (auto& s : streams_) {
+    auto r = conn_.Exec(kTryLockPollTableSql, {std::to_string(s->table->oid())});
+    if (!r.ok()) return r.status().Prefixed("could not lock \"" + s->name() + "\"");
+    if (std::string_view(PQgetvalue(r->get(), 0, 0)) == "t") {
+      taken.push_back(s.get());
+      continue;
+    }
+    // Held elsewhere: give back what this attempt took, and stand by.
+    for (const Stream* t : taken) {
+      auto u = conn_.Exec(kUnlockPollTableSql, {std::to_string(t->table->oid())});
+      if (!u.ok()) return u.status().Prefixed("could not unlock \"" + t->name() + "\"");
+    }
+    for (auto& o : streams_) {
+      o->next_poll = Clock::now() + o->config->poll_interval;
+      if (o->phase == Phase::kStandingBy) continue;
+      Enter(*o, Phase::kStandingBy,
+            "\"" + s->name() +
+                "\" is relayed by another outboxd instance; standing by with every table (exactly once, "
+                "the tables share one Kafka transaction stream)");
+    }
+    return Status::Ok();
+  }
+  position_read_ = false;
+  for (auto& s : streams_) Locked(*s, attempt);
+  return Status::Ok();
+}
+
 void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pause, ResendCause cause) {
+  if (txn_ == nullptr) {
+    RewindStream(s, why, pause, cause);
+    return;
+  }
+  // Exactly once, the open Kafka transaction holds every table's rows: it is
+  // aborted, and each table claims again once Kafka's position was read
+  // again (a commit Kafka was asked for may still end committed).
+  txn_->StartAbort();
+  position_read_ = false;
+  for (auto& other : streams_) {
+    if (other->phase == Phase::kHalted) continue;
+    RewindStream(*other,
+                 other.get() == &s ? why : "the Kafka transaction it shares with \"" + s.name() + "\" is aborted",
+                 pause, cause);
+  }
+}
+
+void PollSource::RewindStream(Stream& s, const std::string& why, RewindGate::Pause pause, ResendCause cause) {
   const std::chrono::milliseconds delay = s.gate.Start(pause, Clock::now());
   if (s.metrics != nullptr) {
     // Rows claimed again once the gate opens: those acknowledged already, and
@@ -151,6 +222,9 @@ void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pau
   s.claimed.clear();
   for (long long p : s.unreleased) s.claimed.insert(p);  // still to be deleted/marked
   if (s.gaps) s.gaps->Reset();
+  s.txn_xids.clear();
+  s.round_complete = true;
+  s.claim_full = false;
   if (s.phase == Phase::kClaiming) Enter(s, Phase::kRewinding);
 }
 
@@ -199,10 +273,22 @@ Status PollSource::Connect(bool first) {
     auto r = conn_.Exec("LISTEN " + conn_.QuoteIdentifier(ch));
     if (!r.ok()) return r.status().Prefixed("could not LISTEN on channel \"" + ch + "\"");
   }
-  for (auto& s : streams_) {
-    // Halted tables keep their lock too: a standby would halt on the same row.
-    OUTBOXD_RETURN_IF_ERROR(TryLock(*s, LockAttempt::kOnConnect));
-    s->next_poll = Clock::now();
+  if (config_.kafka.delivery == Delivery::kExactlyOnce && txn_ == nullptr) {
+    // The stream's id needs the cluster's identity: nothing is produced before.
+    auto id = conn_.Exec("SELECT system_identifier::text, current_database() FROM pg_control_system()");
+    if (!id.ok()) return id.status().Prefixed("could not read the PostgreSQL system identifier");
+    std::vector<std::string> tables;
+    for (const auto& s : streams_) tables.push_back(s->name());
+    txn_ = std::make_unique<KafkaTransactions>(
+        config_.kafka, KafkaTransactions::PollStream(PQgetvalue(id->get(), 0, 0), PQgetvalue(id->get(), 0, 1), tables),
+        metrics_);
+  }
+  for (auto& s : streams_) s->next_poll = Clock::now();
+  // Halted tables keep their lock too: a standby would halt on the same row.
+  if (txn_ != nullptr) {
+    OUTBOXD_RETURN_IF_ERROR(TryLockAll(LockAttempt::kOnConnect));
+  } else {
+    for (auto& s : streams_) OUTBOXD_RETURN_IF_ERROR(TryLock(*s, LockAttempt::kOnConnect));
   }
   resolved_once_ = true;
   if (lost_connection_) {
@@ -217,6 +303,12 @@ void PollSource::Disconnect() {
   conn_.reset();
   lost_connection_ = resolved_once_;
   // The session's advisory locks went with it; Connect() takes them again.
+  // Exactly once, another instance may take the tables meanwhile: the open
+  // Kafka transaction is aborted, and once the locks are taken again Kafka's
+  // position tells what committed.
+  if (txn_ != nullptr && !streams_.empty()) {
+    Rewind(*streams_.front(), "lost the PostgreSQL session", RewindGate::Pause::kNone, ResendCause::kReconnect);
+  }
 }
 
 // --- Deliveries ---------------------------------------------------------------------
@@ -255,15 +347,25 @@ void PollSource::OnDelivery(const DeliveryReport& r) {
   failures_.push_back({index, ticket, dead_letter, r});
 }
 
-Status PollSource::Settle(Clock::time_point, FailedDeliveries failed) {
-  if (conn_.healthy()) {
+Status PollSource::Settle(Clock::time_point now, FailedDeliveries failed) {
+  auto release = [&]() -> Status {
+    if (!conn_.healthy()) return Status::Ok();
     for (auto& s : streams_) OUTBOXD_RETURN_IF_ERROR(ReleaseAcknowledged(*s));
-  }
-  if (failed == FailedDeliveries::kAct) HandleFailures();
-  return Status::Ok();
+    return Status::Ok();
+  };
+  OUTBOXD_RETURN_IF_ERROR(release());
+  if (failed == FailedDeliveries::kHold) return Status::Ok();
+  HandleFailures();
+  if (txn_ == nullptr) return Status::Ok();
+  // Failures first: a refused record aborts the transaction, and is
+  // remembered for the dead-letter topic before the abort forgets it.
+  OUTBOXD_RETURN_IF_ERROR(AdvanceTransaction());
+  OUTBOXD_RETURN_IF_ERROR(release());  // what just committed
+  return CommitIfDue(now);
 }
 
 void PollSource::OnProducerLost() {
+  if (txn_ != nullptr) txn_->ProducerLost();  // what was open went with it
   for (auto& s : streams_) {
     if (s->phase != Phase::kHalted) {
       Rewind(*s, "the Kafka producer failed fatally", RewindGate::Pause::kBackOff, ResendCause::kProducer);
@@ -297,6 +399,13 @@ void PollSource::HandleFailure(const Failure& f) {
                             : what + " can never be delivered: " + err);
       return;
     case FailureAction::kDeadLetter:
+      if (txn_ != nullptr) {
+        // The refusal makes the Kafka transaction abort-only: the row goes
+        // to the dead-letter topic when the rows are produced again.
+        s.poisoned[pos->value] = {f.report.error_name, f.report.error_message};
+        Rewind(s, what + " was refused (" + err + ")", RewindGate::Pause::kNone, ResendCause::kRewind);
+        return;
+      }
       break;
     default:
       return;  // kRecreateProducer: the runner recreates it and every stream rewinds
@@ -340,9 +449,41 @@ Status PollSource::ProduceRows(Stream& s, const std::vector<RowRef>& rows, const
     }
     Row row = s.table->RowAt(rows[i].res, rows[i].row);
     auto routed = s.router.Route(row);
+    if (txn_ != nullptr) {
+      if (auto it = s.poisoned.find(pos.value); it != s.poisoned.end()) {
+        // Refused in an aborted transaction: to the dead-letter topic now.
+        s.checkpoint.Add({pos.value, nullptr, claimed_at});
+        s.claimed.insert(pos.value);
+        s.txn_xids.insert(s.table->TransactionAt(rows[i].res, rows[i].row));
+        took(i);
+        const auto [name, message] = it->second;
+        if (!ToDeadLetter(s, s.checkpoint.next_ticket() - 1, row, name, message,
+                          routed.ok() ? std::optional<std::string>(routed->topic) : std::nullopt)
+                 .ok()) {
+          return Status::Ok();  // rewound or halted
+        }
+        continue;
+      }
+    }
     Status st;
     if (routed.ok()) {
-      st = publisher_->Produce(*routed, Token(s.index, false, s.checkpoint.next_ticket()));
+      st = ProduceRecord(*routed, Token(s.index, false, s.checkpoint.next_ticket()));
+      if (!st.ok() && txn_ != nullptr) {
+        if (publisher_->last_produce_needs_abort()) {
+          Rewind(s, "the Kafka transaction cannot take records: " + st.message(), RewindGate::Pause::kBackOff,
+                 ResendCause::kRewind);
+          return Status::Ok();
+        }
+        if (ActionForProduce(st, false, s.config->dead_letter_topic.has_value()) == FailureAction::kDeadLetter) {
+          // Refused before it left, inside the transaction: abort it and
+          // dead-letter the row when the rows are produced again.
+          s.metrics->PublishError(publisher_->last_produce_error());
+          s.poisoned[pos.value] = {publisher_->last_produce_error(), st.message()};
+          Rewind(s, "row " + s.config->order_by + "=" + std::to_string(pos.value) + " was refused: " + st.message(),
+                 RewindGate::Pause::kNone, ResendCause::kRewind);
+          return Status::Ok();
+        }
+      }
       if (st.ok()) s.gate.Produced();
       if (st.ok() || st.code() != StatusCode::kRetriable) {
         // Tracked from here on: acknowledged, failed, or handed to dead letter.
@@ -359,6 +500,7 @@ Status PollSource::ProduceRows(Stream& s, const std::vector<RowRef>& rows, const
       return Status::Ok();
     }
     s.claimed.insert(pos.value);
+    if (txn_ != nullptr) s.txn_xids.insert(s.table->TransactionAt(rows[i].res, rows[i].row));
     took(i);
     if (action == FailureAction::kNone) continue;
     if (action == FailureAction::kRecreateProducer) return Status::Ok();  // the runner recreates it
@@ -459,8 +601,10 @@ Status PollSource::Sweep(Stream& s) {
   refs.reserve(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) refs.push_back({rows->get(), i, s.table->PositionAt(rows->get(), i).value});
   bool completed = false;
-  return ProduceRows(
+  Status st = ProduceRows(
       s, refs, [](std::size_t) {}, &completed);
+  if (!completed) s.round_complete = false;
+  return st;
 }
 
 void PollSource::UpdateGapMetrics(Stream& s, Clock::time_point now) {
@@ -493,7 +637,12 @@ Status PollSource::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row, cons
   const Record dl = DeadLetterRecord(*s.config->dead_letter_topic, origin, reason_name, reason);
   Logger("relay")->warn("row {}={} of \"{}\" goes to dead-letter topic \"{}\": {}: {}", s.config->order_by, pos.value,
                         s.name(), dl.topic, reason_name, reason);
-  Status st = publisher_->Produce(dl, Token(s.index, true, ticket));
+  Status st = ProduceRecord(dl, Token(s.index, true, ticket));
+  if (!st.ok() && txn_ != nullptr && publisher_->last_produce_needs_abort()) {
+    Rewind(s, "the Kafka transaction cannot take records: " + st.message(), RewindGate::Pause::kBackOff,
+           ResendCause::kRewind);
+    return st;
+  }
   switch (ActionForProduce(st, /*dead_letter_record=*/true, true)) {
     case FailureAction::kNone:
       s.gate.Produced();
@@ -514,7 +663,12 @@ Status PollSource::ToDeadLetter(Stream& s, uint64_t ticket, const Row& row, cons
 }
 
 Status PollSource::ReleaseAcknowledged(Stream& s) {
-  for (const Stream::Tracked& p : s.checkpoint.TakeReleasable()) s.unreleased.push_back(p.value);
+  // Exactly once, only what is in a committed Kafka transaction.
+  for (const Stream::Tracked& p :
+       txn_ != nullptr ? s.checkpoint.TakeReleasable(s.committed_before) : s.checkpoint.TakeReleasable()) {
+    s.unreleased.push_back(p.value);
+    if (txn_ != nullptr) s.poisoned.erase(p.value);
+  }
   if (s.unreleased.empty() || !s.table) return Status::Ok();
   auto r = conn_.Exec(s.table->checkpoint_sql(), {PgInt64Array(s.unreleased)});
   if (!r.ok()) {
@@ -547,6 +701,9 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
       break;
   }
   if (s.phase != Phase::kClaiming || now < s.claim_not_before) return Status::Ok();
+  // Exactly once: not before Kafka's position is read, nor while the
+  // transaction ends.
+  if (txn_ != nullptr && (!position_read_ || txn_->ending())) return Status::Ok();
   const std::size_t pending = TotalPending();
   if (pending >= config_.kafka.max_in_flight) return Status::Ok();
   if (!(s.more || s.notified || now >= s.next_poll)) return Status::Ok();
@@ -561,6 +718,8 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
   const std::size_t n = static_cast<std::size_t>(PQntuples(claim->get()));
   if (n > 0) s.metrics->ObserveBatch(n);
   s.more = n == limit;
+  s.claim_full = n == limit;
+  s.round_complete = true;
   s.notified = false;
   s.next_poll = now + s.config->poll_interval;
   // An empty claim with no gaps has nothing to read or settle: an idle poll
@@ -604,6 +763,7 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
         },
         &completed);
     gaps.EndRound();
+    s.round_complete = completed && !late->hit_limit;
     if (late_taken > 0) {
       s.table_metrics->LateRows(late_taken);
       Logger("relay")->debug("\"{}\": {} rows committed late below position {}, published in order", s.name(),
@@ -623,8 +783,164 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
 }
 
 Status PollSource::Pump(Clock::time_point now) {
+  if (PositionToRead()) OUTBOXD_RETURN_IF_ERROR(ReadKafkaPosition());
   for (auto& s : streams_) OUTBOXD_RETURN_IF_ERROR(ClaimAndProduce(*s, now));
   return ReadNotifications();
+}
+
+// --- Kafka transactions (exactly once) ------------------------------------------------
+
+bool PollSource::PositionToRead() const {
+  if (txn_ == nullptr || position_read_ || txn_->open() || !conn_.healthy()) return false;
+  for (const auto& s : streams_) {
+    if (s->phase == Phase::kStarting || s->phase == Phase::kStandingBy) return false;  // not every lock held
+  }
+  return true;
+}
+
+Status PollSource::ReadKafkaPosition() {
+  auto log = Logger("relay");
+  health_->SetInLongCall(true);
+  auto position = txn_->Initialise(*publisher_, KafkaTransactions::kInitialiseTimeout);
+  health_->SetInLongCall(false);
+  if (!position.ok()) return position.status();
+  if (!position->has_value()) {
+    log->info("Kafka transactions of \"{}\" initialised; no position stored in \"{}\" yet", txn_->stream(),
+              config_.kafka.position_topic);
+    position_read_ = true;
+    return Status::Ok();
+  }
+  auto rows = ParsePollPosition(**position);
+  if (!rows.ok()) {
+    return rows.status().Prefixed("the position of \"" + txn_->stream() + "\" in topic \"" +
+                                  config_.kafka.position_topic + "\"");
+  }
+  for (const auto& listed : *rows) {
+    const std::string& table = listed.first;
+    const std::vector<long long>& positions = listed.second;
+    auto it = std::find_if(streams_.begin(), streams_.end(), [&](const auto& s) { return s->name() == table; });
+    if (it == streams_.end()) {
+      log->warn("the position of \"{}\" lists rows of \"{}\", which is not relayed here; they are left alone",
+                txn_->stream(), table);
+      continue;
+    }
+    Stream& s = **it;
+    auto r = conn_.Exec(s.table->checkpoint_sql(), {PgInt64Array(positions)});
+    if (!r.ok()) {
+      return r.status().Prefixed("could not " +
+                                 std::string(s.config->after_delivery == AfterDelivery::kDelete ? "delete" : "mark") +
+                                 " the rows of \"" + s.name() + "\" that Kafka has");
+    }
+    const std::string done = PQcmdTuples(r->get());
+    if (done != "0") {
+      log->info(
+          "\"{}\": {} rows were still unsent although Kafka has them (committed before the last stop or "
+          "takeover); {} without producing them again",
+          s.name(), done, s.config->after_delivery == AfterDelivery::kDelete ? "deleted" : "marked sent");
+    }
+    for (long long p : positions) s.claimed.erase(p);
+    std::erase_if(s.unreleased, [&](long long p) { return std::binary_search(positions.begin(), positions.end(), p); });
+    for (long long p : s.unreleased) s.claimed.insert(p);
+  }
+  log->info("Kafka transactions of \"{}\" initialised; Kafka's position read", txn_->stream());
+  position_read_ = true;
+  return Status::Ok();
+}
+
+Status PollSource::ProduceRecord(const Record& record, uint64_t token) {
+  if (txn_ != nullptr) OUTBOXD_RETURN_IF_ERROR(txn_->Begin(*publisher_, Clock::now()));
+  Status st = publisher_->Produce(record, token);
+  if (st.ok() && txn_ != nullptr) txn_->Added();
+  return st;
+}
+
+Result<bool> PollSource::TransactionsComplete(Stream& s) {
+  if (s.txn_xids.empty()) return true;
+  if (!s.round_complete) return false;  // the rest of a claim or a gap read comes first
+  if (!s.claim_full) return true;       // every row past the cursor was read
+  // A backlog: a transaction of these rows may have more past the cursor.
+  // The check scans the rows past it, so it runs again only once the
+  // transaction doubled.
+  const std::optional<long long> cursor = s.gaps->cursor();
+  if (!cursor || txn_->events() < s.split_check_at) return !cursor;
+  std::string xids = "{";
+  for (const std::string& x : s.txn_xids) xids += (xids.size() > 1 ? "," : "") + x;
+  xids += "}";
+  auto r = conn_.Exec(s.table->split_check_sql(), {std::to_string(*cursor), xids});
+  if (!r.ok()) return r.status().Prefixed("could not check \"" + s.name() + "\" for rows of the same transactions");
+  if (std::string_view(PQgetvalue(r->get(), 0, 0)) == "t") {
+    s.split_check_at = std::max<int64_t>(2 * txn_->events(), txn_->events() + 1);
+    return false;
+  }
+  return true;
+}
+
+Status PollSource::CommitIfDue(Clock::time_point now) {
+  if (txn_ == nullptr || !txn_->CommitDue(now) || !conn_.healthy()) return Status::Ok();
+  for (auto& s : streams_) {
+    if (s->phase == Phase::kHalted) continue;      // reads no more
+    if (s->gate.rewinding()) return Status::Ok();  // the transaction is being aborted
+    auto complete = TransactionsComplete(*s);
+    if (!complete.ok()) return complete.status();
+    if (!*complete) return Status::Ok();
+  }
+  const Status st = publisher_->Produce(txn_->PositionRecord(PositionText()), Token(kPositionStream, false, 0));
+  if (st.ok()) {
+    txn_->StartCommit();
+    for (auto& s : streams_) {
+      s->txn_xids.clear();
+      s->split_check_at = 0;
+    }
+    return Status::Ok();
+  }
+  if (publisher_->last_produce_needs_abort()) {
+    Rewind(*streams_.front(), "the Kafka transaction cannot take its position record: " + st.message(),
+           RewindGate::Pause::kBackOff, ResendCause::kRewind);
+    return Status::Ok();
+  }
+  switch (ActionForProduce(st, /*dead_letter_record=*/false, /*has_dead_letter_topic=*/false)) {
+    case FailureAction::kNone:
+    case FailureAction::kWaitForRoom:       // librdkafka's queue is full: again next turn
+    case FailureAction::kRecreateProducer:  // the runner recreates it
+      return Status::Ok();
+    default:
+      return Status::Permanent(st.message())
+          .Prefixed("the position record was refused by topic \"" + config_.kafka.position_topic + "\"");
+  }
+}
+
+Status PollSource::AdvanceTransaction() {
+  auto step = txn_->Advance(*publisher_);
+  if (!step.ok()) return step.status();  // kFatal: the runner recreates the producer
+  switch (*step) {
+    case KafkaTransactions::Step::kCommitted:
+      // Nothing is produced while a commit is under way: every row tracked
+      // now is in it (or in an earlier one).
+      for (auto& s : streams_) s->committed_before = s->checkpoint.next_ticket();
+      break;
+    case KafkaTransactions::Step::kAborted:
+      if (std::none_of(streams_.begin(), streams_.end(), [](const auto& s) { return s->gate.rewinding(); }) &&
+          !streams_.empty()) {
+        Rewind(*streams_.front(), "the Kafka transaction was aborted", RewindGate::Pause::kBackOff,
+               ResendCause::kRewind);
+      }
+      position_read_ = false;
+      break;
+    case KafkaTransactions::Step::kNothing:
+    case KafkaTransactions::Step::kPending:
+      break;
+  }
+  return Status::Ok();
+}
+
+std::string PollSource::PositionText() const {
+  PollPositionRows rows;
+  for (const auto& s : streams_) {
+    std::vector<long long>& positions = rows[s->name()];
+    positions.assign(s->unreleased.begin(), s->unreleased.end());
+    s->checkpoint.ForEachLive([&](const Stream::Tracked& t) { positions.push_back(t.value); });
+  }
+  return FormatPollPosition(rows);
 }
 
 Status PollSource::ReadNotifications() {
@@ -662,6 +978,12 @@ PollSource::Clock::time_point PollSource::NextWakeup(Clock::time_point now) cons
   if (!failures_.empty()) return now;
   Clock::time_point next = now + std::chrono::seconds(1);
   if (!conn_.healthy()) return next;
+  if (txn_ != nullptr) {
+    if (PositionToRead()) return now;
+    if (txn_->ending()) next = std::min(next, now + std::chrono::milliseconds(5));
+    // Due but waiting for the rest of a PostgreSQL transaction's rows: look again soon.
+    if (auto due = txn_->CommitDueAt()) next = std::min(next, std::max(*due, now + std::chrono::milliseconds(5)));
+  }
   const bool room = TotalPending() < config_.kafka.max_in_flight;
   for (const auto& s : streams_) {
     switch (s->phase) {
@@ -710,6 +1032,7 @@ std::size_t PollSource::TotalPending() const {
 }
 
 bool PollSource::Drained() const {
+  if (txn_ != nullptr && txn_->open()) return false;  // committed, or aborted at the deadline
   for (const auto& s : streams_) {
     if (s->phase == Phase::kHalted) continue;
     // Acknowledged rows still to delete/mark count too: drained only once
@@ -723,6 +1046,15 @@ bool PollSource::Drained() const {
 
 void PollSource::Finish() {
   auto log = Logger("relay");
+  if (txn_ != nullptr && txn_->open()) {
+    // Aborted, its rows are produced again on the next start.
+    const Result<KafkaTransactions::Step> step = txn_->EndAtShutdown(*publisher_, std::chrono::seconds(2));
+    if (!step.ok()) {
+      log->warn("could not end the open Kafka transaction: {}", step.status().message());
+    } else if (*step == KafkaTransactions::Step::kCommitted) {
+      for (auto& s : streams_) s->committed_before = s->checkpoint.next_ticket();
+    }
+  }
   std::size_t left = 0;
   for (auto& s : streams_) {
     if (conn_.healthy()) {

@@ -30,7 +30,19 @@
 //
 //   any phase ── a row can never be delivered and no dead-letter topic ──► kHalted (final)
 //
-// Taken over from another instance, a table's first claim waits kTakeoverGrace (1 s).
+// Taken over from another instance, a table's first claim waits kTakeoverGrace (1 s)
+// (at least once; exactly once, Kafka's position says what the old holder committed).
+//
+// Exactly once ([kafka] delivery = "exactly-once", docs/design/exactly-once.md
+// "poll"): the tables share one transactional stream, so they are taken all
+// or none. Rows go into Kafka transactions (pipeline/kafka_transactions.h);
+// a transaction ends only where the rows read hold every row of each
+// PostgreSQL transaction in it, with a position record that lists every row
+// Kafka then has and PostgreSQL still holds unsent. Rows are deleted or
+// marked only after the commit. Once the locks are taken, after a rewind and
+// after the producer is recreated, the stream's last position is read from
+// Kafka and the rows it lists are deleted or marked before anything is
+// claimed: they are never produced twice.
 //
 // Enter() is the one place a phase changes. Not thread-safe: the runner's
 // thread only. Metrics: source "table:<schema.table>" per table, relay
@@ -50,6 +62,7 @@
 #include "common/status.h"
 #include "config/config.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/kafka_transactions.h"
 #include "pipeline/metrics.h"
 #include "pipeline/publisher.h"
 #include "pipeline/rewind_gate.h"
@@ -68,7 +81,10 @@ class PollSource final : public Source {
   ~PollSource() override;
 
   std::string_view name() const override { return "poll"; }
-  void Attach(Publisher& publisher, RelayHealth&) override { publisher_ = &publisher; }
+  void Attach(Publisher& publisher, RelayHealth& health) override {
+    publisher_ = &publisher;
+    health_ = &health;
+  }
   [[nodiscard]] Status Connect(bool first) override;
   void Disconnect() override;
   bool connected() const override { return conn_.healthy(); }
@@ -121,9 +137,31 @@ class PollSource final : public Source {
   void Rewind(Stream& s, const std::string& why, RewindGate::Pause pause, ResendCause cause);
   void Halt(Stream& s, const std::string& why);
   // Takes the table's advisory lock if free; moves between kStandingBy and
-  // kClaiming (or kRewinding).
+  // kClaiming (or kRewinding). Exactly once, every table's or none.
   enum class LockAttempt : uint8_t { kOnConnect, kStandbyRetry };
   [[nodiscard]] Status TryLock(Stream& s, LockAttempt attempt);
+  [[nodiscard]] Status TryLockAll(LockAttempt attempt);
+  void Locked(Stream& s, LockAttempt attempt);
+  // Forgets what `s` has in flight (the body of Rewind()).
+  void RewindStream(Stream& s, const std::string& why, RewindGate::Pause pause, ResendCause cause);
+
+  // Exactly once: the Kafka transaction's steps.
+  // InitTransactions() (fencing earlier holders), the last position read
+  // from Kafka, and its rows deleted or marked.
+  [[nodiscard]] Status ReadKafkaPosition();
+  // Every table's lock is held and the position is still to be read.
+  bool PositionToRead() const;
+  // Ends the open transaction with its position record when it is due and
+  // no PostgreSQL transaction of its rows has rows left to read.
+  [[nodiscard]] Status CommitIfDue(Clock::time_point now);
+  [[nodiscard]] Result<bool> TransactionsComplete(Stream& s);
+  [[nodiscard]] Status AdvanceTransaction();
+  // Produces a record of a table (a row or its dead-letter record); exactly
+  // once, inside the open Kafka transaction, begun if needed.
+  [[nodiscard]] Status ProduceRecord(const Record& record, uint64_t token);
+  // The position record's text: per table, the rows Kafka has once the
+  // transaction commits and PostgreSQL still holds unsent.
+  std::string PositionText() const;
 
   void HandleFailures();
   void HandleFailure(const Failure& f);
@@ -149,6 +187,7 @@ class PollSource final : public Source {
   const Config& config_;
   Metrics& metrics_;
   Publisher* publisher_ = nullptr;                // set by Attach(); owned by the runner
+  RelayHealth* health_ = nullptr;                 // set by Attach()
   std::vector<std::unique_ptr<Stream>> streams_;  // one per poll table; index = token's stream
 
   // Owned by the runner's thread.
@@ -156,6 +195,11 @@ class PollSource final : public Source {
   bool resolved_once_ = false;     // every table was checked once
   bool lost_connection_ = false;   // count the next connect as a reconnect
   std::vector<Failure> failures_;  // filled by OnDelivery, handled by Settle
+  // Exactly once: the tables' one transactional stream (created on the first
+  // connect: its id needs the cluster's identity), and whether its position
+  // was read since the locks, the producer or the stream were last lost.
+  std::unique_ptr<KafkaTransactions> txn_;
+  bool position_read_ = false;
 };
 
 }  // namespace outboxd

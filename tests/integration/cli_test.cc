@@ -34,8 +34,8 @@ TEST(Cli, CheckConfigAcceptsTheShippedExamples) {
 }
 
 // What exactly-once delivery needs beyond the file is said by check-config,
-// and a polled table is refused with it, naming the block.
-TEST(Cli, CheckConfigExplainsExactlyOnceAndRefusesItForPolledTables) {
+// with the transactional ids to grant for each source.
+TEST(Cli, CheckConfigExplainsExactlyOnceForBothSources) {
   const std::string cdc = WriteFile("eo_cdc.toml",
                                     "[postgres]\nconninfo = \"host=127.0.0.1\"\n[kafka]\nbootstrap_servers = "
                                     "\"b:9092\"\ndelivery = \"exactly-once\"\n[cdc]\nslot = \"orders\"\n"
@@ -48,11 +48,13 @@ TEST(Cli, CheckConfigExplainsExactlyOnceAndRefusesItForPolledTables) {
 
   const std::string poll = WriteFile("eo_poll.toml",
                                      "[postgres]\nconninfo = \"host=127.0.0.1\"\n[kafka]\nbootstrap_servers = "
-                                     "\"b:9092\"\ndelivery = \"exactly-once\"\n[[outbox]]\ntable = \"outbox\"\n");
-  auto refused = OutboxdProcess::RunCommand({"check-config", "-c", poll}, 10s);
-  EXPECT_EQ(78, refused.exit_code) << refused.output;
-  EXPECT_NE(std::string::npos, refused.output.find(poll + ":5:12: 'delivery' in [kafka]")) << refused.output;
-  EXPECT_NE(std::string::npos, refused.output.find("[[outbox]] #1")) << refused.output;
+                                     "\"b:9092\"\ndelivery = \"exactly-once\"\n[[outbox]]\ntable = \"outbox\"\n"
+                                     "[[outbox]]\ntable = \"app.events\"\n");
+  auto polled = OutboxdProcess::RunCommand({"check-config", "-c", poll}, 10s);
+  EXPECT_EQ(0, polled.exit_code) << polled.output;
+  EXPECT_NE(std::string::npos, polled.output.find("isolation.level=read_committed")) << polled.output;
+  EXPECT_NE(std::string::npos, polled.output.find("outboxd.poll.<system id>.<database>.app.events,public.outbox"))
+      << polled.output;
 }
 
 struct BadConfig {

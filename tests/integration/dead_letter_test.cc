@@ -17,11 +17,12 @@ class DeadLetterTest : public ::testing::Test {
     topic_ = "outbox.event." + type_;
     dlq_ = type_ + ".dlq";
   }
-  std::string Config(bool with_dlq) {
+  // `kafka_extra`: more keys of [kafka].
+  std::string Config(bool with_dlq, const std::string& kafka_extra = "") {
     // The producer accepts up to 5 MB so that the broker (1 MB) is the one
     // that refuses the record.
     return "[postgres]\nconninfo = \"" + db_.conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" +
-           SharedServices().kafka_bootstrap + "\"\n[kafka.properties]\n\"message.max.bytes\" = " +
+           SharedServices().kafka_bootstrap + "\"\n" + kafka_extra + "[kafka.properties]\n\"message.max.bytes\" = " +
            "\"5000000\"\n[[outbox]]\ntable = \"outbox\"\npoll_interval = \"100ms\"\n" +
            (with_dlq ? "dead_letter_topic = \"" + dlq_ + "\"\n" : "");
   }
@@ -99,6 +100,52 @@ TEST_F(DeadLetterTest, NullRoutingColumnGoesToDeadLetterTopic) {
   ASSERT_EQ(1u, dead.size());
   EXPECT_EQ("UNROUTABLE", HeaderValue(dead[0], "outboxd.error"));
   EXPECT_EQ(std::optional<std::string>(R"({"a": 1})"), dead[0].value);
+}
+
+// Exactly once: the broker's refusal makes the Kafka transaction abort-only;
+// it is aborted, and when the rows are produced again the refused row goes to
+// the dead-letter topic inside the next transaction, with its neighbours.
+// A read_committed reader sees each neighbour once and one dead-letter record.
+TEST_F(DeadLetterTest, ExactlyOnceTheRefusedRowIsDeadLetteredInTheNextTransaction) {
+  InsertSized("small-1", 10);
+  InsertSized("huge", 1500000);
+  InsertSized("small-2", 10);
+  const std::string huge_id = db_.QueryString("SELECT id::text FROM outbox WHERE aggregateid = 'huge'");
+  OutboxdProcess outboxd(Config(true, "delivery = \"exactly-once\"\nposition_topic = \"" + type_ + ".positions\"\n"));
+  outboxd.Start();
+  ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 60s)) << outboxd.Log();
+  EXPECT_NE(std::string::npos, outboxd.Log().find("was refused")) << outboxd.Log();
+
+  auto dead = ConsumeTopic(SharedServices().kafka_bootstrap, dlq_, 1, 30s);
+  ASSERT_EQ(1u, dead.size()) << outboxd.Log();
+  EXPECT_EQ(huge_id, HeaderValue(dead[0], "id"));
+  EXPECT_EQ("MSG_SIZE_TOO_LARGE", HeaderValue(dead[0], "outboxd.error"));
+  auto good = ConsumeTopic(SharedServices().kafka_bootstrap, topic_, 2, 30s);
+  ASSERT_EQ(2u, good.size()) << outboxd.Log();
+  EXPECT_NE(HeaderValue(good[0], "id"), HeaderValue(good[1], "id"));
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+}
+
+// Exactly once, a row the router cannot route goes to the dead-letter topic
+// inside the open transaction: nothing was produced for it, nothing aborts.
+TEST_F(DeadLetterTest, ExactlyOnceAnUnroutableRowIsDeadLetteredInItsTransaction) {
+  db_.Exec("ALTER TABLE outbox ALTER COLUMN aggregatetype DROP NOT NULL");
+  InsertSized("small-1", 10);
+  db_.Exec(
+      "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES "
+      "(NULL, 'k', 'E', '{\"a\": 1}')");
+  InsertSized("small-2", 10);
+  OutboxdProcess outboxd(Config(true, "delivery = \"exactly-once\"\nposition_topic = \"" + type_ + ".positions\"\n"));
+  outboxd.Start();
+  ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 30s)) << outboxd.Log();
+  auto dead = ConsumeTopic(SharedServices().kafka_bootstrap, dlq_, 1, 30s);
+  ASSERT_EQ(1u, dead.size());
+  EXPECT_EQ("UNROUTABLE", HeaderValue(dead[0], "outboxd.error"));
+  EXPECT_EQ(2u, ConsumeTopic(SharedServices().kafka_bootstrap, topic_, 2, 30s).size());
+  EXPECT_EQ(std::string::npos, outboxd.Log().find("aborted")) << outboxd.Log();
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
 }
 
 }  // namespace

@@ -3,10 +3,13 @@
 // Nothing may be lost, and every duplicate carries its original's id.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
+#include <tuple>
 
 #include "common/pg.h"
 #include "tests/integration/metrics_support.h"
@@ -90,9 +93,20 @@ class Writer {
   std::map<std::string, std::string> committed_;  // id -> payload, guarded by mu_
 };
 
-std::string RelayConfig(const std::string& conninfo, const std::string& bootstrap, const std::string& extra = "") {
+// `extra`: more keys of the [[outbox]] block; `kafka_extra`: of [kafka].
+std::string RelayConfig(const std::string& conninfo, const std::string& bootstrap, const std::string& extra = "",
+                        const std::string& kafka_extra = "") {
   return "[postgres]\nconninfo = \"" + conninfo + "\"\n[kafka]\nbootstrap_servers = \"" + bootstrap +
-         "\"\nshutdown_timeout = \"5s\"\n[[outbox]]\ntable = \"outbox\"\npoll_interval = \"50ms\"\n" + extra;
+         "\"\nshutdown_timeout = \"5s\"\n" + kafka_extra +
+         "[[outbox]]\ntable = \"outbox\"\npoll_interval = \"50ms\"\n" + extra;
+}
+
+// `config` with application_name `name` added to its conninfo `conninfo`:
+// one instance's sessions told from another's.
+std::string AsApplication(std::string config, const std::string& conninfo, const std::string& name) {
+  const std::string key = "conninfo = \"" + conninfo;
+  config.replace(config.find(key), key.size(), key + " application_name=" + name);
+  return config;
 }
 
 // Every committed event is in Kafka, and every record's id carries the
@@ -169,16 +183,10 @@ TEST(Fault, HandoverAfterTerminatedSessionsSendsNothingTwice) {
   const std::string topic = "outbox.event." + type;
   KafkaAdmin(SharedServices().kafka_bootstrap).CreateTopic(topic, 3, {});
   const std::string base = RelayConfig(db.conninfo(), SharedServices().kafka_bootstrap);
-  auto config_as = [&](const std::string& name) {
-    std::string c = base;
-    const std::string conninfo = "conninfo = \"" + db.conninfo();
-    c.replace(c.find(conninfo), conninfo.size(), conninfo + " application_name=" + name);
-    return c;
-  };
-  OutboxdProcess a(config_as("outboxd_a"));
+  OutboxdProcess a(AsApplication(base, db.conninfo(), "outboxd_a"));
   a.Start();
   ASSERT_TRUE(a.WaitForLog("relaying \"public.outbox\"", 30s)) << a.Log();
-  OutboxdProcess b(config_as("outboxd_b"));
+  OutboxdProcess b(AsApplication(base, db.conninfo(), "outboxd_b"));
   b.Start();
   ASSERT_TRUE(b.WaitForLog("standing by", 30s)) << b.Log();
 
@@ -407,6 +415,245 @@ TEST(Fault, PostgresRestartAndTerminatedBackendLoseNothing) {
   // What was in flight stays tracked across the reconnects: nothing is sent twice.
   EXPECT_EQ(
       0u, ExpectAllDelivered(committed, ConsumeTopic(SharedServices().kafka_bootstrap, topic, committed.size(), 60s)));
+}
+
+// --- Exactly-once ([kafka] delivery = "exactly-once") ----------------------
+//
+// A read_committed consumer (kcat's default) must see every committed event
+// once, whatever the fault: no duplicate at all.
+
+// The [kafka] keys of the mode, with a position topic of the test's own.
+std::string ExactlyOnce(const std::string& topic) {
+  return "delivery = \"exactly-once\"\nposition_topic = \"" + topic + ".positions\"\n";
+}
+
+// Each key's events arrive in commit order (one writer commits in event
+// number order), and each PostgreSQL transaction (events n / per_txn) sits in
+// one Kafka transaction: in its partition, no offset between its first and
+// its last record is missing — a missing offset is a transaction marker (or
+// an aborted record), so the transaction was not split.
+void ExpectOrderedAndUnsplit(std::vector<KafkaRecord> records, int per_txn) {
+  std::sort(records.begin(), records.end(), [](const KafkaRecord& a, const KafkaRecord& b) {
+    return std::tie(a.partition, a.offset) < std::tie(b.partition, b.offset);
+  });
+  std::map<std::string, int> last_of_key;
+  std::map<std::pair<int, int>, std::pair<int64_t, int64_t>> span;  // (partition, transaction) -> first, last offset
+  std::map<int, std::set<int64_t>> offsets;                         // partition -> offsets seen
+  std::size_t order_violations = 0, split = 0;
+  for (const KafkaRecord& r : records) {
+    const std::string id = HeaderValue(r, "id");
+    if (id.size() != 36) continue;  // reported by ExpectAllDelivered
+    const int n = std::stoi(id.substr(24));
+    const std::string key = r.key.value_or("");
+    if (auto it = last_of_key.find(key); it != last_of_key.end() && it->second >= n) ++order_violations;
+    last_of_key[key] = n;
+    auto [it, fresh] = span.try_emplace({r.partition, n / per_txn}, r.offset, r.offset);
+    if (!fresh) it->second.second = r.offset;
+    offsets[r.partition].insert(r.offset);
+  }
+  for (const auto& [where, range] : span) {
+    const std::set<int64_t>& seen = offsets[where.first];
+    const auto first = seen.find(range.first);
+    const auto count = static_cast<int64_t>(std::distance(first, seen.upper_bound(range.second)));
+    if (count != range.second - range.first + 1) {
+      if (++split <= 3) {
+        ADD_FAILURE() << "transaction " << where.second << " is split in partition " << where.first << ": offsets "
+                      << range.first << ".." << range.second << " hold " << count << " of its records";
+      }
+    }
+  }
+  EXPECT_EQ(0u, order_violations) << "events of a key out of commit order";
+  EXPECT_EQ(0u, split) << "PostgreSQL transactions split over Kafka transactions";
+  std::cout << "[ stats    ] " << span.size() << " (partition, transaction) spans, " << split << " split, "
+            << order_violations << " out of order\n";
+}
+
+// One outbox table with a 3-partition topic, a writer of its events, and the
+// checks of the promise; on the shared services unless given a PostgreSQL
+// (ServiceControl::info()) or a Kafka of the test's own.
+class PollCase {
+ public:
+  explicit PollCase(const std::string& name, const ServiceInfo& postgres = SharedServices(),
+                    std::string bootstrap = SharedServices().kafka_bootstrap)
+      : db_(postgres),
+        bootstrap_(std::move(bootstrap)),
+        type_(UniqueTopic(name)),
+        topic_("outbox.event." + type_),
+        writer_(db_.conninfo(), type_) {
+    db_.Exec(OutboxDdl("outbox"));
+    KafkaAdmin(bootstrap_).CreateTopic(topic_, 3, {});
+  }
+  const TestDatabase& db() const { return db_; }
+  Writer& writer() { return writer_; }
+  // The exactly-once config; `extra`: more keys of the [[outbox]] block.
+  std::string Config(const std::string& extra = "") const {
+    return RelayConfig(db_.conninfo(), bootstrap_, extra, ExactlyOnce(topic_));
+  }
+  int64_t Unsent() const { return db_.QueryInt64("SELECT count(*) FROM outbox"); }
+  // Waits until `n` more rows were deleted (each after its Kafka commit).
+  [[nodiscard]] bool WaitRelayedMore(int64_t n, std::chrono::milliseconds deadline = 60s) {
+    auto relayed = [&] { return static_cast<int64_t>(writer_.written()) - Unsent(); };
+    const int64_t before = relayed();
+    return WaitUntil([&] { return relayed() > before + n; }, deadline);
+  }
+  [[nodiscard]] bool WaitDrained() const {
+    return WaitUntil([&] { return Unsent() == 0; }, 120s);
+  }
+  // A read_committed reader sees every committed event once, each key in
+  // commit order, each PostgreSQL transaction (`per_txn` events) whole.
+  void ExpectEveryEventOnce(int per_txn) {
+    const auto committed = writer_.committed();
+    const auto records = ConsumeTopic(bootstrap_, topic_, committed.size(), 60s);
+    EXPECT_EQ(0u, ExpectAllDelivered(committed, records));
+    ExpectOrderedAndUnsplit(records, per_txn);
+  }
+
+ private:
+  TestDatabase db_;
+  std::string bootstrap_;
+  std::string type_, topic_;
+  Writer writer_;
+};
+
+TEST(PollExactlyOnce, SigkillTenTimesDeliversEveryEventOnceInOrder) {
+  PollCase c("eoskill");
+  c.writer().Start(1000000, 50, 10ms);  // until stopped
+  for (int round = 0; round < 10; ++round) {
+    OutboxdProcess outboxd(c.Config());
+    outboxd.Start();
+    ASSERT_TRUE(c.WaitRelayedMore(800)) << "round " << round << "\n" << outboxd.Log();
+    outboxd.Kill();
+    EXPECT_EQ(128 + SIGKILL, outboxd.WaitExit(10s));
+  }
+  c.writer().Stop();
+  OutboxdProcess outboxd(c.Config());
+  outboxd.Start();
+  ASSERT_TRUE(c.WaitDrained()) << outboxd.Log();
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  c.ExpectEveryEventOnce(50);
+}
+
+// The crash point at-least-once turns into duplicates: Kafka committed the
+// transaction, its rows are not deleted yet. The failpoint kills outboxd right
+// after its 30th Kafka commit; the next start reads the position from Kafka
+// and deletes the rows it lists without producing them.
+TEST(PollExactlyOnce, KilledAfterTheKafkaCommitBeforeTheDeleteSendsNothingTwice) {
+  PollCase c("eoscommit");
+  OutboxdProcess outboxd(c.Config());
+  outboxd.SetEnv("OUTBOXD_FAILPOINTS", "kill_after_kafka_commits=30");
+  outboxd.Start();
+  c.writer().Start(1000000, 10, 5ms);  // until stopped
+  ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(120s)) << outboxd.Log();
+  OutboxdProcess again(c.Config());
+  again.Start();
+  ASSERT_TRUE(c.WaitRelayedMore(500)) << again.Log();
+  c.writer().Stop();
+  ASSERT_TRUE(c.WaitDrained()) << again.Log();
+  again.Terminate();
+  ASSERT_EQ(0, again.WaitExit(30s)) << again.Log();
+  // The kill really left rows Kafka had.
+  EXPECT_NE(std::string::npos, again.Log().find("although Kafka has them")) << again.Log();
+  c.ExpectEveryEventOnce(10);
+}
+
+// A backlog of transactions larger than a claim (250 rows, batch_size 100):
+// claims come back full, and a Kafka transaction still never ends inside a
+// PostgreSQL transaction.
+TEST(PollExactlyOnce, ABacklogOfLargeTransactionsIsNeverSplit) {
+  PollCase c("eosbacklog");
+  c.writer().Start(20000, 250, std::chrono::milliseconds(0));
+  ASSERT_TRUE(WaitUntil([&] { return c.writer().done(); }, 120s));
+  OutboxdProcess outboxd(c.Config("batch_size = 100\n"));
+  outboxd.Start();
+  ASSERT_TRUE(c.WaitDrained()) << outboxd.Log();
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  c.ExpectEveryEventOnce(250);
+}
+
+// Instance a is paused (SIGSTOP) with rows in flight, its PostgreSQL session
+// is terminated, and b takes the table over: b fences a's transactional
+// producer, reads Kafka's position and relays. Resumed (SIGCONT), a's queued
+// records go out with a stale epoch: nothing of them becomes visible, and a
+// stands by.
+TEST(PollExactlyOnce, APausedInstanceThatResumesAfterATakeoverMakesNothingVisible) {
+  PollCase c("eoszombie");
+  OutboxdProcess a(AsApplication(c.Config(), c.db().conninfo(), "outboxd_a"));
+  a.Start();
+  ASSERT_TRUE(a.WaitForLog("relaying \"public.outbox\"", 30s)) << a.Log();
+  OutboxdProcess b(AsApplication(c.Config(), c.db().conninfo(), "outboxd_b"));
+  b.Start();
+  ASSERT_TRUE(b.WaitForLog("standing by", 30s)) << b.Log();
+
+  c.writer().Start(1000000, 10, 5ms);  // until stopped
+  ASSERT_TRUE(c.WaitRelayedMore(1000)) << a.Log();
+  a.Signal(SIGSTOP);
+  const std::size_t log_b = b.LogSize();
+  c.db().Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outboxd_a'");
+  ASSERT_TRUE(b.WaitForLog("took over", 30s, log_b)) << b.Log();
+  ASSERT_TRUE(c.WaitRelayedMore(1000)) << b.Log();
+  const std::size_t log_a = a.LogSize();
+  a.Signal(SIGCONT);
+  ASSERT_TRUE(a.WaitForLog("standing by", 60s, log_a)) << a.Log();
+  ASSERT_TRUE(c.WaitRelayedMore(1000)) << b.Log();
+  c.writer().Stop();
+  ASSERT_TRUE(c.WaitDrained()) << a.Log() << b.Log();
+  ASSERT_TRUE(a.Running()) << a.Log();
+  a.Terminate();
+  b.Terminate();
+  ASSERT_EQ(0, a.WaitExit(30s)) << a.Log();
+  ASSERT_EQ(0, b.WaitExit(30s)) << b.Log();
+  c.ExpectEveryEventOnce(10);
+}
+
+// PostgreSQL restarted, then the relay's backend terminated: each time the
+// open Kafka transaction is aborted, and once connected again outboxd reads
+// Kafka's position and deletes what Kafka has before claiming.
+TEST(PollExactlyOnce, PostgresRestartAndTerminatedBackendDeliverEveryEventOnce) {
+  ServiceControl services;
+  services.StartPostgres();
+  PollCase c("eospgrestart", services.info());
+  OutboxdProcess outboxd(c.Config());
+  outboxd.Start();
+  c.writer().Start(1000000, 10, 10ms);  // until stopped; reconnects after the restart
+  ASSERT_TRUE(c.WaitRelayedMore(500)) << outboxd.Log();
+  services.RestartPostgres();
+  ASSERT_TRUE(c.WaitRelayedMore(500)) << outboxd.Log();
+  ASSERT_EQ(1, c.db().QueryInt64("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE application_name = 'outboxd'"));
+  ASSERT_TRUE(c.WaitRelayedMore(500)) << outboxd.Log();
+  c.writer().Stop();
+  ASSERT_TRUE(c.WaitDrained()) << outboxd.Log();
+  EXPECT_NE(std::string::npos, outboxd.Log().find("connected to PostgreSQL again")) << outboxd.Log();
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  c.ExpectEveryEventOnce(10);
+}
+
+// The broker SIGKILLed with a transaction open, and started again: outboxd
+// deletes nothing while it is down, and then delivers every event once.
+TEST(PollExactlyOnce, KafkaBrokerKilledMidTransactionDeliversEveryEventOnce) {
+  ServiceControl services;
+  services.StartPostgres();
+  services.StartKafka();
+  PollCase c("eosbroker", services.info(), services.kafka_bootstrap());
+  OutboxdProcess outboxd(c.Config());
+  outboxd.Start();
+  c.writer().Start(1000000, 10, 10ms);  // until stopped
+  ASSERT_TRUE(c.WaitRelayedMore(1000)) << outboxd.Log();
+  services.KillKafka();
+  // Writes go on while the broker is down; rows pile up unsent.
+  const int64_t at_kill = c.Unsent();
+  ASSERT_TRUE(WaitUntil([&] { return c.Unsent() >= at_kill + 500; }, 30s)) << outboxd.Log();
+  services.StartKafkaAgain();
+  ASSERT_TRUE(c.WaitRelayedMore(1000, 180s)) << outboxd.Log();
+  c.writer().Stop();
+  ASSERT_TRUE(c.WaitDrained()) << outboxd.Log();
+  ASSERT_TRUE(outboxd.Running()) << outboxd.Log();
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  c.ExpectEveryEventOnce(10);
 }
 
 }  // namespace

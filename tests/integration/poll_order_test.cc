@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/pg.h"
+#include "config/config.h"
 #include "tests/integration/metrics_support.h"
 #include "tests/integration/relay_test_support.h"
 
@@ -240,7 +241,9 @@ class PollOrderTest : public ::testing::Test {
 
   std::string Config() const {
     return "[postgres]\nconninfo = \"" + db_->conninfo() + "\"\n" + "[kafka]\nbootstrap_servers = \"" +
-           SharedServices().kafka_bootstrap + "\"\n" + HttpSection(port_) + "[log]\nlevel = \"" +
+           SharedServices().kafka_bootstrap + "\"\n" +
+           (exactly_once_ ? "delivery = \"exactly-once\"\nposition_topic = \"" + topic_ + ".positions\"\n" : "") +
+           HttpSection(port_) + "[log]\nlevel = \"" +
            (std::getenv("OUTBOXD_ORDER_TEST_LOG") ? std::getenv("OUTBOXD_ORDER_TEST_LOG") : "info") + "\"\n" +
            "[[outbox]]\ntable = \"public.outbox\"\norder_by = \"seq\"\nnotify_channel = \"outbox\"\n" +
            (mark_ ? "after_delivery = \"mark\"\nsent_column = \"sent_at\"\n" : "");
@@ -293,8 +296,9 @@ class PollOrderTest : public ::testing::Test {
                 s.Or0("outboxd_poll_late_rows_total", table), s.Or0("outboxd_poll_gaps", table));
   }
 
-  void RunKeyedWorkload(bool mark, int cache) {
+  void RunKeyedWorkload(bool mark, int cache, Delivery delivery = Delivery::kAtLeastOnce) {
     CreateTable(mark, cache);
+    exactly_once_ = delivery == Delivery::kExactlyOnce;
     OutboxdProcess outboxd(Config());
     outboxd.Start();
     ASSERT_TRUE(outboxd.WaitForLog("relaying \"public.outbox\"", 30s)) << outboxd.Log();
@@ -317,6 +321,9 @@ class PollOrderTest : public ::testing::Test {
                 options.threads * options.sessions_per_thread, writers.held_transactions(), check.Describe().c_str());
     EXPECT_EQ(0u, check.violations) << check.Describe();
     EXPECT_EQ(committed.size(), check.ids.size()) << "every committed row, once or more";
+    if (exactly_once_) {
+      EXPECT_EQ(0u, check.duplicates) << "exactly once";
+    }
     for (const auto& [id, row] : committed) {
       if (!check.ids.count(id)) {
         ADD_FAILURE() << "committed row " << id << " (" << row.key << " n=" << row.n << ") never published";
@@ -330,6 +337,7 @@ class PollOrderTest : public ::testing::Test {
   std::string topic_;
   int port_ = 0;
   bool mark_ = false;
+  bool exactly_once_ = false;
 };
 
 // The workload of issue 8: 20 sessions, 100 keys, ~1,000 rows/s for 60 s,
@@ -340,6 +348,11 @@ TEST_F(PollOrderTest, LongTransactionsNeverReorderAKeyMarkMode) { RunKeyedWorklo
 // transactions: positions jump by hundreds, and gaps stay fillable for as
 // long as the session lives.
 TEST_F(PollOrderTest, LongTransactionsNeverReorderAKeyWithACachedSequence) { RunKeyedWorkload(false, 100); }
+// The same exactly once: Kafka transactions group the rows of many claims and
+// gap reads, and a read_committed reader sees each row once, in key order.
+TEST_F(PollOrderTest, LongTransactionsNeverReorderAKeyExactlyOnce) {
+  RunKeyedWorkload(true, 1, Delivery::kExactlyOnce);
+}
 
 // A transaction holds rows of one key open for 30 s while 50,000 rows of
 // other keys are published; its rows go out before the key's next row, and

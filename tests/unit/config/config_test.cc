@@ -1193,13 +1193,11 @@ TEST_F(ConfigTest, DeliveryMustBeOneOfTheTwo) {
   EXPECT_EQ(At(3, 12) + ": 'delivery' in [kafka] must be at-least-once or exactly-once, got \"exactly_once\"", message);
 }
 
-TEST_F(ConfigTest, ExactlyOnceRefusesPolledTablesAtTheDeliveryKey) {
-  const std::string message = Error(kKafka + "delivery = \"exactly-once\"\n" + kPostgres + kOutbox);
-  EXPECT_NE(std::string::npos, message.find(At(3, 12) +
-                                            ": 'delivery' in [kafka]: \"exactly-once\" covers the cdc "
-                                            "source only so far, and [[outbox]] #1 at " +
-                                            At(6, 1) + " is polled"))
-      << message;
+TEST_F(ConfigTest, ExactlyOnceCoversPolledTables) {
+  const Config c = Valid(kKafka + "delivery = \"exactly-once\"\n" + kPostgres + kOutbox);
+  EXPECT_EQ(Delivery::kExactlyOnce, c.kafka.delivery);
+  ASSERT_EQ(1u, c.outboxes.size());
+  EXPECT_EQ(OutboxSource::kPoll, c.outboxes[0].source);
 }
 
 TEST_F(ConfigTest, ExactlyOnceRefusesAnInitialSnapshot) {
