@@ -1039,7 +1039,7 @@ Status CdcSource::Produce(Record record, Position pos) {
       if (pos.kind == EntryKind::kPosition) {
         txn_->StartCommit();
       } else if (txn_ != nullptr) {
-        txn_->Added();
+        txn_->Added(record.payload_bytes());
       }
       if (pos.kind == EntryKind::kEvent) pos.published = &source.metrics->Published(record.topic);
       ++source.in_flight;

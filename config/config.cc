@@ -28,9 +28,9 @@ using std::chrono::milliseconds;
 
 constexpr std::array<std::string_view, 6> kSections = {"postgres", "kafka", "http", "log", "cdc", "outbox"};
 constexpr std::array<std::string_view, 2> kPostgresKeys = {"conninfo", "password_file"};
-constexpr std::array<std::string_view, 8> kKafkaKeys = {
-    "bootstrap_servers", "properties",     "max_in_flight",        "shutdown_timeout",
-    "delivery",          "position_topic", "transaction_max_wait", "transaction_max_events"};
+constexpr std::array<std::string_view, 9> kKafkaKeys = {
+    "bootstrap_servers", "properties",           "max_in_flight",          "shutdown_timeout",     "delivery",
+    "position_topic",    "transaction_max_wait", "transaction_max_events", "transaction_max_bytes"};
 constexpr std::array<std::string_view, 1> kHttpKeys = {"listen"};
 constexpr std::array<std::string_view, 2> kLogKeys = {"level", "format"};
 constexpr std::array<std::string_view, 15> kOutboxKeys = {
@@ -635,6 +635,13 @@ void ReadKafka(const toml::table& table, Diagnostics& diag, KafkaConfig& out) {
       r.MustBe("transaction_max_events", "a positive integer, got " + std::to_string(*n));
     } else {
       out.transaction_max_events = *n;
+    }
+  }
+  if (auto n = r.Integer("transaction_max_bytes")) {
+    if (*n < 1) {
+      r.MustBe("transaction_max_bytes", "a positive integer, got " + std::to_string(*n));
+    } else {
+      out.transaction_max_bytes = *n;
     }
   }
 }

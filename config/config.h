@@ -48,11 +48,12 @@ struct KafkaConfig {
   // last committed position (pipeline/position_store.h).
   std::string position_topic = "outboxd.positions";
   // Exactly-once: consecutive PostgreSQL transactions share one Kafka
-  // transaction until it has been open this long or holds this many events;
-  // it is committed at the next PostgreSQL transaction's end. One PostgreSQL
-  // transaction is never split.
+  // transaction until it has been open this long, holds this many events or
+  // this many bytes (keys, values and headers); it is committed at the next
+  // PostgreSQL transaction's end. One PostgreSQL transaction is never split.
   std::chrono::milliseconds transaction_max_wait{20};
   std::int64_t transaction_max_events = 10000;
+  std::int64_t transaction_max_bytes = 16 * 1024 * 1024;
 };
 
 struct HttpConfig {

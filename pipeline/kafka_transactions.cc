@@ -98,12 +98,14 @@ Status KafkaTransactions::Begin(Publisher& publisher, Clock::time_point now) {
   state_ = State::kOpen;
   opened_at_ = now;
   events_ = 0;
+  bytes_ = 0;
   return Status::Ok();
 }
 
 bool KafkaTransactions::CommitDue(Clock::time_point now) const {
   if (state_ != State::kOpen) return false;
-  return events_ >= kafka_.transaction_max_events || now >= opened_at_ + kafka_.transaction_max_wait;
+  return events_ >= kafka_.transaction_max_events || bytes_ >= kafka_.transaction_max_bytes ||
+         now >= opened_at_ + kafka_.transaction_max_wait;
 }
 
 std::optional<KafkaTransactions::Clock::time_point> KafkaTransactions::CommitDueAt() const {

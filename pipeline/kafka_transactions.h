@@ -91,9 +91,14 @@ class KafkaTransactions {
   // Opens a transaction unless one is open. kFatal when the producer cannot;
   // Internal when a commit or an abort is under way (a caller's bug).
   [[nodiscard]] Status Begin(Publisher& publisher, Clock::time_point now);
-  // One more record went into the open transaction.
-  void Added() { ++events_; }
-  // The open transaction reached transaction_max_wait or _max_events.
+  // One more record of `bytes` (Record::payload_bytes()) went into the open
+  // transaction.
+  void Added(std::size_t bytes) {
+    ++events_;
+    bytes_ += static_cast<int64_t>(bytes);
+  }
+  // The open transaction reached transaction_max_wait, _max_events or
+  // _max_bytes.
   bool CommitDue(Clock::time_point now) const;
   // When CommitDue() becomes true for an open transaction.
   std::optional<Clock::time_point> CommitDueAt() const;
@@ -144,6 +149,7 @@ class KafkaTransactions {
   Clock::time_point commit_started_at_{};
   bool commit_called_ = false;  // kCommitting: Kafka was asked to commit (it can no longer become an abort)
   int64_t events_ = 0;
+  int64_t bytes_ = 0;  // of the records in the open transaction
 };
 
 }  // namespace outboxd

@@ -5,6 +5,7 @@
 // nullopt), exactly as the source read it. A Record is what the Router made of
 // it for Kafka. Both are plain value types.
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -44,6 +45,14 @@ struct Record {
   std::optional<std::string> value;     // nullopt: null value (tombstone)
   std::vector<Header> headers;          // "id" first
   std::optional<int64_t> timestamp_ms;  // nullopt: the producer's clock
+
+  // Bytes of key, value and headers (names and values): what a record
+  // weighs against a byte bound.
+  std::size_t payload_bytes() const {
+    std::size_t n = (key ? key->size() : 0) + (value ? value->size() : 0);
+    for (const Header& h : headers) n += h.name.size() + (h.value ? h.value->size() : 0);
+    return n;
+  }
 };
 
 }  // namespace outboxd

@@ -850,7 +850,7 @@ Status PollSource::ReadKafkaPosition() {
 Status PollSource::ProduceRecord(const Record& record, uint64_t token) {
   if (txn_ != nullptr) OUTBOXD_RETURN_IF_ERROR(txn_->Begin(*publisher_, Clock::now()));
   Status st = publisher_->Produce(record, token);
-  if (st.ok() && txn_ != nullptr) txn_->Added();
+  if (st.ok() && txn_ != nullptr) txn_->Added(record.payload_bytes());
   return st;
 }
 

@@ -485,9 +485,15 @@ class PollCase {
   }
   const TestDatabase& db() const { return db_; }
   Writer& writer() { return writer_; }
-  // The exactly-once config; `extra`: more keys of the [[outbox]] block.
-  std::string Config(const std::string& extra = "") const {
-    return RelayConfig(db_.conninfo(), bootstrap_, extra, ExactlyOnce(topic_));
+  // The exactly-once config; `extra`: more keys of the [[outbox]] block,
+  // `kafka_extra`: of [kafka].
+  std::string Config(const std::string& extra = "", const std::string& kafka_extra = "") const {
+    return RelayConfig(db_.conninfo(), bootstrap_, extra, ExactlyOnce(topic_) + kafka_extra);
+  }
+  // The metrics' `stream` label: the poll stream's transactional.id.
+  std::string Stream() const {
+    return "outboxd.poll." + db_.QueryString("SELECT system_identifier::text FROM pg_control_system()") + "." +
+           db_.name() + ".public.outbox";
   }
   int64_t Unsent() const { return db_.QueryInt64("SELECT count(*) FROM outbox"); }
   // Waits until `n` more rows were deleted (each after its Kafka commit).
@@ -654,6 +660,40 @@ TEST(PollExactlyOnce, KafkaBrokerKilledMidTransactionDeliversEveryEventOnce) {
   outboxd.Terminate();
   ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
   c.ExpectEveryEventOnce(10);
+}
+
+// transaction_max_bytes = 1: a Kafka transaction ends as soon as the
+// PostgreSQL transactions of its rows are whole. A backlog of 100 ten-row
+// transactions claimed ten rows at a time becomes 100 Kafka transactions of
+// 10 events; with the default bound (and a 2-s transaction_max_wait) it goes
+// in one or two.
+TEST(PollExactlyOnce, TransactionMaxBytesEndsEachKafkaTransactionAtThatSize) {
+  for (const bool bounded : {true, false}) {
+    PollCase c(bounded ? "eosbytes" : "eosnobytes");
+    c.writer().Start(1000, 10, std::chrono::milliseconds(0));
+    ASSERT_TRUE(WaitUntil([&] { return c.writer().done(); }, 60s));
+    const int port = FreePort();
+    OutboxdProcess outboxd(
+        c.Config("batch_size = 10\n" + HttpSection(port),
+                 std::string("transaction_max_wait = \"2s\"\n") + (bounded ? "transaction_max_bytes = 1\n" : "")));
+    outboxd.Start();
+    ASSERT_TRUE(c.WaitDrained()) << outboxd.Log();
+    const Scrape scrape = ScrapeMetrics(port);
+    outboxd.Terminate();
+    ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+    const Scrape::Labels stream = {{"stream", c.Stream()}};
+    const double committed =
+        scrape.Or0("outboxd_kafka_transactions_total", {{"stream", c.Stream()}, {"outcome", "committed"}});
+    EXPECT_EQ(1000, scrape.Or0("outboxd_kafka_transaction_events_sum", stream)) << scrape.text();
+    if (bounded) {
+      EXPECT_EQ(100, committed) << scrape.text();
+    } else {
+      EXPECT_LE(committed, 2) << scrape.text();
+    }
+    std::cout << "[ stats    ] transaction_max_bytes " << (bounded ? "1" : "default") << ": " << committed
+              << " Kafka transactions for 100 PostgreSQL transactions\n";
+    c.ExpectEveryEventOnce(10);
+  }
 }
 
 }  // namespace

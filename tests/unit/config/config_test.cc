@@ -1173,6 +1173,7 @@ TEST_F(ConfigTest, DeliveryDefaultsToAtLeastOnce) {
   EXPECT_EQ("outboxd.positions", c.kafka.position_topic);
   EXPECT_EQ(milliseconds(20), c.kafka.transaction_max_wait);
   EXPECT_EQ(10000, c.kafka.transaction_max_events);
+  EXPECT_EQ(16 * 1024 * 1024, c.kafka.transaction_max_bytes);
 }
 
 TEST_F(ConfigTest, ExactlyOnceWithItsBoundsForTheCdcSource) {
@@ -1180,12 +1181,14 @@ TEST_F(ConfigTest, ExactlyOnceWithItsBoundsForTheCdcSource) {
                          "delivery = \"exactly-once\"\n"
                          "position_topic = \"app.outboxd.positions\"\n"
                          "transaction_max_wait = \"50ms\"\n"
-                         "transaction_max_events = 500\n" +
+                         "transaction_max_events = 500\n"
+                         "transaction_max_bytes = 1048576\n" +
                          kCdc);
   EXPECT_EQ(Delivery::kExactlyOnce, c.kafka.delivery);
   EXPECT_EQ("app.outboxd.positions", c.kafka.position_topic);
   EXPECT_EQ(milliseconds(50), c.kafka.transaction_max_wait);
   EXPECT_EQ(500, c.kafka.transaction_max_events);
+  EXPECT_EQ(1048576, c.kafka.transaction_max_bytes);
 }
 
 TEST_F(ConfigTest, DeliveryMustBeOneOfTheTwo) {
@@ -1214,6 +1217,8 @@ TEST_F(ConfigTest, PositionTopicAndTransactionBoundsAreChecked) {
       << "invalid topic name";
   EXPECT_EQ(At(3, 26) + ": 'transaction_max_events' in [kafka] must be a positive integer, got 0",
             Error(kKafka + "transaction_max_events = 0\n" + kPostgres + kOutbox));
+  EXPECT_EQ(At(3, 25) + ": 'transaction_max_bytes' in [kafka] must be a positive integer, got -1",
+            Error(kKafka + "transaction_max_bytes = -1\n" + kPostgres + kOutbox));
 }
 
 // --- The file itself ----------------------------------------------------------
