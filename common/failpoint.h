@@ -18,6 +18,11 @@
 //                             exactly-once: outboxd kills itself (SIGKILL)
 //                             right after its N-th Kafka transaction
 //                             committed, before the source confirms it.
+//   kill_before_kafka_commits=N
+//                             exactly-once: outboxd kills itself right before
+//                             it asks Kafka to commit its N-th transaction
+//                             (every record of it, the position record too,
+//                             acknowledged): the transaction is never visible.
 
 #include <cstdint>
 #include <optional>

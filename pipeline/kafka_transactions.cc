@@ -42,7 +42,8 @@ KafkaTransactions::KafkaTransactions(const KafkaConfig& kafka, std::string strea
       stream_(std::move(stream)),
       timeout_(TransactionTimeout(kafka)),
       metrics_(metrics.Transactions(stream_)),
-      commits_until_kill_(FailpointValue("kill_after_kafka_commits").value_or(-1)) {}
+      commits_until_kill_(FailpointValue("kill_after_kafka_commits").value_or(-1)),
+      commit_calls_until_kill_(FailpointValue("kill_before_kafka_commits").value_or(-1)) {}
 
 KafkaTransactions::~KafkaTransactions() = default;
 
@@ -139,6 +140,9 @@ Result<KafkaTransactions::Step> KafkaTransactions::Advance(Publisher& publisher)
       return Step::kNothing;
     case State::kCommitting: {
       if (publisher.OutstandingCount() > 0) return Step::kPending;  // the commit starts once all are acknowledged
+      if (!commit_called_ && commit_calls_until_kill_ > 0 && --commit_calls_until_kill_ == 0) {
+        std::raise(SIGKILL);  // the failpoint
+      }
       commit_called_ = true;
       const TxnResult r = publisher.CommitTransaction(kAdvanceTimeout);
       switch (r.outcome) {

@@ -144,6 +144,7 @@ class KafkaTransactions {
   std::unique_ptr<PositionStore> store_;  // created by the first Initialise()
   int64_t store_hint_ = 0;                // offset of the last position record read
   int64_t commits_until_kill_;            // the failpoint kill_after_kafka_commits (unarmed: -1)
+  int64_t commit_calls_until_kill_;       // the failpoint kill_before_kafka_commits (unarmed: -1)
   State state_ = State::kUninitialised;
   Clock::time_point opened_at_{};
   Clock::time_point commit_started_at_{};

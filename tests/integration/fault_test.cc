@@ -505,6 +505,11 @@ class PollCase {
   [[nodiscard]] bool WaitDrained() const {
     return WaitUntil([&] { return Unsent() == 0; }, 120s);
   }
+  // What a read_uncommitted reader sees: also the records of aborted
+  // transactions.
+  std::size_t RecordsReadUncommitted(std::size_t at_least) const {
+    return ConsumeTopic(bootstrap_, topic_, at_least, 60s, Isolation::kReadUncommitted).size();
+  }
   // A read_committed reader sees every committed event once, each key in
   // commit order, each PostgreSQL transaction (`per_txn` events) whole.
   void ExpectEveryEventOnce(int per_txn) {
@@ -561,6 +566,32 @@ TEST(PollExactlyOnce, KilledAfterTheKafkaCommitBeforeTheDeleteSendsNothingTwice)
   // The kill really left rows Kafka had.
   EXPECT_NE(std::string::npos, again.Log().find("although Kafka has them")) << again.Log();
   c.ExpectEveryEventOnce(10);
+}
+
+// The other side of the commit: the failpoint kills outboxd right before it
+// asks Kafka to commit its 30th transaction, every record of it acknowledged.
+// The broker aborts it (the next instance's init_transactions does), its rows
+// are still unsent, and they are produced again: once for read_committed.
+TEST(PollExactlyOnce, KilledBeforeTheKafkaCommitProducesTheRowsOnceMore) {
+  PollCase c("eosprecommit");
+  OutboxdProcess outboxd(c.Config());
+  outboxd.SetEnv("OUTBOXD_FAILPOINTS", "kill_before_kafka_commits=30");
+  outboxd.Start();
+  c.writer().Start(1000000, 10, 5ms);  // until stopped
+  ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(120s)) << outboxd.Log();
+  OutboxdProcess again(c.Config());
+  again.Start();
+  ASSERT_TRUE(c.WaitRelayedMore(500)) << again.Log();
+  c.writer().Stop();
+  ASSERT_TRUE(c.WaitDrained()) << again.Log();
+  again.Terminate();
+  ASSERT_EQ(0, again.WaitExit(30s)) << again.Log();
+  EXPECT_EQ(std::string::npos, again.Log().find("although Kafka has them")) << again.Log();
+  c.ExpectEveryEventOnce(10);
+  // The killed transaction's copies are in the log, visible only to a
+  // read_uncommitted reader.
+  const std::size_t committed = c.writer().committed().size();
+  EXPECT_GT(c.RecordsReadUncommitted(committed), committed);
 }
 
 // A backlog of transactions larger than a claim (250 rows, batch_size 100):
