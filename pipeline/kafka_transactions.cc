@@ -105,8 +105,11 @@ Status KafkaTransactions::Begin(Publisher& publisher, Clock::time_point now) {
 
 bool KafkaTransactions::CommitDue(Clock::time_point now) const {
   if (state_ != State::kOpen) return false;
-  return events_ >= kafka_.transaction_max_events || bytes_ >= kafka_.transaction_max_bytes ||
-         now >= opened_at_ + kafka_.transaction_max_wait;
+  return SizeReached() || now >= opened_at_ + kafka_.transaction_max_wait;
+}
+
+bool KafkaTransactions::SizeReached() const {
+  return state_ == State::kOpen && (events_ >= kafka_.transaction_max_events || bytes_ >= kafka_.transaction_max_bytes);
 }
 
 std::optional<KafkaTransactions::Clock::time_point> KafkaTransactions::CommitDueAt() const {

@@ -100,6 +100,9 @@ class KafkaTransactions {
   // The open transaction reached transaction_max_wait, _max_events or
   // _max_bytes.
   bool CommitDue(Clock::time_point now) const;
+  // The open transaction reached transaction_max_events or _max_bytes (the
+  // wait aside).
+  bool SizeReached() const;
   // When CommitDue() becomes true for an open transaction.
   std::optional<Clock::time_point> CommitDueAt() const;
   // The record that ends the transaction, stating `position`: produce it

@@ -877,6 +877,13 @@ Result<bool> PollSource::TransactionsComplete(Stream& s) {
 
 Status PollSource::CommitIfDue(Clock::time_point now) {
   if (txn_ == nullptr || !txn_->CommitDue(now) || !conn_.healthy()) return Status::Ok();
+  // In a backlog (claims come back full) readers are behind anyway: the
+  // transaction grows to its size bound, so fewer commits and fewer checks
+  // for rows past the cursor (TransactionsComplete) slow the catch-up.
+  const bool backlog = std::any_of(streams_.begin(), streams_.end(), [](const auto& s) {
+    return s->phase != Phase::kHalted && s->claim_full && !s->txn_xids.empty();
+  });
+  if (backlog && !txn_->SizeReached()) return Status::Ok();
   for (auto& s : streams_) {
     if (s->phase == Phase::kHalted) continue;      // reads no more
     if (s->gate.rewinding()) return Status::Ok();  // the transaction is being aborted

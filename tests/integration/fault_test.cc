@@ -601,7 +601,9 @@ TEST(PollExactlyOnce, ABacklogOfLargeTransactionsIsNeverSplit) {
   PollCase c("eosbacklog");
   c.writer().Start(20000, 250, std::chrono::milliseconds(0));
   ASSERT_TRUE(WaitUntil([&] { return c.writer().done(); }, 120s));
-  OutboxdProcess outboxd(c.Config("batch_size = 100\n"));
+  // A backlog commits at the size bound: 1,050 events end a transaction
+  // after 11 claims, 1,100 rows, in the middle of a PostgreSQL transaction.
+  OutboxdProcess outboxd(c.Config("batch_size = 100\n", "transaction_max_events = 1050\n"));
   outboxd.Start();
   ASSERT_TRUE(c.WaitDrained()) << outboxd.Log();
   outboxd.Terminate();
