@@ -482,10 +482,11 @@ std::string PayloadSql(const std::string& n_sql, int keys, int bytes, bool with_
 }
 
 // [postgres], [kafka] and [log]: the part of the config both modes share.
-std::string CommonToml(const Options& o, const TestDatabase& db) {
+// `kafka_keys`: more keys of [kafka].
+std::string CommonToml(const Options& o, const TestDatabase& db, const std::string& kafka_keys = "") {
   std::string t;
   t += "[postgres]\nconninfo = " + Quote(db.conninfo()) + "\n\n";
-  t += "[kafka]\nbootstrap_servers = " + Quote(SharedServices().kafka_bootstrap) + "\n";
+  t += "[kafka]\nbootstrap_servers = " + Quote(SharedServices().kafka_bootstrap) + "\n" + kafka_keys;
   if (o.max_in_flight) t += "max_in_flight = " + std::to_string(*o.max_in_flight) + "\n";
   if (!o.kafka_properties.empty()) {
     t += "[kafka.properties]\n";
@@ -496,8 +497,8 @@ std::string CommonToml(const Options& o, const TestDatabase& db) {
 }
 
 std::string OutboxdToml(const Options& o, const TestDatabase& db, const std::string& table,
-                        const std::string& extra_outbox_keys) {
-  std::string t = CommonToml(o, db);
+                        const std::string& extra_outbox_keys, const std::string& kafka_keys = "") {
+  std::string t = CommonToml(o, db, kafka_keys);
   t += "[[outbox]]\ntable = " + Quote(table) + "\n";
   t += "batch_size = " + std::to_string(o.batch_size) + "\n";
   t += "headers = { type = \"type\" }\n";
@@ -657,12 +658,25 @@ struct DrainRun {
   }
 };
 
+enum class Delivery : uint8_t { kAtLeastOnce, kExactlyOnce };
+const char* DeliveryName(Delivery d) { return d == Delivery::kExactlyOnce ? "exactly-once" : "at-least-once"; }
+
+// The [kafka] keys of an exactly-once run, with its own position topic.
+std::string ExactlyOnceKeys(const Options& o, const std::string& topic) {
+  std::string keys = "delivery = \"exactly-once\"\nposition_topic = " + Quote(topic + ".positions") + "\n";
+  if (!o.transaction_max_wait.empty()) keys += "transaction_max_wait = " + Quote(o.transaction_max_wait) + "\n";
+  return keys;
+}
+
 // Cold: outboxd starts on a table already holding the events (its producer
-// has to learn the topic first). Warm: outboxd is running and has relayed a
+// has to learn the topic first); with `tx_rows` > 0 they were committed
+// `tx_rows` per transaction, else in one. Warm: outboxd is running and has relayed a
 // warm-up event to the topic when the events are committed in one
 // transaction; a NOTIFY trigger wakes it.
-DrainRun DrainWithOutboxd(const Options& o, const TestDatabase& db, bool warm) {
-  const std::string kind = warm ? "warm" : "cold";
+DrainRun DrainWithOutboxd(const Options& o, const TestDatabase& db, bool warm,
+                          Delivery delivery = Delivery::kAtLeastOnce, int64_t tx_rows = 0) {
+  const std::string kind = std::string(warm ? "warm" : "cold") + (tx_rows > 0 ? "_tx" : "") +
+                           (delivery == Delivery::kExactlyOnce ? "_eo" : "");
   const std::string suffix = UniqueTopic("bench" + kind);
   const std::string topic = "outbox.event." + suffix;
   const std::string table = "public.outbox_" + kind;
@@ -671,15 +685,22 @@ DrainRun DrainWithOutboxd(const Options& o, const TestDatabase& db, bool warm) {
   if (warm) {
     db.Exec(NotifyTriggerDdl(table, channel));
   } else {
-    Progress(Fmt("throughput (cold): filling %s with %" PRId64 " events", table.c_str(), o.events));
-    db.Exec(FillSql(table, o, suffix, 1, o.events));
+    Progress(Fmt("throughput (%s): filling %s with %" PRId64 " events", kind.c_str(), table.c_str(), o.events));
+    if (tx_rows > 0) {
+      for (int64_t from = 1; from <= o.events; from += tx_rows) {
+        db.Exec(FillSql(table, o, suffix, from, std::min(tx_rows, o.events - from + 1)));
+      }
+    } else {
+      db.Exec(FillSql(table, o, suffix, 1, o.events));
+    }
     db.Exec("VACUUM ANALYZE " + table);
     db.Exec("CHECKPOINT");
   }
   KafkaAdmin admin(SharedServices().kafka_bootstrap);
   admin.CreateTopic(topic, o.partitions, {{"message.timestamp.type", "LogAppendTime"}});
 
-  OutboxdProcess outboxd(OutboxdToml(o, db, table, warm ? "notify_channel = " + Quote(channel) + "\n" : ""));
+  OutboxdProcess outboxd(OutboxdToml(o, db, table, warm ? "notify_channel = " + Quote(channel) + "\n" : "",
+                                     delivery == Delivery::kExactlyOnce ? ExactlyOnceKeys(o, topic) : ""));
   const auto running = [&] {
     if (!outboxd.Running()) Fail(outboxd, "outboxd exited during the " + kind + " throughput run");
   };
@@ -705,7 +726,7 @@ DrainRun DrainWithOutboxd(const Options& o, const TestDatabase& db, bool warm) {
     db.Exec(FillSql(table, o, suffix, 1, o.events));
     run.t0_wall = WallMs();
   } else {
-    Progress("throughput (cold): outboxd starts and drains " + table);
+    Progress("throughput (" + kind + "): outboxd starts and drains " + table);
     run.t0_wall = WallMs();
     outboxd.Start();
   }
@@ -812,7 +833,32 @@ int RunThroughput(const Options& o, const TestDatabase& db) {
   }
   t.Row("goal >= 30000 events/s (warm)", warm_rate >= 30000 ? "met" : "NOT met");
   t.Print();
-  return cold.span.records == o.events && warm.span.records == o.events ? 0 : 1;
+
+  // Exactly once against at least once, on the same fill: o.tx_rows events
+  // per PostgreSQL transaction (a Kafka transaction never splits one).
+  const DrainRun alo = DrainWithOutboxd(o, db, /*warm=*/false, Delivery::kAtLeastOnce, o.tx_rows);
+  const DrainRun eo = DrainWithOutboxd(o, db, /*warm=*/false, Delivery::kExactlyOnce, o.tx_rows);
+  Table x(Fmt("THROUGHPUT, EXACTLY ONCE  cold, %" PRId64 " events in %d-row transactions, batch_size %d%s", o.events,
+              o.tx_rows, o.batch_size,
+              o.transaction_max_wait.empty() ? "" : (", transaction_max_wait " + o.transaction_max_wait).c_str()));
+  for (const DrainRun* r : {&alo, &eo}) {
+    const std::string k = r == &eo ? "exactly-once: " : "at-least-once: ";
+    x.Row(k + "first produce -> last ack",
+          Rate(o.events, r->append_seconds()) + Fmt("  (%.2f s by LogAppendTime)", r->append_seconds()));
+    x.Row(k + "start -> outbox empty", Rate(o.events, r->wall_seconds()) + Fmt("  (%.2f s wall)", r->wall_seconds()));
+    x.Row(
+        k + "records in topic (read_committed)",
+        Fmt("%" PRId64 "%s", r->span.records, r->span.records == o.events ? "" : "  DIFFERS from the events written"));
+    x.Row(k + "outboxd peak RSS (VmHWM)", Mib(r->mem.peak_rss_kb));
+  }
+  x.Row("ratio exactly-once / at-least-once",
+        Fmt("%.2f  (wall: %.2f)", alo.append_seconds() / eo.append_seconds(), alo.wall_seconds() / eo.wall_seconds()));
+  x.Row("ratio exactly-once / raw", Fmt("%.2f", static_cast<double>(o.events) / eo.append_seconds() / raw_rate));
+  x.Print();
+  return cold.span.records == o.events && warm.span.records == o.events && alo.span.records == o.events &&
+                 eo.span.records == o.events
+             ? 0
+             : 1;
 }
 
 // ---------------------------------------------------------------------------
@@ -1098,18 +1144,9 @@ std::string CdcWritesSql(const std::string& table, const Options& o, int64_t tx_
 // slot's confirmed_flush_lsn, which moves once per status_interval.
 constexpr const char* kCdcThroughputStatusInterval = "100ms";
 
-enum class Delivery : uint8_t { kAtLeastOnce, kExactlyOnce };
-const char* DeliveryName(Delivery d) { return d == Delivery::kExactlyOnce ? "exactly-once" : "at-least-once"; }
-
 std::string CdcToml(const Options& o, const TestDatabase& db, const CdcNames& n, bool create,
                     const std::string& status_interval, Delivery delivery) {
-  std::string t = CommonToml(o, db);
-  if (delivery == Delivery::kExactlyOnce) {
-    // [kafka] keys, placed before the sections CommonToml ends with.
-    std::string keys = "delivery = \"exactly-once\"\nposition_topic = " + Quote(n.topic + ".positions") + "\n";
-    if (!o.transaction_max_wait.empty()) keys += "transaction_max_wait = " + Quote(o.transaction_max_wait) + "\n";
-    t.insert(t.find('\n', t.find("bootstrap_servers")) + 1, keys);
-  }
+  std::string t = CommonToml(o, db, delivery == Delivery::kExactlyOnce ? ExactlyOnceKeys(o, n.topic) : "");
   t += "[cdc]\nslot = " + Quote(n.slot) + "\npublication = " + Quote(n.publication) + "\n";
   t += std::string("create = ") + (create ? "true" : "false") + "\n";
   t += "tables = [" + Quote(n.table) + "]\ntopic_prefix = " + Quote(n.topic_prefix) + "\n";
