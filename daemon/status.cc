@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -21,6 +22,7 @@
 #include "daemon/exit_codes.h"
 #include "pipeline/kafka_transactions.h"
 #include "pipeline/position_store.h"
+#include "relay/poll_position.h"
 
 namespace outboxd {
 
@@ -37,6 +39,13 @@ struct TableReport {
   std::string age_unknown_reason;  // when pending > 0 and no age
   std::optional<int> holder_pid;   // session holding the relay lock
   std::string holder_application, holder_address;
+  std::string resolved;          // "schema.table" as the relay names it; empty when missing
+  std::string count_listed_sql;  // counts the unsent rows among the positions $1
+  // Exactly-once (poll): the rows Kafka's position lists that the table
+  // still holds unsent, or why that is not known.
+  bool exactly_once = false;
+  std::optional<int64_t> kafka_unsent;
+  std::string kafka_note;
   std::vector<std::string> problems;
 };
 
@@ -89,6 +98,7 @@ void CheckPollTable(const PgConn& conn, const OutboxTableConfig& config, const S
   const std::string qtable =
       conn.QuoteIdentifier(PQgetvalue(rel->get(), 0, 1)) + "." + conn.QuoteIdentifier(PQgetvalue(rel->get(), 0, 2));
   if (!report.poll) return;
+  report.resolved = std::string(PQgetvalue(rel->get(), 0, 1)) + "." + PQgetvalue(rel->get(), 0, 2);
 
   // The age needs a column that says when a row was written; the ordering
   // column does not, so without `timestamp` the age stays unknown.
@@ -123,6 +133,10 @@ void CheckPollTable(const PgConn& conn, const OutboxTableConfig& config, const S
   if (config.after_delivery == AfterDelivery::kMark) {
     sql += " WHERE " + conn.QuoteIdentifier(*config.sent_column) + " IS NULL";
   }
+  report.count_listed_sql =
+      "SELECT count(*) FROM " + qtable + " WHERE " + qorder + " = ANY($1::bigint[])" +
+      (config.after_delivery == AfterDelivery::kMark ? " AND " + conn.QuoteIdentifier(*config.sent_column) + " IS NULL"
+                                                     : "");
   auto pending = conn.Exec(sql);
   if (!pending.ok()) {
     report.problems.push_back(pending.status().Prefixed("could not count the unsent rows of " + name).message());
@@ -304,30 +318,86 @@ nlohmann::ordered_json HolderJson(const std::optional<int>& pid, const std::stri
   return {{"pid", *pid}, {"application_name", EmptyToNull(application)}, {"client_addr", EmptyToNull(address)}};
 }
 
-// Exactly-once: the slot's position in the position topic. Not knowing it
-// is a note, not a problem: status probes the database.
+// Exactly-once: the last position of the stream named `stream(system id)`
+// in the position topic (nullopt: none yet); an error says why it is not
+// known. Not knowing it is a note, not a problem: status probes the database.
+Result<std::optional<std::string>> ReadStoredPosition(const PgConn& conn, const Config& config,
+                                                      const std::function<std::string(const std::string&)>& stream) {
+  auto id = conn.Exec("SELECT system_identifier::text FROM pg_control_system()");
+  if (!id.ok()) return id.status().Prefixed("the system identifier cannot be read");
+  auto store = PositionStore::Create(config.kafka, config.kafka.position_topic);
+  if (!store.ok()) return store.status();
+  auto last = (*store)->ReadLast(stream(PQgetvalue(id->get(), 0, 0)), 0, std::chrono::seconds(10));
+  if (!last.ok()) return last.status();
+  if (!last->has_value()) return std::optional<std::string>();
+  return std::optional<std::string>((*last)->value);
+}
+
+// The slot's position: the commit LSN of the last transaction Kafka has.
 void ReadKafkaPosition(const PgConn& conn, const Config& config, const std::string& database, SlotReport& report) {
   report.exactly_once = true;
-  auto id = conn.Exec("SELECT system_identifier::text FROM pg_control_system()");
-  if (!id.ok()) {
-    report.kafka_position_note = "unknown (the system identifier cannot be read: " + id.status().message() + ")";
-    return;
-  }
-  const std::string stream = KafkaTransactions::CdcStream(PQgetvalue(id->get(), 0, 0), database, config.cdc->slot);
-  auto store = PositionStore::Create(config.kafka, config.kafka.position_topic);
-  if (!store.ok()) {
-    report.kafka_position_note = "unknown (" + store.status().message() + ")";
-    return;
-  }
-  auto last = (*store)->ReadLast(stream, 0, std::chrono::seconds(10));
-  if (!last.ok()) {
-    report.kafka_position_note = "unknown (" + last.status().message() + ")";
-  } else if (!last->has_value()) {
+  auto position = ReadStoredPosition(conn, config, [&](const std::string& system_id) {
+    return KafkaTransactions::CdcStream(system_id, database, config.cdc->slot);
+  });
+  if (!position.ok()) {
+    report.kafka_position_note = "unknown (" + position.status().message() + ")";
+  } else if (!position->has_value()) {
     report.kafka_position_note = "none yet";
-  } else if (auto lsn = Lsn::Parse((*last)->value); lsn.ok()) {
+  } else if (auto lsn = Lsn::Parse(**position); lsn.ok()) {
     report.kafka_position = *lsn;
   } else {
-    report.kafka_position_note = "not an LSN: \"" + (*last)->value + "\"";
+    report.kafka_position_note = "not an LSN: \"" + **position + "\"";
+  }
+}
+
+// The poll stream's position: per table, how many of the rows it lists
+// (Kafka has them) are still unsent — deleted without being produced again
+// on the next start.
+void ReadPollKafkaPosition(const PgConn& conn, const Config& config, const std::string& database,
+                           std::vector<TableReport>& tables) {
+  std::vector<TableReport*> polled;
+  std::vector<std::string> names;
+  for (TableReport& t : tables) {
+    if (!t.poll) continue;
+    t.exactly_once = true;
+    polled.push_back(&t);
+    names.push_back(t.resolved);
+  }
+  auto note_all = [&](const std::string& note) {
+    for (TableReport* t : polled) t->kafka_note = note;
+  };
+  if (std::any_of(names.begin(), names.end(), [](const std::string& n) { return n.empty(); })) {
+    note_all("unknown (a table does not exist)");
+    return;
+  }
+  auto position = ReadStoredPosition(conn, config, [&](const std::string& system_id) {
+    return KafkaTransactions::PollStream(system_id, database, names);
+  });
+  if (!position.ok()) {
+    note_all("unknown (" + position.status().message() + ")");
+    return;
+  }
+  PollPositionRows rows;
+  if (position->has_value()) {
+    auto parsed = ParsePollPosition(**position);
+    if (!parsed.ok()) {
+      note_all("unknown (" + parsed.status().message() + ")");
+      return;
+    }
+    rows = std::move(parsed).value();
+  }
+  for (TableReport* t : polled) {
+    const auto it = rows.find(t->resolved);
+    if (it == rows.end()) {
+      t->kafka_unsent = 0;
+      continue;
+    }
+    auto r = conn.Exec(t->count_listed_sql, {PgInt64Array(it->second)});
+    if (!r.ok()) {
+      t->kafka_note = "unknown (" + r.status().message() + ")";
+      continue;
+    }
+    t->kafka_unsent = Int64At(r->get(), 0, 0);
   }
 }
 
@@ -350,6 +420,10 @@ void PrintJson(std::ostream& out, const std::string& database, const std::vector
       o["min_pending_position"] = OrNull(t.min_position);
       o["max_pending_position"] = OrNull(t.max_position);
       o["relay_lock_holder"] = HolderJson(t.holder_pid, t.holder_application, t.holder_address);
+      if (t.exactly_once) {
+        o["kafka_unsent_rows"] = OrNull(t.kafka_unsent);
+        o["kafka_position_note"] = EmptyToNull(t.kafka_note);
+      }
     }
     o["problems"] = t.problems;
     j["tables"].push_back(std::move(o));
@@ -403,6 +477,14 @@ void PrintText(std::ostream& out, const std::string& header, const std::vector<T
         age = "unknown";
         notes.push_back("age of the oldest unsent row of \"" + t.table + "\" unknown: " + t.age_unknown_reason +
                         " (POSITIONS shows the range of order_by values unsent)");
+      }
+      if (t.exactly_once && !t.kafka_unsent) {
+        notes.push_back("exactly-once: the rows of \"" + t.table +
+                        "\" that Kafka has but are still unsent: " + t.kafka_note);
+      } else if (t.exactly_once && *t.kafka_unsent > 0) {
+        notes.push_back("exactly-once: Kafka has " + std::to_string(*t.kafka_unsent) + " rows of \"" + t.table +
+                        "\" that are still unsent (committed before a stop or a takeover); the next start deletes "
+                        "or marks them without producing them again");
       }
       std::string positions = "-";
       if (t.min_position) positions = std::to_string(*t.min_position) + ".." + std::to_string(*t.max_position);
@@ -502,6 +584,9 @@ int RunStatus(const Config& config, const StatusOptions& options, std::ostream& 
         tables.push_back(std::move(t));
       }
     }
+  }
+  if (problems.empty() && config.kafka.delivery == Delivery::kExactlyOnce) {
+    ReadPollKafkaPosition(*conn, config, database, tables);
   }
   std::vector<SlotReport> slots;
   if (problems.empty() && config.cdc) {

@@ -11,6 +11,8 @@
 #include <thread>
 #include <tuple>
 
+#include <nlohmann/json.hpp>
+
 #include "common/pg.h"
 #include "tests/integration/metrics_support.h"
 #include "tests/integration/relay_test_support.h"
@@ -556,6 +558,12 @@ TEST(PollExactlyOnce, KilledAfterTheKafkaCommitBeforeTheDeleteSendsNothingTwice)
   outboxd.Start();
   c.writer().Start(1000000, 10, 5ms);  // until stopped
   ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(120s)) << outboxd.Log();
+  // `outboxd status` shows the rows Kafka has that the table still holds.
+  const CommandResult status = OutboxdProcess::RunCommand({"status", "-c", outboxd.config_path(), "--json"}, 60s);
+  const auto report = nlohmann::json::parse(status.output, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(report.is_object() && report["tables"].size() == 1) << status.output;
+  ASSERT_TRUE(report["tables"][0]["kafka_unsent_rows"].is_number()) << status.output;
+  EXPECT_GT(report["tables"][0]["kafka_unsent_rows"].get<int64_t>(), 0) << status.output;
   OutboxdProcess again(c.Config());
   again.Start();
   ASSERT_TRUE(c.WaitRelayedMore(500)) << again.Log();
