@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -97,6 +98,8 @@ struct PollSource::Stream {
   std::set<std::string> txn_xids;
   bool round_complete = true;  // the last round produced every row its claim and gap read found
   bool claim_full = false;     // the last claim hit its limit: rows may be left past the cursor
+  bool late_in_txn = false;    // the transaction holds gap or sweep rows (read after their claim)
+  Clock::time_point last_claim{};
   int64_t split_check_at = 0;  // check for rows left past the cursor once the transaction has this many
   // Rows Kafka refused for good: dead-lettered when produced again after the
   // abort (error name, message).
@@ -157,12 +160,18 @@ Status PollSource::TryLock(Stream& s, LockAttempt attempt) {
 }
 
 Status PollSource::TryLockAll(LockAttempt attempt) {
+  // In oid order, whatever the configuration's order: two instances try the
+  // same table first, and the one that gets it gets all.
+  std::vector<Stream*> order;
+  for (auto& s : streams_) order.push_back(s.get());
+  std::sort(order.begin(), order.end(),
+            [](const Stream* a, const Stream* b) { return a->table->oid() < b->table->oid(); });
   std::vector<const Stream*> taken;
-  for (auto& s : streams_) {
+  for (Stream* s : order) {
     auto r = conn_.Exec(kTryLockPollTableSql, {std::to_string(s->table->oid())});
     if (!r.ok()) return r.status().Prefixed("could not lock \"" + s->name() + "\"");
     if (std::string_view(PQgetvalue(r->get(), 0, 0)) == "t") {
-      taken.push_back(s.get());
+      taken.push_back(s);
       continue;
     }
     // Held elsewhere: give back what this attempt took, and stand by.
@@ -196,7 +205,7 @@ void PollSource::Rewind(Stream& s, const std::string& why, RewindGate::Pause pau
   txn_->StartAbort();
   position_read_ = false;
   for (auto& other : streams_) {
-    if (other->phase == Phase::kHalted) continue;
+    // A halted table too: what it had in the transaction is not committed.
     RewindStream(*other,
                  other.get() == &s ? why : "the Kafka transaction it shares with \"" + s.name() + "\" is aborted",
                  pause, cause);
@@ -211,7 +220,9 @@ void PollSource::RewindStream(Stream& s, const std::string& why, RewindGate::Pau
     s.metrics->Resent(cause, s.checkpoint.CountAcked([](const Stream::Tracked&) { return true; }));
     for (uint64_t ticket : s.checkpoint.PendingTickets()) s.resend_if_acked[ticket] = cause;
   }
-  if (pause == RewindGate::Pause::kBackOff) {
+  if (s.phase == Phase::kHalted) {
+    // Nothing is produced again; only what it tracked is forgotten.
+  } else if (pause == RewindGate::Pause::kBackOff) {
     // Kafka refused or lost records librdkafka had already retried: wait a
     // little longer each time before producing them again.
     Logger("relay")->warn("\"{}\": {}; producing its unacknowledged rows again in {} ms", s.name(), why, delay.count());
@@ -225,6 +236,8 @@ void PollSource::RewindStream(Stream& s, const std::string& why, RewindGate::Pau
   s.txn_xids.clear();
   s.round_complete = true;
   s.claim_full = false;
+  s.late_in_txn = false;
+  s.split_check_at = 0;
   if (s.phase == Phase::kClaiming) Enter(s, Phase::kRewinding);
 }
 
@@ -236,6 +249,12 @@ void PollSource::Halt(Stream& s, const std::string& why) {
         s.name(), why);
   }
   s.phase = Phase::kHalted;  // final: Enter() changes it no more
+  // Exactly once, the open Kafka transaction may hold rows of this table
+  // before the one that halts it (and of the same PostgreSQL transaction):
+  // abort it, so that none of them is listed or released.
+  if (txn_ != nullptr) {
+    Rewind(s, "\"" + s.name() + "\" halted", RewindGate::Pause::kNone, ResendCause::kRewind);
+  }
 }
 
 // --- Connecting ---------------------------------------------------------------------
@@ -365,9 +384,13 @@ Status PollSource::Settle(Clock::time_point now, FailedDeliveries failed) {
 }
 
 void PollSource::OnProducerLost() {
-  if (txn_ != nullptr) txn_->ProducerLost();  // what was open went with it
+  if (txn_ != nullptr && !streams_.empty()) {
+    txn_->ProducerLost();  // what was open went with it
+    // One rewind covers every table: they share the transaction.
+    Rewind(*streams_.front(), "the Kafka producer failed fatally", RewindGate::Pause::kBackOff, ResendCause::kProducer);
+  }
   for (auto& s : streams_) {
-    if (s->phase != Phase::kHalted) {
+    if (txn_ == nullptr && s->phase != Phase::kHalted) {
       Rewind(*s, "the Kafka producer failed fatally", RewindGate::Pause::kBackOff, ResendCause::kProducer);
     }
     s->gate.ProducerLost();  // its queue went with it, and the reports it owed
@@ -604,6 +627,7 @@ Status PollSource::Sweep(Stream& s) {
   Status st = ProduceRows(
       s, refs, [](std::size_t) {}, &completed);
   if (!completed) s.round_complete = false;
+  s.late_in_txn = true;  // read on a newer snapshot than the claims
   return st;
 }
 
@@ -719,6 +743,7 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
   if (n > 0) s.metrics->ObserveBatch(n);
   s.more = n == limit;
   s.claim_full = n == limit;
+  s.last_claim = now;
   s.round_complete = true;
   s.notified = false;
   s.next_poll = now + s.config->poll_interval;
@@ -764,6 +789,7 @@ Status PollSource::ClaimAndProduce(Stream& s, Clock::time_point now) {
         &completed);
     gaps.EndRound();
     s.round_complete = completed && !late->hit_limit;
+    if (late_taken > 0) s.late_in_txn = true;
     if (late_taken > 0) {
       s.table_metrics->LateRows(late_taken);
       Logger("relay")->debug("\"{}\": {} rows committed late below position {}, published in order", s.name(),
@@ -854,19 +880,22 @@ Status PollSource::ProduceRecord(const Record& record, uint64_t token) {
   return st;
 }
 
-Result<bool> PollSource::TransactionsComplete(Stream& s) {
-  if (s.txn_xids.empty()) return true;
-  if (!s.round_complete) return false;  // the rest of a claim or a gap read comes first
-  if (!s.claim_full) return true;       // every row past the cursor was read
-  // A backlog: a transaction of these rows may have more past the cursor.
-  // The check scans the rows past it, so it runs again only once the
-  // transaction doubled.
-  const std::optional<long long> cursor = s.gaps->cursor();
-  if (!cursor || txn_->events() < s.split_check_at) return !cursor;
-  std::string xids = "{";
-  for (const std::string& x : s.txn_xids) xids += (xids.size() > 1 ? "," : "") + x;
-  xids += "}";
-  auto r = conn_.Exec(s.table->split_check_sql(), {std::to_string(*cursor), xids});
+Result<bool> PollSource::TransactionsComplete(Stream& s, const std::set<std::string>& xids) {
+  if (xids.empty()) return true;
+  if (!s.txn_xids.empty() && !s.round_complete) return false;  // the rest of a claim or a gap read first
+  // Every row past the cursor was read by a claim that came back short, so
+  // every transaction committed before it is whole here — unless a row of
+  // the transaction came later: from a gap read or the sweep (a newer
+  // snapshot), or from another table (another claim).
+  if (!s.claim_full && !s.late_in_txn && streams_.size() == 1) return true;
+  // In a backlog the check scans the rows past the cursor, so after a
+  // positive answer it runs again only once the transaction doubled.
+  if (s.claim_full && txn_->events() < s.split_check_at) return false;
+  const long long cursor = s.gaps->cursor().value_or(std::numeric_limits<long long>::min());
+  std::string list = "{";
+  for (const std::string& x : xids) list += (list.size() > 1 ? "," : "") + x;
+  list += "}";
+  auto r = conn_.Exec(s.table->split_check_sql(), {std::to_string(cursor), list});
   if (!r.ok()) return r.status().Prefixed("could not check \"" + s.name() + "\" for rows of the same transactions");
   if (std::string_view(PQgetvalue(r->get(), 0, 0)) == "t") {
     s.split_check_at = std::max<int64_t>(2 * txn_->events(), txn_->events() + 1);
@@ -880,14 +909,18 @@ Status PollSource::CommitIfDue(Clock::time_point now) {
   // In a backlog (claims come back full) readers are behind anyway: the
   // transaction grows to its size bound, so fewer commits and fewer checks
   // for rows past the cursor (TransactionsComplete) slow the catch-up.
-  const bool backlog = std::any_of(streams_.begin(), streams_.end(), [](const auto& s) {
-    return s->phase != Phase::kHalted && s->claim_full && !s->txn_xids.empty();
+  // Not once claims have stopped (stopping, or waiting for room).
+  const bool backlog = std::any_of(streams_.begin(), streams_.end(), [&](const auto& s) {
+    return s->phase != Phase::kHalted && s->claim_full && !s->txn_xids.empty() &&
+           now - s->last_claim < config_.kafka.transaction_max_wait;
   });
   if (backlog && !txn_->SizeReached()) return Status::Ok();
+  std::set<std::string> xids;  // of every table's rows in the transaction
+  for (const auto& s : streams_) xids.insert(s->txn_xids.begin(), s->txn_xids.end());
   for (auto& s : streams_) {
     if (s->phase == Phase::kHalted) continue;      // reads no more
     if (s->gate.rewinding()) return Status::Ok();  // the transaction is being aborted
-    auto complete = TransactionsComplete(*s);
+    auto complete = TransactionsComplete(*s, xids);
     if (!complete.ok()) return complete.status();
     if (!*complete) return Status::Ok();
   }
@@ -897,6 +930,7 @@ Status PollSource::CommitIfDue(Clock::time_point now) {
     for (auto& s : streams_) {
       s->txn_xids.clear();
       s->split_check_at = 0;
+      s->late_in_txn = false;
     }
     return Status::Ok();
   }

@@ -52,6 +52,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_set>
@@ -154,7 +155,9 @@ class PollSource final : public Source {
   // Ends the open transaction with its position record when it is due and
   // no PostgreSQL transaction of its rows has rows left to read.
   [[nodiscard]] Status CommitIfDue(Clock::time_point now);
-  [[nodiscard]] Result<bool> TransactionsComplete(Stream& s);
+  // Whether `s` holds every row of the transactions `xids` (every table's in
+  // the Kafka transaction) that it will ever read.
+  [[nodiscard]] Result<bool> TransactionsComplete(Stream& s, const std::set<std::string>& xids);
   [[nodiscard]] Status AdvanceTransaction();
   // Produces a record of a table (a row or its dead-letter record); exactly
   // once, inside the open Kafka transaction, begun if needed.

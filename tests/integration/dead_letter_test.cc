@@ -2,6 +2,8 @@
 // or — without one — the table's stream halts and the row stays unsent.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "tests/integration/relay_test_support.h"
 
 namespace outboxd::testing {
@@ -146,6 +148,42 @@ TEST_F(DeadLetterTest, ExactlyOnceAnUnroutableRowIsDeadLetteredInItsTransaction)
   EXPECT_EQ(std::string::npos, outboxd.Log().find("aborted")) << outboxd.Log();
   outboxd.Terminate();
   EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+}
+
+// Exactly once with two tables sharing the transaction stream: a row of
+// table B that cannot be routed (no dead-letter topic) halts B. The open
+// Kafka transaction is aborted, so the row committed with it in the same
+// PostgreSQL transaction is not published either (all or nothing) and both
+// stay unsent; table A goes on and each of its rows arrives once.
+TEST_F(DeadLetterTest, ExactlyOnceAHaltedTableLeavesItsWholeTransactionUnsent) {
+  db_.Exec(OutboxDdl("outbox_b"));
+  db_.Exec("ALTER TABLE outbox_b ALTER COLUMN aggregatetype DROP NOT NULL");
+  const std::string type_b = type_ + "b";
+  const std::string config = "[postgres]\nconninfo = \"" + db_.conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" +
+                             SharedServices().kafka_bootstrap + "\"\ndelivery = \"exactly-once\"\nposition_topic = \"" +
+                             type_ +
+                             ".positions\"\n"
+                             "[[outbox]]\ntable = \"outbox\"\npoll_interval = \"50ms\"\n"
+                             "[[outbox]]\ntable = \"outbox_b\"\npoll_interval = \"50ms\"\n";
+  for (int i = 0; i < 20; ++i) InsertSized("a-" + std::to_string(i), 10);
+  db_.Exec("BEGIN; INSERT INTO outbox_b (aggregatetype, aggregateid, type, payload) VALUES ('" + type_b +
+           "', 'b-good', 'E', '{}'), (NULL, 'b-bad', 'E', '{}'); COMMIT");
+  OutboxdProcess outboxd(config);
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("halted", 30s)) << outboxd.Log();
+  ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 30s)) << outboxd.Log();
+  for (int i = 20; i < 40; ++i) InsertSized("a-" + std::to_string(i), 10);
+  ASSERT_TRUE(WaitUntil([&] { return Rows() == 0; }, 30s)) << outboxd.Log();
+  EXPECT_EQ(2, db_.QueryInt64("SELECT count(*) FROM outbox_b"));
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  const auto a = ConsumeTopic(SharedServices().kafka_bootstrap, topic_, 40, 30s);
+  std::set<std::string> ids;
+  for (const auto& r : a) ids.insert(HeaderValue(r, "id"));
+  EXPECT_EQ(40u, a.size());
+  EXPECT_EQ(40u, ids.size());
+  EXPECT_TRUE(ConsumeTopic(SharedServices().kafka_bootstrap, "outbox.event." + type_b, 0, 5s).empty())
+      << "b-good was published without the rest of its transaction";
 }
 
 }  // namespace
