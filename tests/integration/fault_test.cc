@@ -507,6 +507,27 @@ class PollCase {
   [[nodiscard]] bool WaitDrained() const {
     return WaitUntil([&] { return Unsent() == 0; }, 120s);
   }
+  // Starts outboxd with failpoint `failpoint` armed and the writer on
+  // (10-row transactions), and waits for the failpoint's SIGKILL.
+  void RunUntilKilledBy(const std::string& failpoint) {
+    OutboxdProcess outboxd(Config());
+    outboxd.SetEnv("OUTBOXD_FAILPOINTS", failpoint);
+    outboxd.Start();
+    writer_.Start(1000000, 10, 5ms);  // until stopped
+    EXPECT_EQ(128 + SIGKILL, outboxd.WaitExit(120s)) << outboxd.Log();
+  }
+  // Starts another outboxd, which relays 500 more rows; then stops the
+  // writer, drains the table and stops outboxd. Returns its log.
+  std::string RelayMoreAndDrain() {
+    OutboxdProcess outboxd(Config());
+    outboxd.Start();
+    EXPECT_TRUE(WaitRelayedMore(500)) << outboxd.Log();
+    writer_.Stop();
+    EXPECT_TRUE(WaitDrained()) << outboxd.Log();
+    outboxd.Terminate();
+    EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+    return outboxd.Log();
+  }
   // What a read_uncommitted reader sees: also the records of aborted
   // transactions.
   std::size_t RecordsReadUncommitted(std::size_t at_least) const {
@@ -553,26 +574,17 @@ TEST(PollExactlyOnce, SigkillTenTimesDeliversEveryEventOnceInOrder) {
 // and deletes the rows it lists without producing them.
 TEST(PollExactlyOnce, KilledAfterTheKafkaCommitBeforeTheDeleteSendsNothingTwice) {
   PollCase c("eoscommit");
-  OutboxdProcess outboxd(c.Config());
-  outboxd.SetEnv("OUTBOXD_FAILPOINTS", "kill_after_kafka_commits=30");
-  outboxd.Start();
-  c.writer().Start(1000000, 10, 5ms);  // until stopped
-  ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(120s)) << outboxd.Log();
+  c.RunUntilKilledBy("kill_after_kafka_commits=30");
   // `outboxd status` shows the rows Kafka has that the table still holds.
-  const CommandResult status = OutboxdProcess::RunCommand({"status", "-c", outboxd.config_path(), "--json"}, 60s);
+  const OutboxdProcess unstarted(c.Config());  // for its config file
+  const CommandResult status = OutboxdProcess::RunCommand({"status", "-c", unstarted.config_path(), "--json"}, 60s);
   const auto report = nlohmann::json::parse(status.output, nullptr, /*allow_exceptions=*/false);
   ASSERT_TRUE(report.is_object() && report["tables"].size() == 1) << status.output;
   ASSERT_TRUE(report["tables"][0]["kafka_unsent_rows"].is_number()) << status.output;
   EXPECT_GT(report["tables"][0]["kafka_unsent_rows"].get<int64_t>(), 0) << status.output;
-  OutboxdProcess again(c.Config());
-  again.Start();
-  ASSERT_TRUE(c.WaitRelayedMore(500)) << again.Log();
-  c.writer().Stop();
-  ASSERT_TRUE(c.WaitDrained()) << again.Log();
-  again.Terminate();
-  ASSERT_EQ(0, again.WaitExit(30s)) << again.Log();
+  const std::string log = c.RelayMoreAndDrain();
   // The kill really left rows Kafka had.
-  EXPECT_NE(std::string::npos, again.Log().find("although Kafka has them")) << again.Log();
+  EXPECT_NE(std::string::npos, log.find("although Kafka has them")) << log;
   c.ExpectEveryEventOnce(10);
 }
 
@@ -582,19 +594,9 @@ TEST(PollExactlyOnce, KilledAfterTheKafkaCommitBeforeTheDeleteSendsNothingTwice)
 // are still unsent, and they are produced again: once for read_committed.
 TEST(PollExactlyOnce, KilledBeforeTheKafkaCommitProducesTheRowsOnceMore) {
   PollCase c("eosprecommit");
-  OutboxdProcess outboxd(c.Config());
-  outboxd.SetEnv("OUTBOXD_FAILPOINTS", "kill_before_kafka_commits=30");
-  outboxd.Start();
-  c.writer().Start(1000000, 10, 5ms);  // until stopped
-  ASSERT_EQ(128 + SIGKILL, outboxd.WaitExit(120s)) << outboxd.Log();
-  OutboxdProcess again(c.Config());
-  again.Start();
-  ASSERT_TRUE(c.WaitRelayedMore(500)) << again.Log();
-  c.writer().Stop();
-  ASSERT_TRUE(c.WaitDrained()) << again.Log();
-  again.Terminate();
-  ASSERT_EQ(0, again.WaitExit(30s)) << again.Log();
-  EXPECT_EQ(std::string::npos, again.Log().find("although Kafka has them")) << again.Log();
+  c.RunUntilKilledBy("kill_before_kafka_commits=30");
+  const std::string log = c.RelayMoreAndDrain();
+  EXPECT_EQ(std::string::npos, log.find("although Kafka has them")) << log;
   c.ExpectEveryEventOnce(10);
   // The killed transaction's copies are in the log, visible only to a
   // read_uncommitted reader.
