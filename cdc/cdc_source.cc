@@ -581,11 +581,12 @@ void CdcSource::CountResent() {
   }
 }
 
-void CdcSource::OnProducerLost() {
+Status CdcSource::OnProducerLost() {
   gate_.ProducerLost();  // its queue went with it
   failures_.clear();
-  if (txn_ != nullptr) txn_->ProducerLost();  // what was open went with it
+  Status lost = txn_ != nullptr ? txn_->ProducerLost(Clock::now()) : Status::Ok();  // what was open went with it
   Rewind("the Kafka producer failed and was recreated", ResendCause::kProducer);
+  return lost;
 }
 
 void CdcSource::ReleaseAcknowledged() {

@@ -98,7 +98,7 @@ class CdcSource final : public Source {
   bool connected() const override { return phase_ != Phase::kDisconnected; }
   void OnDelivery(const DeliveryReport& report) override;
   [[nodiscard]] Status Settle(Clock::time_point now, FailedDeliveries failed) override;
-  void OnProducerLost() override;
+  [[nodiscard]] Status OnProducerLost() override;
   [[nodiscard]] Status Pump(Clock::time_point now) override;
   [[nodiscard]] Status Sample() override;
   void WaitFds(std::vector<pollfd>& fds, bool stopping) const override;

@@ -167,15 +167,7 @@ Result<KafkaTransactions::Step> KafkaTransactions::Advance(Publisher& publisher)
           state_ = State::kAborting;
           return Advance(publisher);
         case TxnOutcome::kFenced:
-          if (Clock::now() - opened_at_ >= timeout_) {
-            return Status::Permanent(
-                "Kafka transaction of \"" + stream_ + "\" was open for " +
-                std::to_string(std::chrono::duration_cast<milliseconds>(Clock::now() - opened_at_).count()) +
-                " ms with " + std::to_string(events_) + " records, longer than transaction.timeout.ms (" +
-                std::to_string(timeout_.count()) +
-                " ms), and the broker aborted it; one PostgreSQL transaction is never split, so raise "
-                "transaction.timeout.ms in [kafka.properties] (at most the broker's transaction.max.timeout.ms)");
-          }
+          if (Status overrun = Overrun(Clock::now()); !overrun.ok()) return overrun;
           return Ended(stream_, "committing", r);
         case TxnOutcome::kFatal:
           return Ended(stream_, "committing", r);
@@ -200,6 +192,26 @@ Result<KafkaTransactions::Step> KafkaTransactions::Advance(Publisher& publisher)
     }
   }
   return Step::kNothing;
+}
+
+Status KafkaTransactions::Overrun(Clock::time_point now) const {
+  if (state_ != State::kOpen && state_ != State::kCommitting) return Status::Ok();
+  // Until the commit was asked for: a commit waiting for acknowledgements
+  // (a broker outage) is not the transaction's size.
+  const Clock::time_point producing_until = state_ == State::kOpen ? now : commit_started_at_;
+  if (producing_until - opened_at_ < timeout_) return Status::Ok();
+  return Status::Permanent(
+      "Kafka transaction of \"" + stream_ + "\" was open for " +
+      std::to_string(std::chrono::duration_cast<milliseconds>(now - opened_at_).count()) + " ms with " +
+      std::to_string(events_) + " records, longer than transaction.timeout.ms (" + std::to_string(timeout_.count()) +
+      " ms), and the broker aborted it; one PostgreSQL transaction is never split, so raise "
+      "transaction.timeout.ms in [kafka.properties] (at most the broker's transaction.max.timeout.ms)");
+}
+
+Status KafkaTransactions::ProducerLost(Clock::time_point now) {
+  Status overrun = Overrun(now);
+  state_ = State::kUninitialised;
+  return overrun;
 }
 
 Result<KafkaTransactions::Step> KafkaTransactions::EndAtShutdown(Publisher& publisher, milliseconds timeout) {

@@ -116,9 +116,7 @@ class KafkaTransactions {
   void StartAbort();
   // Drives a commit or an abort; call every turn while one is under way, once
   // every record of the transaction is produced. A commit fenced after the
-  // transaction was open longer than librdkafka's transaction.timeout.ms is
-  // Permanent: the broker aborted it, and as one PostgreSQL transaction is
-  // never split, producing it again would overrun again.
+  // transaction overran (below) is Permanent.
   [[nodiscard]] Result<Step> Advance(Publisher& publisher);
   // At shutdown: aborts the open transaction rather than leave read_committed
   // consumers of its partitions held back until transaction.timeout.ms (a
@@ -127,7 +125,9 @@ class KafkaTransactions {
   // kCommitted when such a commit ended so.
   [[nodiscard]] Result<Step> EndAtShutdown(Publisher& publisher, std::chrono::milliseconds timeout);
   // The producer is gone (recreated): whatever was open went with it.
-  void ProducerLost() { state_ = State::kUninitialised; }
+  // Permanent when the transaction overran: the broker aborting it is what
+  // failed the producer (its next request is fenced).
+  [[nodiscard]] Status ProducerLost(Clock::time_point now);
 
   State state() const { return state_; }
   // A transaction is open, committing or aborting.
@@ -140,6 +140,13 @@ class KafkaTransactions {
   int64_t events() const { return events_; }
 
  private:
+  // The open transaction overran: it had been open for librdkafka's
+  // transaction.timeout.ms before its source could ask to commit it, so its
+  // PostgreSQL transactions take longer than that to produce. The broker
+  // aborts it, and as one PostgreSQL transaction is never split, producing it
+  // again would overrun again: Permanent, naming the timeout to raise.
+  Status Overrun(Clock::time_point now) const;
+
   const KafkaConfig& kafka_;
   const std::string stream_;
   const std::chrono::milliseconds timeout_;  // librdkafka's transaction.timeout.ms

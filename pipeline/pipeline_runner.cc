@@ -91,9 +91,10 @@ Status PipelineRunner::RecreateProducer() {
   const int unreported = publisher_->OutstandingCount();
   Logger("kafka")->warn("recreating the Kafka producer; {} records were not reported and are produced again",
                         unreported);
-  source_->OnProducerLost();
+  const Status lost = source_->OnProducerLost();
   producer_ = ProducerState::kHealthy;
-  return publisher_->Recreate();
+  OUTBOXD_RETURN_IF_ERROR(publisher_->Recreate());
+  return Fail(lost);
 }
 
 Status PipelineRunner::ServeDeliveries() {

@@ -74,8 +74,10 @@ class Source {
   [[nodiscard]] virtual Status Settle(Clock::time_point now, FailedDeliveries failed) = 0;
   // The producer failed fatally, the reports of what it had sent are in (or
   // it gave up waiting), and it is being recreated: every record not yet
-  // acknowledged, and every failure held, is produced again.
-  virtual void OnProducerLost() = 0;
+  // acknowledged, and every failure held, is produced again. Permanent when
+  // the source cannot go on: its Kafka transaction overran
+  // (KafkaTransactions::ProducerLost()).
+  [[nodiscard]] virtual Status OnProducerLost() = 0;
   // Produces what is ready, within the in-flight bound: claims rows, reads
   // the stream.
   [[nodiscard]] virtual Status Pump(Clock::time_point now) = 0;

@@ -383,9 +383,10 @@ Status PollSource::Settle(Clock::time_point now, FailedDeliveries failed) {
   return CommitIfDue(now);
 }
 
-void PollSource::OnProducerLost() {
+Status PollSource::OnProducerLost() {
+  Status lost;
   if (txn_ != nullptr && !streams_.empty()) {
-    txn_->ProducerLost();  // what was open went with it
+    lost = txn_->ProducerLost(Clock::now());  // what was open went with it
     // One rewind covers every table: they share the transaction.
     Rewind(*streams_.front(), "the Kafka producer failed fatally", RewindGate::Pause::kBackOff, ResendCause::kProducer);
   }
@@ -397,6 +398,7 @@ void PollSource::OnProducerLost() {
     s->resend_if_acked.clear();
   }
   failures_.clear();
+  return lost;
 }
 
 void PollSource::HandleFailures() {

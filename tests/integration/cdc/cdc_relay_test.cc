@@ -778,5 +778,36 @@ INSTANTIATE_TEST_SUITE_P(Delivery, CdcRelayMillionRowTest,
                            return std::string(info.param == Delivery::kExactlyOnce ? "ExactlyOnce" : "AtLeastOnce");
                          });
 
+// A PostgreSQL transaction that takes longer than transaction.timeout.ms to
+// produce is aborted by the broker. outboxd must not split it (commit what
+// got through and go on): it stops with exit 69 and says which timeout to
+// raise, nothing of the transaction is visible, and the slot is not
+// confirmed past it.
+TEST_F(CdcRelayTest, ATransactionLongerThanTheTransactionTimeoutStopsUnsplit) {
+  constexpr int64_t kRows = 2'000'000;  // several seconds to produce; the timeout is 1 s
+  db_->Exec("CREATE TABLE slow (id int PRIMARY KEY, v int)");
+  const std::string topic = TableTopic("slow");
+  KafkaAdmin().CreateTopic(topic, 1);
+  CdcToml toml = Toml();
+  toml.tables = {"public.slow"};
+  toml.log_level = "info";
+  toml.kafka_extra = "delivery = \"exactly-once\"\nposition_topic = \"" + topic +
+                     ".positions\"\n[kafka.properties]\n\"transaction.timeout.ms\" = \"1000\"\n";
+  OutboxdProcess outboxd(toml.Build());
+  ASSERT_TRUE(StartStreaming(outboxd)) << outboxd.Log();
+  const uint64_t before = ConfirmedFlushLsn().value_or(0);
+
+  db_->Exec("INSERT INTO slow SELECT g, g FROM generate_series(1, " + std::to_string(kRows) + ") g");
+  const uint64_t wal_after_commit = CurrentWalLsn();
+  ASSERT_EQ(kExitUnavailable, outboxd.WaitExit(120s)) << outboxd.Log();
+  const std::string log = outboxd.Log();
+  EXPECT_NE(std::string::npos, log.find("longer than transaction.timeout.ms (1000 ms)")) << log;
+  EXPECT_NE(std::string::npos, log.find("raise transaction.timeout.ms")) << log;
+  EXPECT_LT(ConfirmedFlushLsn().value_or(0), wal_after_commit) << "the slot was confirmed past the transaction";
+  EXPECT_GE(ConfirmedFlushLsn().value_or(0), before);
+  const auto visible = ConsumeTopic(SharedServices().kafka_bootstrap, topic, 1, 5s);
+  EXPECT_TRUE(visible.empty()) << visible.size() << " records of the aborted transaction are visible";
+}
+
 }  // namespace
 }  // namespace outboxd::testing
