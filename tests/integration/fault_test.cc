@@ -31,55 +31,29 @@ std::string EventId(int n) {
 }
 std::string EventPayload(int n) { return "{\"n\": " + std::to_string(n) + "}"; }
 
-// Inserts events in small transactions from its own thread and remembers the
-// id and payload of every one whose commit it saw succeed.
+// Inserts events in small transactions from threads of its own and remembers
+// the id and payload of every one whose commit it saw succeed.
 class Writer {
  public:
   Writer(std::string conninfo, std::string type) : conninfo_(std::move(conninfo)), type_(std::move(type)) {}
   ~Writer() { Stop(); }
 
   // Writes `total` events, `per_txn` per transaction, pausing `pause` between
-  // transactions to spread them over time.
-  void Start(int total, int per_txn, std::chrono::milliseconds pause) {
-    thread_ = std::thread([=, this] {
-      auto conn = PgConn::Connect(conninfo_, std::nullopt, "test-writer");
-      for (int n = 0; n < total && !stop_; n += per_txn) {
-        if (!conn.ok() || !conn->healthy()) {
-          conn = PgConn::Connect(conninfo_, std::nullopt, "test-writer");
-          if (!conn.ok()) {
-            std::this_thread::sleep_for(100ms);  // server restarting: retry
-            n -= per_txn;
-            continue;
-          }
-        }
-        std::string sql = "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES ";
-        for (int j = n; j < n + per_txn; ++j) {
-          sql += (j == n ? "" : ",");
-          sql += "('" + EventId(j) + "','" + type_ + "','key-" + std::to_string(j % 17) + "','E','" + EventPayload(j) +
-                 "')";
-        }
-        auto r = conn->Exec(sql + " RETURNING id::text, payload::text");
-        if (!r.ok()) {
-          // Not committed, or committed without the writer seeing it: write
-          // the same events again (same ids), as an application would.
-          n -= per_txn;
-          continue;
-        }
-        std::lock_guard<std::mutex> lock(mu_);
-        for (int i = 0; i < PQntuples(r->get()); ++i) {
-          committed_[PQgetvalue(r->get(), i, 0)] = PQgetvalue(r->get(), i, 1);
-        }
-        written_ = committed_.size();
-        if (pause.count() > 0) std::this_thread::sleep_for(pause);  // pacing, not waiting
-      }
-      done_ = true;
-    });
+  // transactions to spread them over time; from `threads` sessions at once,
+  // each with `total` events and keys of its own (per-key order is each
+  // thread's commit order).
+  void Start(int total, int per_txn, std::chrono::milliseconds pause, int threads = 1) {
+    for (int t = 0; t < threads; ++t) {
+      threads_.emplace_back([=, this] { Write(t * kThreadStride, t * kThreadStride + total, per_txn, pause); });
+    }
   }
   void Stop() {
     stop_ = true;
-    if (thread_.joinable()) thread_.join();
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
   }
-  bool done() const { return done_; }
+  bool done() const { return done_ == static_cast<int>(threads_.size()); }
   std::size_t written() const { return written_; }
   std::map<std::string, std::string> committed() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -87,9 +61,46 @@ class Writer {
   }
 
  private:
+  static constexpr int kThreadStride = 100'000'000;  // event numbers of thread t start at t * kThreadStride
+
+  void Write(int first, int end, int per_txn, std::chrono::milliseconds pause) {
+    auto conn = PgConn::Connect(conninfo_, std::nullopt, "test-writer");
+    for (int n = first; n < end && !stop_; n += per_txn) {
+      if (!conn.ok() || !conn->healthy()) {
+        conn = PgConn::Connect(conninfo_, std::nullopt, "test-writer");
+        if (!conn.ok()) {
+          std::this_thread::sleep_for(100ms);  // server restarting: retry
+          n -= per_txn;
+          continue;
+        }
+      }
+      std::string sql = "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES ";
+      for (int j = n; j < n + per_txn; ++j) {
+        sql += (j == n ? "" : ",");
+        sql += "('" + EventId(j) + "','" + type_ + "','key-" + std::to_string(j / kThreadStride) + "-" +
+               std::to_string(j % 17) + "','E','" + EventPayload(j) + "')";
+      }
+      auto r = conn->Exec(sql + " RETURNING id::text, payload::text");
+      if (!r.ok()) {
+        // Not committed, or committed without the writer seeing it: write
+        // the same events again (same ids), as an application would.
+        n -= per_txn;
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int i = 0; i < PQntuples(r->get()); ++i) {
+        committed_[PQgetvalue(r->get(), i, 0)] = PQgetvalue(r->get(), i, 1);
+      }
+      written_ = committed_.size();
+      if (pause.count() > 0) std::this_thread::sleep_for(pause);  // pacing, not waiting
+    }
+    ++done_;
+  }
+
   std::string conninfo_, type_;
-  std::thread thread_;
-  std::atomic<bool> stop_{false}, done_{false};
+  std::vector<std::thread> threads_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> done_{0};  // threads that wrote all theirs
   std::atomic<std::size_t> written_{0};
   std::mutex mu_;
   std::map<std::string, std::string> committed_;  // id -> payload, guarded by mu_
@@ -551,7 +562,7 @@ class PollCase {
 
 TEST(PollExactlyOnce, SigkillTenTimesDeliversEveryEventOnceInOrder) {
   PollCase c("eoskill");
-  c.writer().Start(1000000, 50, 10ms);  // until stopped
+  c.writer().Start(1000000, 50, 10ms, 3);  // three sessions, until stopped
   for (int round = 0; round < 10; ++round) {
     OutboxdProcess outboxd(c.Config());
     outboxd.Start();

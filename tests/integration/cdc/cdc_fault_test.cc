@@ -79,13 +79,13 @@ struct CommittedRow {
 };
 
 // Inserts rows into public.orders, `rows_per_txn` per transaction with ids
-// 1, 2, 3, ..., from its own thread, until stopped. Survives a server restart:
+// first_id, first_id + 1, ..., from its own thread, until stopped. Survives a server restart:
 // a transaction whose COMMIT outcome it could not see is looked up after
 // reconnecting and written again only if it is not there. Thread-safe.
 class OrderWriter {
  public:
-  OrderWriter(std::string conninfo, int rows_per_txn, milliseconds pause)
-      : conninfo_(std::move(conninfo)), rows_per_txn_(rows_per_txn), pause_(pause) {}
+  OrderWriter(std::string conninfo, int rows_per_txn, milliseconds pause, int64_t first_id = 1)
+      : conninfo_(std::move(conninfo)), rows_per_txn_(rows_per_txn), pause_(pause), first_id_(first_id) {}
   ~OrderWriter() { Stop(); }
   OrderWriter(const OrderWriter&) = delete;
   OrderWriter& operator=(const OrderWriter&) = delete;
@@ -141,7 +141,7 @@ class OrderWriter {
  private:
   void Run() {
     PgConn conn;
-    int64_t next_id = 1;
+    int64_t next_id = first_id_;
     bool outcome_unknown = false;  // the transaction of [next_id, next_id + k) may have committed
     const int k = rows_per_txn_;
     auto fail = [&](const Status& st) {
@@ -258,6 +258,7 @@ class OrderWriter {
   const std::string conninfo_;
   const int rows_per_txn_;
   const milliseconds pause_;
+  const int64_t first_id_;
   std::thread thread_;
   std::atomic<int64_t> failures_{0};
   mutable std::mutex mu_;
@@ -515,11 +516,42 @@ std::string ExactlyOnce(const CdcCapture& capture) {
   return "delivery = \"exactly-once\"\nposition_topic = \"" + capture.topic() + ".positions\"\n";
 }
 
-// Kills outboxd (SIGKILL) `kills` times while a writer commits 10-row
-// transactions, each time once the slot confirmed `rows_per_round` more rows,
-// checking the slot never passed what Kafka has; then drains with one more
-// start. Returns the duplicates a read_committed reader finds.
-std::size_t KillWhileStreaming(Delivery delivery, int kills, std::size_t rows_per_round) {
+// Exactly once: the rows of one PostgreSQL transaction (`per_txn` rows from
+// `first_id` on, per writer) are in one Kafka transaction. Its records in a
+// partition come from one producer in a row, so a split shows as a gap in
+// their offsets: the commit marker between two Kafka transactions.
+void ExpectUnsplit(std::vector<KafkaRecord> records, int64_t writer_stride, int per_txn) {
+  std::map<std::pair<int, int64_t>, std::pair<int64_t, int64_t>> span;  // (partition, transaction) -> offsets
+  std::map<int, std::set<int64_t>> offsets;                             // partition -> offsets seen
+  for (const KafkaRecord& r : records) {
+    const int64_t id = RecordOrderId(r);
+    if (id < 1) continue;  // reported by ExpectAllDelivered
+    const int64_t txn = (id - 1) / writer_stride * writer_stride + (id - 1) % writer_stride / per_txn;
+    auto [it, fresh] = span.try_emplace({r.partition, txn}, r.offset, r.offset);
+    it->second = {std::min(it->second.first, r.offset), std::max(it->second.second, r.offset)};
+    offsets[r.partition].insert(r.offset);
+  }
+  std::size_t split = 0;
+  for (const auto& [where, range] : span) {
+    const std::set<int64_t>& seen = offsets[where.first];
+    const auto count = static_cast<int64_t>(std::distance(seen.find(range.first), seen.upper_bound(range.second)));
+    if (count != range.second - range.first + 1 && ++split <= 3) {
+      ADD_FAILURE() << "transaction " << where.second << " is split in partition " << where.first << ": offsets "
+                    << range.first << ".." << range.second << " hold " << count << " of its records";
+    }
+  }
+  EXPECT_EQ(0u, split) << "PostgreSQL transactions split over Kafka transactions";
+  std::cout << "[ stats    ] " << span.size() << " (partition, transaction) spans, " << split << " split\n";
+}
+
+// Kills outboxd (SIGKILL) `kills` times while `writers` sessions commit 10-row
+// transactions, each time once the slot confirmed `rows_per_round` more rows
+// of the first writer, checking the slot never passed what Kafka has; then
+// drains with one more start. Returns the duplicates a read_committed reader
+// finds.
+std::size_t KillWhileStreaming(Delivery delivery, int kills, std::size_t rows_per_round, int writer_count) {
+  constexpr int kPerTxn = 10;
+  constexpr int64_t kWriterStride = 100'000'000;  // writer w writes ids from w * kWriterStride + 1 on
   TestDatabase db;
   db.Exec(kOrdersDdl);
   CdcCapture capture(db, SharedServices().kafka_bootstrap);
@@ -528,13 +560,24 @@ std::size_t KillWhileStreaming(Delivery delivery, int kills, std::size_t rows_pe
   outboxd.Start();
   if (!capture.WaitActive(60s)) ADD_FAILURE() << outboxd.Log();
 
-  OrderWriter writer(db.conninfo(), 10, 10ms);
-  writer.Start();  // until stopped
+  std::vector<std::unique_ptr<OrderWriter>> writers;
+  for (int64_t w = 0; w < writer_count; ++w) {
+    writers.push_back(std::make_unique<OrderWriter>(db.conninfo(), kPerTxn, 10ms, w * kWriterStride + 1));
+    writers.back()->Start();  // until stopped
+  }
+  auto all_rows = [&] {
+    std::vector<CommittedRow> rows;
+    for (const auto& w : writers) {
+      const auto more = w->Rows();
+      rows.insert(rows.end(), more.begin(), more.end());
+    }
+    return rows;
+  };
   for (int round = 1; round <= kills; ++round) {
     if (round > 1) outboxd.Start();
     // Kill it in the middle of the flow, once it streamed more in this round.
-    if (!capture.WaitStreamed(writer, rows_per_round, 120s)) {
-      ADD_FAILURE() << "round " << round << ", writer: " << writer.last_error() << "\n" << outboxd.Log();
+    if (!capture.WaitStreamed(*writers.front(), rows_per_round, 120s)) {
+      ADD_FAILURE() << "round " << round << ", writer: " << writers.front()->last_error() << "\n" << outboxd.Log();
       return 0;
     }
     outboxd.Kill();
@@ -543,21 +586,23 @@ std::size_t KillWhileStreaming(Delivery delivery, int kills, std::size_t rows_pe
     // status update it had read: the position to check is the final one.
     EXPECT_TRUE(capture.WaitInactive(30s)) << "round " << round;
     const uint64_t confirmed = capture.ConfirmedFlush();
-    ExpectConfirmedRowsInKafka(capture, writer.Rows(), confirmed, "after kill " + std::to_string(round));
+    ExpectConfirmedRowsInKafka(capture, all_rows(), confirmed, "after kill " + std::to_string(round));
   }
-  writer.Stop();
+  for (auto& w : writers) w->Stop();
 
   outboxd.Start();
   EXPECT_TRUE(capture.WaitDrained(180s)) << outboxd.Log();
   outboxd.Terminate();
   EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
-  const auto committed = writer.Rows();
-  EXPECT_EQ(0, writer.failures()) << writer.last_error();
-  return ExpectAllDelivered(committed, capture.Consume(committed.size(), 120s), std::to_string(kills) + " kills");
+  const auto committed = all_rows();
+  for (const auto& w : writers) EXPECT_EQ(0, w->failures()) << w->last_error();
+  const auto records = capture.Consume(committed.size(), 120s);
+  if (delivery == Delivery::kExactlyOnce) ExpectUnsplit(records, kWriterStride, kPerTxn);
+  return ExpectAllDelivered(committed, records, std::to_string(kills) + " kills");
 }
 
 TEST(CdcFault, SigkillWhileStreamingFourTimesLosesNothing) {
-  const std::size_t duplicates = KillWhileStreaming(Delivery::kAtLeastOnce, 4, 1500);
+  const std::size_t duplicates = KillWhileStreaming(Delivery::kAtLeastOnce, 4, 1500, 1);
   // A kill replays what Kafka had not acknowledged and what was acknowledged
   // but not yet confirmed (confirm_interval, 100 ms): at the writer's 1,000
   // rows/s at most, a quarter second of traffic per kill.
@@ -570,7 +615,7 @@ TEST(CdcFault, SigkillWhileStreamingFourTimesLosesNothing) {
 // duplicate at all, whatever the kill.
 
 TEST(CdcExactlyOnce, SigkillTenTimesWhileStreamingDeliversEveryRowOnce) {
-  EXPECT_EQ(0u, KillWhileStreaming(Delivery::kExactlyOnce, 10, 800));
+  EXPECT_EQ(0u, KillWhileStreaming(Delivery::kExactlyOnce, 10, 800, 3));
 }
 
 // The crash point at-least-once turns into duplicates: Kafka committed the
