@@ -26,11 +26,6 @@ constexpr std::size_t kFramesPerTurn = 4096;  // then serve delivery reports and
 // status goes out at least this often.
 constexpr milliseconds kPausedStatusInterval(1000);
 
-// "table" → "public.table".
-std::string Qualified(const std::string& table) {
-  return table.find('.') == std::string::npos ? "public." + table : table;
-}
-
 std::string QualifiedName(const RelationMsg& rel) {
   return (rel.namespace_name.empty() ? std::string("pg_catalog") : rel.namespace_name) + "." + rel.name;
 }
@@ -62,10 +57,11 @@ Result<std::unique_ptr<CdcSource>> CdcSource::Create(const Config& config, Metri
     if (t.source != OutboxSource::kCdc) continue;
     auto router = Router::Create(t);
     if (!router.ok()) return router.status().Prefixed(t.config_location);
-    source->outbox_routers_.emplace(Qualified(t.table), std::move(router).value());
-    source->outbox_configs_.emplace(Qualified(t.table), &t);
-    if (source->outbox_sources_.emplace(Qualified(t.table), static_cast<uint32_t>(source->sources_.size())).second) {
-      source->sources_.push_back({&metrics.Source(TableSource(Qualified(t.table)))});
+    source->outbox_routers_.emplace(QualifiedTableName(t.table), std::move(router).value());
+    source->outbox_configs_.emplace(QualifiedTableName(t.table), &t);
+    if (source->outbox_sources_.emplace(QualifiedTableName(t.table), static_cast<uint32_t>(source->sources_.size()))
+            .second) {
+      source->sources_.push_back({&metrics.Source(TableSource(QualifiedTableName(t.table)))});
     }
   }
   if (config.cdc->message_prefix) {
@@ -73,7 +69,7 @@ Result<std::unique_ptr<CdcSource>> CdcSource::Create(const Config& config, Metri
     if (!router.ok()) return router.status().Prefixed(config.cdc->config_location);
     source->message_router_.emplace(std::move(router).value());
   }
-  for (const std::string& t : config.cdc->tables) source->captured_.push_back(Qualified(t));
+  for (const std::string& t : config.cdc->tables) source->captured_.push_back(QualifiedTableName(t));
   source->slot_metrics_ = &metrics.Slot(config.cdc->slot);
   source->metrics_ = &metrics;
   return source;

@@ -226,7 +226,7 @@ std::string CheckSlotName(std::string_view slot) {
 // name means the table in schema public, as docs/configuration.md says.
 using QualifiedName = std::pair<std::string, std::string>;
 QualifiedName CdcTableIdentity(const std::vector<std::string>& parts) {
-  return parts.size() == 2 ? QualifiedName{parts[0], parts[1]} : QualifiedName{"public", parts.at(0)};
+  return parts.size() == 2 ? QualifiedName{parts[0], parts[1]} : QualifiedName{kDefaultSchema, parts.at(0)};
 }
 
 // "host:port" or "[v6-address]:port".
@@ -1183,6 +1183,10 @@ Result<Config> Load(const std::string& path) {
 }
 
 }  // namespace
+
+std::string QualifiedTableName(const std::string& table) {
+  return table.find('.') == std::string::npos ? std::string(kDefaultSchema) + "." + table : table;
+}
 
 Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   auto invalid = [&](std::string_view why) {

@@ -151,6 +151,16 @@ struct Config {
 // line in file order, with code kInvalidConfig. Never throws.
 [[nodiscard]] Result<Config> LoadConfig(const std::string& path);
 
+// The schema an unqualified table name in the configuration means where
+// outboxd names a table without asking the server ([cdc] tables, outbox
+// tables captured by cdc, check-config): the default search_path's. A polled
+// table is resolved by the server, with the session's search_path.
+inline constexpr char kDefaultSchema[] = "public";
+
+// A table name as the configuration gives it, "schema.table" or "table",
+// with the schema made explicit: "orders" → "public.orders".
+std::string QualifiedTableName(const std::string& table);
+
 // Parses "250ms", "10s", "2m", "1h" (optionally with a fraction, "1.5s") into
 // milliseconds. A missing or unknown unit, a sign, or a value that is not a
 // whole number of milliseconds is a kInvalidConfig error.

@@ -106,8 +106,7 @@ int CheckConfig(const std::string& path) {
     std::vector<std::string> polled;
     for (const OutboxTableConfig& t : config->outboxes) {
       // As resolved with the default search_path.
-      if (t.source == OutboxSource::kPoll)
-        polled.push_back(t.table.find('.') == std::string::npos ? "public." + t.table : t.table);
+      if (t.source == OutboxSource::kPoll) polled.push_back(QualifiedTableName(t.table));
     }
     std::string ids;
     if (config->cdc) ids = "outboxd.cdc.<system id>.<database>." + config->cdc->slot;

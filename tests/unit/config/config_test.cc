@@ -1245,6 +1245,14 @@ TEST_F(ConfigTest, DirectoryInsteadOfFile) {
   EXPECT_EQ(c.status().message(), "cannot read config file " + dir_ + ": Is a directory");
 }
 
+// --- QualifiedTableName -------------------------------------------------------
+
+TEST(QualifiedTableNameTest, AnUnqualifiedNameMeansSchemaPublic) {
+  EXPECT_EQ("public.orders", QualifiedTableName("orders"));
+  EXPECT_EQ("sales.orders", QualifiedTableName("sales.orders"));
+  EXPECT_EQ("public.public", QualifiedTableName("public"));
+}
+
 // --- ParseDuration ------------------------------------------------------------
 
 TEST(ParseDurationTest, UnitsAndFractions) {
