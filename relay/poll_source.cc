@@ -14,6 +14,7 @@
 #include "pipeline/dead_letter.h"
 #include "pipeline/failure.h"
 #include "relay/poll_position.h"
+#include "relay/position_set.h"
 
 namespace outboxd {
 
@@ -71,7 +72,7 @@ struct PollSource::Stream {
   RewindGate gate;
   // Positions produced in this generation and not yet deleted/marked: no
   // read must produce them again.
-  std::unordered_set<long long> claimed;
+  PositionSet claimed;
   // Acknowledged positions waiting for the DELETE/UPDATE to succeed.
   std::vector<long long> unreleased;
   // Tickets forgotten by a rewind before their report came: an
@@ -468,7 +469,7 @@ Status PollSource::ProduceRows(Stream& s, const std::vector<RowRef>& rows, const
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (s.phase == Phase::kHalted || s.gate.rewinding()) return Status::Ok();
     const OutboxPosition pos{rows[i].pos};
-    if (s.claimed.count(pos.value)) {  // already in flight
+    if (s.claimed.contains(pos.value)) {  // already in flight
       took(i);
       continue;
     }
@@ -607,7 +608,7 @@ Status PollSource::Sweep(Stream& s) {
   for (int i = 0; i < PQntuples(r->get()) && missed.size() < s.config->batch_size; ++i) {
     const long long p = s.table->PositionAt(r->get(), i).value;
     // In flight, or in a gap (read with the next claim, in order): not missed.
-    if (!s.claimed.count(p) && !s.gaps->Contains(p)) missed.push_back(p);
+    if (!s.claimed.contains(p) && !s.gaps->Contains(p)) missed.push_back(p);
   }
   if (missed.empty()) return Status::Ok();
   auto rows = conn_.Exec(s.table->fetch_sql(), {PgInt64Array(missed)});
