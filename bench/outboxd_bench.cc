@@ -108,10 +108,11 @@ struct Options {
   int tx_rows = 100;       // rows per transaction in the "small transactions" run
   double cdc_rate = 2000;  // cdc latency: events (one-row transactions) per second
   bool cdc_async_commit = false;
-  std::string cdc_status_interval;   // cdc latency: [cdc] status_interval; empty: outboxd's default (10s)  // cdc
-                                     // latency: keep the server's synchronous_commit = off for the writer
-  std::string pg_recvlogical;        // empty: PATH, then the server's version's bindir
-  std::string transaction_max_wait;  // exactly-once runs: [kafka] transaction_max_wait; empty: outboxd's
+  std::string cdc_status_interval;     // cdc latency: [cdc] status_interval; empty: outboxd's default (10s)  // cdc
+                                       // latency: keep the server's synchronous_commit = off for the writer
+  std::string pg_recvlogical;          // empty: PATH, then the server's version's bindir
+  std::string transaction_max_wait;    // exactly-once runs: [kafka] transaction_max_wait; empty: outboxd's
+  int64_t transaction_max_events = 0;  // exactly-once runs: [kafka] transaction_max_events; 0: outboxd's
 };
 
 void Usage(const char* argv0) {
@@ -133,6 +134,8 @@ void Usage(const char* argv0) {
       "  --cdc-rate R        cdc latency: one-row transactions per second (default 2000)\n"
       "  --cdc-status-interval D  cdc latency: [cdc] status_interval, e.g. 1s (default: outboxd's, 10s)\n"
       "  --transaction-max-wait D  exactly-once runs: [kafka] transaction_max_wait (default: outboxd's, 20ms)\n"
+      "  --transaction-max-events N  exactly-once runs: [kafka] transaction_max_events (default: outboxd's, "
+      "10000)\n"
       "  --cdc-async-commit  cdc latency: the writer keeps the server's synchronous_commit = off\n"
       "                      (default: it sets on; off adds up to wal_writer_delay, see bench/README.md)\n"
       "  --pg-recvlogical P  cdc raw limit: pg_recvlogical binary (default: PATH, then\n"
@@ -215,6 +218,8 @@ Options ParseOptions(int argc, char** argv) {
       o.cdc_status_interval = value(i);
     } else if (a == "--transaction-max-wait") {
       o.transaction_max_wait = value(i);
+    } else if (a == "--transaction-max-events") {
+      o.transaction_max_events = static_cast<int64_t>(number(i));
     } else if (a == "--cdc-async-commit") {
       o.cdc_async_commit = true;
     } else if (a == "--pg-recvlogical") {
@@ -669,6 +674,9 @@ const char* DeliveryName(Delivery d) { return d == Delivery::kExactlyOnce ? "exa
 std::string ExactlyOnceKeys(const Options& o, const std::string& topic) {
   std::string keys = "delivery = \"exactly-once\"\nposition_topic = " + Quote(topic + ".positions") + "\n";
   if (!o.transaction_max_wait.empty()) keys += "transaction_max_wait = " + Quote(o.transaction_max_wait) + "\n";
+  if (o.transaction_max_events > 0) {
+    keys += "transaction_max_events = " + std::to_string(o.transaction_max_events) + "\n";
+  }
   return keys;
 }
 
@@ -844,7 +852,10 @@ int RunThroughput(const Options& o, const TestDatabase& db) {
   const DrainRun eo = DrainWithOutboxd(o, db, /*warm=*/false, Delivery::kExactlyOnce, o.tx_rows);
   Table x(Fmt("THROUGHPUT, EXACTLY ONCE  cold, %" PRId64 " events in %d-row transactions, batch_size %d%s", o.events,
               o.tx_rows, o.batch_size,
-              o.transaction_max_wait.empty() ? "" : (", transaction_max_wait " + o.transaction_max_wait).c_str()));
+              ((o.transaction_max_wait.empty() ? std::string() : ", transaction_max_wait " + o.transaction_max_wait) +
+               (o.transaction_max_events > 0 ? ", transaction_max_events " + std::to_string(o.transaction_max_events)
+                                             : std::string()))
+                  .c_str()));
   for (const DrainRun* r : {&alo, &eo}) {
     const std::string k = r == &eo ? "exactly-once: " : "at-least-once: ";
     x.Row(k + "first produce -> last ack",
