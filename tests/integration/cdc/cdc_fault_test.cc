@@ -520,7 +520,7 @@ std::string ExactlyOnce(const CdcCapture& capture) {
 // `first_id` on, per writer) are in one Kafka transaction. Its records in a
 // partition come from one producer in a row, so a split shows as a gap in
 // their offsets: the commit marker between two Kafka transactions.
-void ExpectUnsplit(std::vector<KafkaRecord> records, int64_t writer_stride, int per_txn) {
+void ExpectUnsplit(const std::vector<KafkaRecord>& records, int64_t writer_stride, int per_txn) {
   std::map<std::pair<int, int64_t>, std::pair<int64_t, int64_t>> span;  // (partition, transaction) -> offsets
   std::map<int, std::set<int64_t>> offsets;                             // partition -> offsets seen
   for (const KafkaRecord& r : records) {
