@@ -18,6 +18,7 @@ test_pkgs=(
   postgresql postgresql-client kcat maven openjdk-17-jre-headless
   procps util-linux iproute2 python3
   curl prometheus   # the metrics test scrapes /metrics and runs promtool (the service is not started)
+  openssl   # tests/harness/certs.sh makes the TLS tests' certificates
   clang-14 libclang-rt-14-dev   # libFuzzer targets (tests/fuzz), ThreadSanitizer builds (--tsan)
   clang-format-14 clang-tidy-14  # scripts/lint.sh
 )

@@ -25,17 +25,20 @@ HARNESS_NAME=pg.sh
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() { echo "usage: $0 start|stop|stop-keep|restart|status DIR [--fresh]" >&2; exit 64; }
+usage() { echo "usage: $0 start|stop|stop-keep|restart|status DIR [--fresh] [--tls CERTDIR]" >&2; exit 64; }
 (($# >= 2)) || usage
 cmd=$1
 dir=$2
 shift 2
 fresh=0
-for arg in "$@"; do
-  case "$arg" in
+tls_dir=
+while (($# > 0)); do
+  case "$1" in
     --fresh) fresh=1 ;;
+    --tls) (($# >= 2)) || usage; tls_dir=$(cd "$2" && pwd); shift ;;
     *) usage ;;
   esac
+  shift
 done
 
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGDATA PGOPTIONS PGSERVICE PGPASSWORD
@@ -170,6 +173,37 @@ host    replication  all   127.0.0.1/32   trust
 EOF
 }
 
+# --tls CERTDIR (certs.sh's files): ssl = on with server.crt/.key and
+# ca.crt copied into the data directory, and two roles' connections must
+# use TLS: outboxd_scram with a SCRAM password, outboxd_cert with a client
+# certificate (CN=outboxd_cert). Everyone else is still trusted, with or
+# without TLS. The tests create the roles.
+write_tls_config() {
+  local data=$PG_RUN_DIR/data f
+  for f in server.crt server.key ca.crt; do
+    install -m 0600 -o "$run_uid" -g "$run_gid" "$tls_dir/$f" "$data/$f"
+  done
+  cat >>"$data/postgresql.conf" <<EOF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_ca_file = 'ca.crt'
+password_encryption = 'scram-sha-256'
+EOF
+  local trust
+  trust=$(cat "$data/pg_hba.conf")
+  cat >"$data/pg_hba.conf" <<EOF
+# outboxd test harness (--tls): these roles only over TLS.
+hostssl all          outboxd_scram               127.0.0.1/32   scram-sha-256
+hostssl replication  outboxd_scram               127.0.0.1/32   scram-sha-256
+hostssl all          outboxd_cert                127.0.0.1/32   cert
+hostssl replication  outboxd_cert                127.0.0.1/32   cert
+host    all          outboxd_scram,outboxd_cert  127.0.0.1/32   reject
+host    replication  outboxd_scram,outboxd_cert  127.0.0.1/32   reject
+$trust
+EOF
+}
+
 # Starts the server from PG_RUN_DIR/data and waits until it accepts TCP
 # connections. Returns 2 when the port was taken, 1 on any other failure.
 start_server() {
@@ -231,6 +265,7 @@ do_start() {
     exit 1
   fi
   write_config
+  [[ -z "$tls_dir" ]] || write_tls_config
   local attempt rc
   for attempt in 1 2 3; do
     rc=0

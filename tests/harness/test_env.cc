@@ -522,6 +522,18 @@ void ServiceControl::StartPostgres() {
   RunScript("pg.sh", "start", "pg", {}, std::chrono::seconds(180));
   ReadPgEnv();
 }
+void ServiceControl::StartPostgresWithTls(const std::string& cert_dir) {
+  pg_started_ = true;
+  RunScript("pg.sh", "start", "pg", {"--tls", cert_dir}, std::chrono::seconds(180));
+  ReadPgEnv();
+}
+std::string ServiceControl::MakeCertificates() {
+  std::string certs = info_.dir + "/certs";
+  const std::vector<std::string> args = {"bash", std::string(OUTBOXD_HARNESS_SCRIPTS) + "/certs.sh", certs};
+  ProcessOutput r = RunProcess(args, std::chrono::seconds(60), "", /*merge=*/true);
+  if (r.exit_code != 0) Throw(Join(args) + " failed:\n" + r.out);
+  return certs;
+}
 void ServiceControl::RestartPostgres() {
   RunScript("pg.sh", "restart", "pg", {}, std::chrono::seconds(180));
   ReadPgEnv();

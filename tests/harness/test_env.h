@@ -73,6 +73,13 @@ class ServiceControl {
   ServiceControl& operator=(const ServiceControl&) = delete;
 
   void StartPostgres();
+  // StartPostgres() with TLS (pg.sh --tls): certificates from
+  // MakeCertificates(); roles outboxd_scram and outboxd_cert may connect
+  // only over TLS, with a SCRAM password and a client certificate.
+  void StartPostgresWithTls(const std::string& cert_dir);
+  // Makes the test certificates (tests/harness/certs.sh) in dir()/certs
+  // and returns that directory.
+  std::string MakeCertificates();
   void RestartPostgres();       // same port and data; returns when ready again
   void StopPostgresKeepData();  // server down until StartPostgresAgain()
   void StartPostgresAgain();
