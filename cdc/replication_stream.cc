@@ -273,7 +273,7 @@ Status ReplicationStream::Connect() {
   }
   if (PQstatus(conn.get()) != CONNECTION_OK) {
     return Fail(StreamFailure::kConnectionLost,
-                Status::Retriable("could not open replication connection: " + Trimmed(PQerrorMessage(conn.get()))));
+                ClassifyConnectError(conn.get(), "could not open replication connection"));
   }
   conn_ = std::move(conn);
   return Status::Ok();

@@ -33,9 +33,7 @@ Result<PgConn> PgConn::Connect(const std::string& conninfo, const std::optional<
   values.push_back(nullptr);
   PgConn conn(PQconnectdbParams(keys.data(), values.data(), /*expand_dbname=*/1));
   if (!conn.conn_) return Status::Retriable("could not connect to PostgreSQL: out of memory");
-  if (PQstatus(conn.get()) != CONNECTION_OK) {
-    return Status::Retriable("could not connect to PostgreSQL: " + TrimTrailingNewlines(PQerrorMessage(conn.get())));
-  }
+  if (PQstatus(conn.get()) != CONNECTION_OK) return ClassifyConnectError(conn.get(), "could not connect to PostgreSQL");
   PQsetNoticeProcessor(conn.get(), LogNotice, nullptr);
   return conn;
 }
@@ -87,6 +85,48 @@ Status ClassifyPgError(const PGconn* conn, const PGresult* res, std::string_view
     return Status::InvalidConfig(std::move(msg));
   }
   return Status::Internal(std::move(msg));
+}
+
+namespace {
+
+// What libpq (15) says when a connection fails for a reason waiting cannot
+// mend, and what to check. Server messages are matched as the server sends
+// them in English (lc_messages = C).
+struct ConnectCause {
+  std::string_view says;
+  std::string_view check;
+};
+constexpr ConnectCause kConfigCauses[] = {
+    {"password authentication failed", "the password: password_file, the conninfo's password or PGPASSWORD"},
+    {"pg_hba.conf rejects connection", "the server's pg_hba.conf: it refuses this user, database, host or sslmode"},
+    {"no pg_hba.conf entry", "the server's pg_hba.conf: it has no rule for this user, database, host or sslmode"},
+    {"does not match host name", "the conninfo's host: the server's certificate is for another name"},
+    {"certificate verify failed",
+     "sslrootcert: it does not hold the CA that signed the server's certificate, or that certificate has expired"},
+    {"alert certificate expired", "sslcert: the server refused the client certificate, it has expired"},
+    {"alert unknown ca", "sslcert: the server does not trust the CA that signed the client certificate"},
+    {"alert bad certificate", "sslcert: the server refused the client certificate"},
+    {"requires a valid client certificate", "sslcert and sslkey: the server requires a client certificate"},
+    {"certificate authentication failed", "sslcert: its common name (CN) must be the user name"},
+    {"server does not support SSL", "sslmode: it requires TLS, and the server has ssl = off"},
+    {"root certificate file", "sslrootcert: the file cannot be read"},
+    {"could not open certificate file", "sslcert: the file cannot be read"},
+    {"could not load private key file", "sslkey: the file cannot be read"},
+    {"private key file", "sslkey: the file's permissions or contents"},
+    {"does not exist", "the conninfo's user and dbname"},
+};
+
+}  // namespace
+
+Status ClassifyConnectError(const PGconn* conn, std::string_view what) {
+  std::string message = std::string(what) + ": " +
+                        (conn != nullptr ? TrimTrailingNewlines(PQerrorMessage(conn)) : std::string("out of memory"));
+  for (const ConnectCause& cause : kConfigCauses) {
+    if (message.find(cause.says) != std::string::npos) {
+      return Status::InvalidConfig(message + " (check " + std::string(cause.check) + ")");
+    }
+  }
+  return Status::Retriable(std::move(message));
 }
 
 namespace {

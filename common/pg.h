@@ -7,6 +7,7 @@
 // Errors are classified once, in ClassifyPgError(): a lost connection or a
 // server shutting down is retriable; a missing table or column is a
 // configuration error; everything else the server rejects is internal.
+// A connection that fails is classified by ClassifyConnectError().
 
 #include <libpq-fe.h>
 
@@ -64,6 +65,15 @@ class PgConn {
 // the caller should do; `what` names the action, e.g. "could not claim rows
 // from \"public.outbox\"".
 Status ClassifyPgError(const PGconn* conn, const PGresult* res, std::string_view what);
+
+// Maps a connection attempt that failed to a Status, `what` first ("could
+// not connect to PostgreSQL"). A cause that waiting cannot mend — a wrong
+// password, a certificate the other side refuses, a host name the server's
+// certificate does not name, pg_hba.conf rejecting the connection, a key
+// or certificate file that cannot be read — is kInvalidConfig with libpq's
+// message and what to check; anything else (refused, timed out, the server
+// starting up) is kRetriable.
+Status ClassifyConnectError(const PGconn* conn, std::string_view what);
 
 // Quote without a connection, the standard way: "a""b" and 'it''s'. The
 // literal form relies on standard_conforming_strings (on since 9.1) and is

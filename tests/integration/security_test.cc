@@ -1,0 +1,219 @@
+// Secured connections, end to end (issue 12): the built outboxd binary
+// against a PostgreSQL of the test's own with ssl = on (pg.sh --tls), whose
+// pg_hba.conf lets role outboxd_scram in only over TLS with a SCRAM password
+// and role outboxd_cert only with a client certificate; certificates made at
+// test time by tests/harness/certs.sh. Kafka is the shared plaintext broker.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+#include <cctype>
+#include <fstream>
+#include <memory>
+
+#include "tests/integration/relay_test_support.h"
+
+namespace outboxd::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr char kScramPassword[] = "pg-scram-S3cret!";
+constexpr int kExitConfig = 78;
+
+class PgTlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    services_ = new ServiceControl();
+    certs_ = services_->MakeCertificates();
+    services_->StartPostgresWithTls(certs_);
+    TestDatabase admin(services_->info());
+    admin.Exec(std::string("CREATE ROLE outboxd_scram LOGIN REPLICATION PASSWORD '") + kScramPassword + "'");
+    admin.Exec("CREATE ROLE outboxd_cert LOGIN REPLICATION");
+  }
+  static void TearDownTestSuite() {
+    delete services_;
+    services_ = nullptr;
+  }
+
+  void SetUp() override {
+    db_ = std::make_unique<TestDatabase>(services_->info());
+    type_ = UniqueTopic("tls");
+    topic_ = "outbox.event." + type_;
+    db_->Exec(OutboxDdl("outbox"));
+    for (const char* role : {"outboxd_scram", "outboxd_cert"}) {
+      db_->Exec(std::string("GRANT CREATE ON DATABASE \"") + db_->name() + "\" TO " + role);
+      db_->Exec(std::string("GRANT ALL ON SCHEMA public TO ") + role);
+      db_->Exec(std::string("GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO ") + role);
+    }
+    password_file_ = services_->dir() + "/pg-password";
+    std::ofstream(password_file_) << kScramPassword << "\n";
+    ::chmod(password_file_.c_str(), 0600);
+  }
+
+  // A conninfo for `user` over TLS with sslmode=verify-full against the
+  // test CA; `extra` is appended (and overrides).
+  std::string Conninfo(const std::string& user, const std::string& extra = "") const {
+    return "host=localhost hostaddr=127.0.0.1 port=" + std::to_string(services_->pg_port()) + " dbname=" + db_->name() +
+           " user=" + user + " sslmode=verify-full sslrootcert=" + certs_ + "/ca.crt" +
+           (user == "outboxd_cert" ? " sslcert=" + certs_ + "/client.crt sslkey=" + certs_ + "/client.key" : "") +
+           (extra.empty() ? "" : " " + extra);
+  }
+
+  std::string PollConfig(const std::string& conninfo, bool with_password_file) const {
+    return "[postgres]\nconninfo = \"" + conninfo + "\"\n" +
+           (with_password_file ? "password_file = \"" + password_file_ + "\"\n" : "") +
+           "[kafka]\nbootstrap_servers = \"" + SharedServices().kafka_bootstrap +
+           "\"\n[log]\nlevel = \"info\"\n[[outbox]]\ntable = \"public.outbox\"\npoll_interval = \"100ms\"\n";
+  }
+
+  // [cdc] capturing public.items (owned by `user`) into topic items_topic().
+  std::string CdcConfig(const std::string& conninfo, bool with_password_file) const {
+    const std::string slot = "s_" + Lower(db_->name());
+    return "[postgres]\nconninfo = \"" + conninfo + "\"\n" +
+           (with_password_file ? "password_file = \"" + password_file_ + "\"\n" : "") +
+           "[kafka]\nbootstrap_servers = \"" + SharedServices().kafka_bootstrap +
+           "\"\n[log]\nlevel = \"info\"\n[cdc]\nslot = \"" + slot + "\"\npublication = \"p_" + Lower(db_->name()) +
+           "\"\ncreate = true\ntables = [\"public.items\"]\ntopic_prefix = \"" + type_ + "\"\n";
+  }
+  std::string items_topic() const { return type_ + ".public.items"; }
+  static std::string Lower(std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  }
+
+  void Insert(int n) {
+    for (int i = 0; i < n; ++i) {
+      db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', 'k" +
+                std::to_string(i) + "', 'E', '{\"i\": " + std::to_string(i) + "}')");
+    }
+  }
+
+  // Runs outboxd on `config` and expects the events to arrive in Kafka and
+  // the table to empty, over a TLS session of `user`.
+  void ExpectRelayed(const std::string& config, const std::string& user) {
+    Insert(20);
+    OutboxdProcess outboxd(config);
+    outboxd.Start();
+    EXPECT_TRUE(WaitUntil([&] { return db_->QueryInt64("SELECT count(*) FROM outbox") == 0; }, 60s)) << outboxd.Log();
+    EXPECT_EQ(20u, Ids(ConsumeTopic(SharedServices().kafka_bootstrap, topic_, 20, 60s)).size());
+    // outboxd's own session is encrypted (pg_stat_ssl), as its role must be.
+    EXPECT_EQ(1, db_->QueryInt64("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                                 "WHERE a.usename = '" +
+                                 user + "' AND a.application_name = 'outboxd' AND s.ssl"))
+        << outboxd.Log();
+    outboxd.Terminate();
+    EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  }
+
+  // Runs outboxd on `config` and expects it to stop at start-up with exit
+  // code 78 and a log that says `cause` and what to check.
+  void ExpectRefused(const std::string& config, const std::string& cause, const std::string& check) {
+    OutboxdProcess outboxd(config);
+    outboxd.Start();
+    ASSERT_EQ(kExitConfig, outboxd.WaitExit(60s)) << outboxd.Log();
+    EXPECT_NE(std::string::npos, outboxd.Log().find(cause)) << outboxd.Log();
+    EXPECT_NE(std::string::npos, outboxd.Log().find("(check " + check)) << outboxd.Log();
+    EXPECT_EQ(0, db_->QueryInt64("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outboxd'"));
+  }
+
+  static ServiceControl* services_;
+  static std::string certs_;
+  std::unique_ptr<TestDatabase> db_;
+  std::string type_, topic_, password_file_;
+};
+
+ServiceControl* PgTlsTest::services_ = nullptr;
+std::string PgTlsTest::certs_;
+
+TEST_F(PgTlsTest, PollsOverVerifyFullWithAScramPasswordFromAFile) {
+  ExpectRelayed(PollConfig(Conninfo("outboxd_scram"), /*with_password_file=*/true), "outboxd_scram");
+}
+
+TEST_F(PgTlsTest, PollsOverVerifyFullWithAClientCertificate) {
+  ExpectRelayed(PollConfig(Conninfo("outboxd_cert"), /*with_password_file=*/false), "outboxd_cert");
+}
+
+// The replication connection takes the same settings: a client certificate.
+TEST_F(PgTlsTest, StreamsChangesOverAReplicationConnectionWithAClientCertificate) {
+  db_->Exec("CREATE TABLE items (id int PRIMARY KEY, name text)");
+  db_->Exec("ALTER TABLE items OWNER TO outboxd_cert");
+  KafkaAdmin().CreateTopic(items_topic(), 1);
+  OutboxdProcess outboxd(CdcConfig(Conninfo("outboxd_cert"), /*with_password_file=*/false));
+  outboxd.Start();
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return db_->QueryInt64(
+                   "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
+                   "WHERE r.usename = 'outboxd_cert' AND s.ssl") == 1;
+      },
+      60s))
+      << "no walsender of outboxd_cert over TLS\n"
+      << outboxd.Log();
+  db_->Exec("INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g");
+  EXPECT_EQ(10u, ConsumeTopic(SharedServices().kafka_bootstrap, items_topic(), 10, 60s).size()) << outboxd.Log();
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+}
+
+TEST_F(PgTlsTest, AWrongPasswordForCdcStopsWith78AndSaysSo) {
+  db_->Exec("CREATE TABLE items (id int PRIMARY KEY, name text)");
+  std::ofstream(password_file_) << "not-the-password\n";
+  ExpectRefused(CdcConfig(Conninfo("outboxd_scram"), true), "password authentication failed", "the password");
+}
+
+// The server's certificate expired: swapped in and reloaded (ssl settings
+// are reloadable), then put back.
+TEST_F(PgTlsTest, AnExpiredServerCertificateStopsWith78) {
+  const std::string data = db_->QueryString("SHOW data_directory");
+  auto install = [&](const std::string& name) {
+    for (const char* ext : {".crt", ".key"}) {
+      // Overwritten in place: the files keep the server's owner and mode.
+      std::ifstream from(certs_ + "/" + name + ext);
+      std::ofstream to(data + "/server" + ext, std::ios::trunc);
+      to << from.rdbuf();
+      ASSERT_TRUE(to.good()) << data << "/server" << ext;
+    }
+    db_->Exec("SELECT pg_reload_conf()");
+  };
+  install("server-expired");
+  ExpectRefused(PollConfig(Conninfo("outboxd_scram"), true), "certificate verify failed", "sslrootcert");
+  install("server");
+  ExpectRelayed(PollConfig(Conninfo("outboxd_scram"), true), "outboxd_scram");
+}
+
+TEST_F(PgTlsTest, AWrongPasswordStopsWith78AndSaysSo) {
+  std::ofstream(password_file_) << "not-the-password\n";
+  ExpectRefused(PollConfig(Conninfo("outboxd_scram"), true), "password authentication failed", "the password");
+}
+
+TEST_F(PgTlsTest, AnUnknownServerCaStopsWith78AndSaysSo) {
+  ExpectRefused(PollConfig(Conninfo("outboxd_scram", "sslrootcert=" + certs_ + "/other-ca.crt"), true),
+                "certificate verify failed", "sslrootcert");
+}
+
+TEST_F(PgTlsTest, AHostNameTheServerCertificateDoesNotNameStopsWith78) {
+  ExpectRefused(PollConfig(Conninfo("outboxd_scram", "host=wrong.example"), true), "does not match host name",
+                "the conninfo's host");
+}
+
+TEST_F(PgTlsTest, AnExpiredClientCertificateStopsWith78) {
+  ExpectRefused(PollConfig(Conninfo("outboxd_cert", "sslcert=" + certs_ + "/client-expired.crt sslkey=" + certs_ +
+                                                        "/client-expired.key"),
+                           false),
+                "certificate expired", "sslcert");
+}
+
+TEST_F(PgTlsTest, AClientCertificateOfAnotherCaStopsWith78) {
+  ExpectRefused(PollConfig(Conninfo("outboxd_cert", "sslcert=" + certs_ + "/client-other-ca.crt sslkey=" + certs_ +
+                                                        "/client-other-ca.key"),
+                           false),
+                "unknown ca", "sslcert");
+}
+
+TEST_F(PgTlsTest, APlaintextConnectionOfATlsOnlyRoleStopsWith78) {
+  ExpectRefused(PollConfig(Conninfo("outboxd_scram", "sslmode=disable"), true), "pg_hba.conf rejects connection",
+                "the server's pg_hba.conf");
+}
+
+}  // namespace
+}  // namespace outboxd::testing
