@@ -2,11 +2,18 @@
 # Runs a single-node Apache Kafka 4.1.1 broker (KRaft, combined broker and
 # controller) for outboxd's tests, and by hand.
 #
-#   kafka.sh start DIR [--no-auto-create] [--fresh]
+#   kafka.sh start DIR [--no-auto-create] [--fresh] [--tls CERTDIR]
 #                           start a broker in DIR; a DIR that already has a
 #                           configuration is started again as it was (same
 #                           ports, same data); --fresh removes it first;
-#                           --no-auto-create applies to a new configuration
+#                           --no-auto-create and --tls apply to a new
+#                           configuration. --tls (certs.sh's files) adds a
+#                           SASL_SSL listener (SCRAM-SHA-512, SCRAM-SHA-256
+#                           and PLAIN for user outboxd) and an SSL listener
+#                           that requires a client certificate of the CA.
+#                           (librdkafka before 2.6.1, Debian 12's 2.0.2
+#                           among them, fails SCRAM against Kafka 4.x:
+#                           librdkafka#4895; Java clients and PLAIN work.)
 #   kafka.sh stop DIR       stop the broker and remove its data (idempotent)
 #   kafka.sh stop-keep DIR  stop the broker, keep configuration and data
 #   kafka.sh restart DIR    stop-keep + start
@@ -14,7 +21,9 @@
 #   kafka.sh resume DIR     let it run again (SIGCONT)
 #   kafka.sh status DIR     exit 0 when the broker is running
 #
-# DIR/kafka.env gets KAFKA_BOOTSTRAP=127.0.0.1:PORT, DIR/kafka.pid the pid and
+# DIR/kafka.env gets KAFKA_BOOTSTRAP=127.0.0.1:PORT (and with --tls
+# KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_SSL_BOOTSTRAP, KAFKA_SASL_USER and
+# KAFKA_SASL_PASSWORD), DIR/kafka.pid the pid and
 # DIR/kafka.log the broker's log. The broker's jars come from Maven Central
 # through Maven (kafka/pom.xml beside this script) into
 # ${OUTBOXD_CACHE_DIR:-$HOME/.cache/outboxd}/kafka-4.1.1/libs, once; later
@@ -35,20 +44,29 @@ harness_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$harness_dir/common.sh"
 
 kafka_version=4.1.1
-usage() { echo "usage: $0 start|stop|stop-keep|restart|pause|resume|status DIR [--no-auto-create] [--fresh]" >&2; exit 64; }
+usage() {
+  echo "usage: $0 start|stop|stop-keep|restart|pause|resume|status DIR [--no-auto-create] [--fresh] [--tls CERTDIR]" >&2
+  exit 64
+}
 (($# >= 2)) || usage
 cmd=$1
 dir=$2
 shift 2
 auto_create=true
 fresh=0
-for arg in "$@"; do
-  case "$arg" in
+tls_dir=
+while (($# > 0)); do
+  case "$1" in
     --no-auto-create) auto_create=false ;;
     --fresh) fresh=1 ;;
+    --tls) (($# >= 2)) || usage; tls_dir=$(cd "$2" && pwd); shift ;;
     *) usage ;;
   esac
+  shift
 done
+# The SASL user of a --tls broker. Not a secret worth keeping: a test broker.
+sasl_user=outboxd
+sasl_password=outboxd-kafka-S3cret
 
 start_timeout=${OUTBOXD_KAFKA_START_TIMEOUT:-120}
 stop_timeout=${OUTBOXD_KAFKA_STOP_TIMEOUT:-30}
@@ -145,16 +163,24 @@ write_config() {
   KAFKA_PORT=$(harness_free_port)
   CONTROLLER_PORT=$(harness_free_port)
   while [[ "$CONTROLLER_PORT" == "$KAFKA_PORT" ]]; do CONTROLLER_PORT=$(harness_free_port); done
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" protocols="PLAINTEXT:PLAINTEXT"
+  SASL_SSL_PORT= SSL_PORT=
+  if [[ -n "$tls_dir" ]]; then
+    SASL_SSL_PORT=$(harness_free_port)
+    SSL_PORT=$(harness_free_port)
+    listeners+=",SASL_SSL://127.0.0.1:$SASL_SSL_PORT,SSL://127.0.0.1:$SSL_PORT"
+    protocols+=",SASL_SSL:SASL_SSL,SSL:SSL"
+  fi
   cat >"$config" <<EOF
 # outboxd test harness: single-node KRaft broker + controller.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols,CONTROLLER:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
 auto.create.topics.enable=$auto_create
@@ -191,10 +217,47 @@ logger.state.level = WARN
 logger.request.name = kafka.request.logger
 logger.request.level = WARN
 EOF
+  [[ -z "$tls_dir" ]] || write_tls_config
   cat >"$state_file" <<EOF
 KAFKA_PORT=$KAFKA_PORT
 CONTROLLER_PORT=$CONTROLLER_PORT
+SASL_SSL_PORT=$SASL_SSL_PORT
+SSL_PORT=$SSL_PORT
 EOF
+}
+
+# --tls: the broker's key and certificate in one PEM file (Kafka's PEM
+# keystore), the CA as its trust store, and the two listeners' settings.
+write_tls_config() {
+  mkdir -p "$dir/tls"
+  cat "$tls_dir/server.key" "$tls_dir/server.crt" >"$dir/tls/server.pem"
+  cp "$tls_dir/ca.crt" "$dir/tls/ca.crt"
+  chmod 0600 "$dir/tls/server.pem"
+  cat >>"$config" <<EOF
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/tls/server.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$dir/tls/ca.crt
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user="$sasl_password";
+EOF
+}
+
+# Writes DIR/kafka.env.
+write_env() {
+  {
+    echo "KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
+    if [[ -n "${SASL_SSL_PORT:-}" ]]; then
+      echo "KAFKA_SASL_SSL_BOOTSTRAP=127.0.0.1:$SASL_SSL_PORT"
+      echo "KAFKA_SSL_BOOTSTRAP=127.0.0.1:$SSL_PORT"
+      echo "KAFKA_SASL_USER=$sasl_user"
+      echo "KAFKA_SASL_PASSWORD=$sasl_password"
+    fi
+  } >"$env_file.tmp"
+  mv "$env_file.tmp" "$env_file"
 }
 
 format_storage() {
@@ -207,9 +270,15 @@ format_storage() {
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
   done
   rm -rf "$dir/data"
+  # SCRAM credentials live in the cluster metadata: written at format time.
+  local scram=()
+  if grep -q '^sasl.enabled.mechanisms=' "$config"; then
+    scram=(--add-scram "SCRAM-SHA-512=[name=\"$sasl_user\",password=\"$sasl_password\"]"
+      --add-scram "SCRAM-SHA-256=[name=\"$sasl_user\",password=\"$sasl_password\"]")
+  fi
   if ! "$java" -Xshare:auto -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
       -Dlog4j2.configurationFile="file:$dir/log4j2.properties" -cp "$libs/*" \
-      kafka.tools.StorageTool format -t "$cluster_id" -c "$config" >"$dir/format.log" 2>&1; then
+      kafka.tools.StorageTool format -t "$cluster_id" -c "$config" "${scram[@]}" >"$dir/format.log" 2>&1; then
     harness_log "formatting the storage failed:"
     cat "$dir/format.log" >&2
     return 1
@@ -312,7 +381,7 @@ do_start() {
   ensure_libs
   if load_state; then
     if [[ -n "$(broker_pid)" ]]; then
-      echo "KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT" >"$env_file"
+      write_env
       harness_log "already running on 127.0.0.1:$KAFKA_PORT"
       return 0
     fi
@@ -335,8 +404,7 @@ do_start() {
       exit 1
     fi
   fi
-  echo "KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT" >"$env_file.tmp"
-  mv "$env_file.tmp" "$env_file"
+  write_env
   harness_log "Kafka $kafka_version ready on 127.0.0.1:$KAFKA_PORT (controller $CONTROLLER_PORT) in $(harness_elapsed "$t0")s"
 }
 

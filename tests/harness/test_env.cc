@@ -552,6 +552,15 @@ void ServiceControl::StartKafka(bool auto_create_topics) {
   RunScript("kafka.sh", "start", "kafka", extra, std::chrono::seconds(900));
   ReadKafkaEnv();
 }
+void ServiceControl::StartKafkaWithTls(const std::string& cert_dir) {
+  kafka_started_ = true;
+  RunScript("kafka.sh", "start", "kafka", {"--tls", cert_dir}, std::chrono::seconds(900));
+  ReadKafkaEnv();
+  auto env = ReadEnvFile(kafka_dir() + "/kafka.env");
+  kafka_tls_ = {env["KAFKA_SASL_SSL_BOOTSTRAP"], env["KAFKA_SSL_BOOTSTRAP"], env["KAFKA_SASL_USER"],
+                env["KAFKA_SASL_PASSWORD"]};
+  if (kafka_tls_.ssl_bootstrap.empty()) Throw("kafka.sh --tls wrote no TLS listeners to " + kafka_dir() + "/kafka.env");
+}
 void ServiceControl::StopKafkaKeepData() { RunScript("kafka.sh", "stop-keep", "kafka", {}, std::chrono::seconds(120)); }
 void ServiceControl::StartKafkaAgain() {
   RunScript("kafka.sh", "start", "kafka", {}, std::chrono::seconds(300));

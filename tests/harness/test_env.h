@@ -85,6 +85,9 @@ class ServiceControl {
   void StartPostgresAgain();
 
   void StartKafka(bool auto_create_topics = true);
+  // StartKafka() with TLS listeners besides the plaintext one (kafka.sh
+  // --tls, certificates from MakeCertificates()); see kafka_tls().
+  void StartKafkaWithTls(const std::string& cert_dir);
   void StopKafkaKeepData();  // broker down (controlled shutdown) until StartKafkaAgain()
   void StartKafkaAgain();    // same ports and data; returns when it serves metadata
   void RestartKafka();
@@ -96,6 +99,13 @@ class ServiceControl {
   const std::string& pg_host() const { return info_.pg_host; }
   int pg_port() const { return info_.pg_port; }
   const std::string& kafka_bootstrap() const { return info_.kafka_bootstrap; }
+  // The listeners of StartKafkaWithTls().
+  struct KafkaTls {
+    std::string sasl_ssl_bootstrap;  // SASL over TLS: sasl_user with sasl_password (SCRAM or PLAIN)
+    std::string ssl_bootstrap;       // TLS with a client certificate of the test CA
+    std::string sasl_user, sasl_password;
+  };
+  const KafkaTls& kafka_tls() const { return kafka_tls_; }
   const ServiceInfo& info() const { return info_; }
   const std::string& dir() const { return info_.dir; }
   std::string pg_dir() const { return info_.dir + "/pg"; }
@@ -108,6 +118,7 @@ class ServiceControl {
   void ReadKafkaEnv();
 
   ServiceInfo info_;
+  KafkaTls kafka_tls_;
   bool pg_started_ = false;
   bool kafka_started_ = false;
 };
