@@ -1,8 +1,9 @@
 // Secured connections, end to end (issue 12): the built outboxd binary
 // against a PostgreSQL of the test's own with ssl = on (pg.sh --tls), whose
 // pg_hba.conf lets role outboxd_scram in only over TLS with a SCRAM password
-// and role outboxd_cert only with a client certificate; certificates made at
-// test time by tests/harness/certs.sh. Kafka is the shared plaintext broker.
+// and role outboxd_cert only with a client certificate, and against a Kafka
+// broker of the test's own with TLS listeners (kafka.sh --tls); certificates
+// made at test time by tests/harness/certs.sh.
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
@@ -213,6 +214,83 @@ TEST_F(PgTlsTest, AClientCertificateOfAnotherCaStopsWith78) {
 TEST_F(PgTlsTest, APlaintextConnectionOfATlsOnlyRoleStopsWith78) {
   ExpectRefused(PollConfig(Conninfo("outboxd_scram", "sslmode=disable"), true), "pg_hba.conf rejects connection",
                 "the server's pg_hba.conf");
+}
+
+// Kafka over TLS: a broker of the suite's own with a SASL_SSL and an SSL
+// (client certificate) listener besides the plaintext one the test reads
+// from; PostgreSQL is the shared one.
+class KafkaTlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    services_ = new ServiceControl();
+    certs_ = services_->MakeCertificates();
+    services_->StartKafkaWithTls(certs_);
+  }
+  static void TearDownTestSuite() {
+    delete services_;
+    services_ = nullptr;
+  }
+
+  void SetUp() override {
+    db_ = std::make_unique<TestDatabase>();
+    db_->Exec(OutboxDdl("outbox"));
+    type_ = UniqueTopic("ktls");
+    topic_ = "outbox.event." + type_;
+  }
+
+  std::string Config(const std::string& bootstrap, const std::string& properties) const {
+    return "[postgres]\nconninfo = \"" + db_->conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" + bootstrap +
+           "\"\n[kafka.properties]\n\"ssl.ca.location\" = \"" + certs_ + "/ca.crt\"\n" + properties +
+           "[log]\nlevel = \"info\"\n[[outbox]]\ntable = \"public.outbox\"\npoll_interval = \"100ms\"\n";
+  }
+
+  // Runs outboxd (`env`: its environment on top of the test's) and expects
+  // 20 events in Kafka, read back from the plaintext listener.
+  void ExpectRelayed(const std::string& config, const std::vector<std::pair<std::string, std::string>>& env = {}) {
+    for (int i = 0; i < 20; ++i) {
+      db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', 'k" +
+                std::to_string(i) + "', 'E', '{}')");
+    }
+    OutboxdProcess outboxd(config);
+    for (const auto& [k, v] : env) outboxd.SetEnv(k, v);
+    outboxd.Start();
+    EXPECT_TRUE(WaitUntil([&] { return db_->QueryInt64("SELECT count(*) FROM outbox") == 0; }, 60s)) << outboxd.Log();
+    EXPECT_EQ(20u, Ids(ConsumeTopic(services_->kafka_bootstrap(), topic_, 20, 60s)).size());
+    outboxd.Terminate();
+    EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  }
+
+  static ServiceControl* services_;
+  static std::string certs_;
+  std::unique_ptr<TestDatabase> db_;
+  std::string type_, topic_;
+};
+
+ServiceControl* KafkaTlsTest::services_ = nullptr;
+std::string KafkaTlsTest::certs_;
+
+// The password comes from the environment (${NAME} in [kafka.properties]),
+// never inline.
+TEST_F(KafkaTlsTest, PollsOverSaslSslWithPlainAndAPasswordFromTheEnvironment) {
+  const auto& tls = services_->kafka_tls();
+  ExpectRelayed(Config(tls.sasl_ssl_bootstrap,
+                       "\"security.protocol\" = \"sasl_ssl\"\n"
+                       "\"sasl.mechanisms\" = \"PLAIN\"\n"
+                       "\"sasl.username\" = \"" +
+                           tls.sasl_user +
+                           "\"\n"
+                           "\"sasl.password\" = \"${OUTBOXD_TEST_KAFKA_PASSWORD}\"\n"),
+                {{"OUTBOXD_TEST_KAFKA_PASSWORD", tls.sasl_password}});
+}
+
+TEST_F(KafkaTlsTest, PollsOverMutualTls) {
+  ExpectRelayed(Config(services_->kafka_tls().ssl_bootstrap,
+                       "\"security.protocol\" = \"ssl\"\n"
+                       "\"ssl.certificate.location\" = \"" +
+                           certs_ +
+                           "/client.crt\"\n"
+                           "\"ssl.key.location\" = \"" +
+                           certs_ + "/client.key\"\n"));
 }
 
 }  // namespace
