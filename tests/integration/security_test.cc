@@ -211,6 +211,11 @@ TEST_F(PgTlsTest, AClientCertificateOfAnotherCaStopsWith78) {
                 "unknown ca", "sslcert");
 }
 
+TEST_F(PgTlsTest, NoClientCertificateWhereOneIsRequiredStopsWith78) {
+  ExpectRefused(PollConfig(Conninfo("outboxd_cert", "sslcert=/nonexistent.crt sslkey=/nonexistent.key"), false),
+                "requires a valid client certificate", "sslcert and sslkey");
+}
+
 TEST_F(PgTlsTest, APlaintextConnectionOfATlsOnlyRoleStopsWith78) {
   ExpectRefused(PollConfig(Conninfo("outboxd_scram", "sslmode=disable"), true), "pg_hba.conf rejects connection",
                 "the server's pg_hba.conf");
