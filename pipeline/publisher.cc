@@ -374,6 +374,19 @@ void Publisher::OnError(rd_kafka_t* rk, int err, const char* reason, void* opaqu
     return;
   }
   Logger("kafka")->warn("{}: {}", rd_kafka_err2name(code), reason);
+  // librdkafka before 2.6.1 builds the SCRAM client-final message with a
+  // nonce Kafka 4.x brokers reject (librdkafka#4895): a right password
+  // fails too, so say so rather than let it look like a wrong one.
+  constexpr int kScramFixedVersion = 0x020601ff;
+  if (code == RD_KAFKA_RESP_ERR__AUTHENTICATION && !self->scram_hint_logged_ &&
+      rd_kafka_version() < kScramFixedVersion && std::string_view(reason).find("SCRAM") != std::string_view::npos) {
+    self->scram_hint_logged_ = true;
+    Logger("kafka")->error(
+        "librdkafka {} cannot authenticate with SCRAM to Kafka 4.x brokers, whatever the password "
+        "(librdkafka#4895, fixed in 2.6.1): with such a broker use PLAIN over TLS or mutual TLS, or build outboxd "
+        "on librdkafka 2.6.1 or newer",
+        rd_kafka_version_str());
+  }
 }
 
 void Publisher::OnLog(const rd_kafka_t*, int level, const char* fac, const char* buf) {

@@ -157,8 +157,9 @@ class Publisher {
   UniqueFd wake_read_;
   UniqueFd wake_write_;
   bool fatal_raised_ = false;
-  int64_t acks_until_fatal_;    // the kafka_fatal_after_acks failpoint; -1 when not armed
-  int64_t acks_until_timeout_;  // the kafka_timeout_report_after_acks failpoint
+  bool scram_hint_logged_ = false;  // OnError(): the librdkafka#4895 hint, once
+  int64_t acks_until_fatal_;        // the kafka_fatal_after_acks failpoint; -1 when not armed
+  int64_t acks_until_timeout_;      // the kafka_timeout_report_after_acks failpoint
   std::string last_produce_error_;
   std::chrono::steady_clock::time_point last_answer_{};
   std::unordered_set<std::string> known_topics_;  // topics looked up by this producer

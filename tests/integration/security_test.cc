@@ -5,6 +5,7 @@
 // broker of the test's own with TLS listeners (kafka.sh --tls); certificates
 // made at test time by tests/harness/certs.sh.
 #include <gtest/gtest.h>
+#include <librdkafka/rdkafka.h>
 
 #include <sys/stat.h>
 #include <cctype>
@@ -286,6 +287,26 @@ TEST_F(KafkaTlsTest, PollsOverSaslSslWithPlainAndAPasswordFromTheEnvironment) {
                            "\"\n"
                            "\"sasl.password\" = \"${OUTBOXD_TEST_KAFKA_PASSWORD}\"\n"),
                 {{"OUTBOXD_TEST_KAFKA_PASSWORD", tls.sasl_password}});
+}
+
+// SCRAM-SHA-512 with the right password: relayed with a librdkafka that can
+// (2.6.1 on), else a log line that says why it cannot (librdkafka#4895).
+TEST_F(KafkaTlsTest, ScramEitherRelaysOrSaysWhyThisLibrdkafkaCannot) {
+  const auto& tls = services_->kafka_tls();
+  const std::string config = Config(tls.sasl_ssl_bootstrap,
+                                    "\"security.protocol\" = \"sasl_ssl\"\n"
+                                    "\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n"
+                                    "\"sasl.username\" = \"" +
+                                        tls.sasl_user + "\"\n\"sasl.password\" = \"" + tls.sasl_password + "\"\n");
+  if (rd_kafka_version() >= 0x020601ff) {
+    ExpectRelayed(config);
+    return;
+  }
+  OutboxdProcess outboxd(config);
+  outboxd.Start();
+  EXPECT_TRUE(outboxd.WaitForLog("(librdkafka#4895, fixed in 2.6.1)", 60s)) << outboxd.Log();
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
 }
 
 TEST_F(KafkaTlsTest, PollsOverMutualTls) {
