@@ -63,6 +63,7 @@ Result<std::optional<std::string>> KafkaTransactions::Initialise(Publisher& publ
     TxnResult r = publisher.InitTransactions(remaining());
     while (r.outcome == TxnOutcome::kInProgress && Clock::now() < deadline) {
       publisher.Poll(milliseconds(10));
+      OUTBOXD_RETURN_IF_ERROR(publisher.CheckRefused());
       r = publisher.InitTransactions(remaining());
     }
     if (r.outcome == TxnOutcome::kInProgress) {

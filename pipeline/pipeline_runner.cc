@@ -101,7 +101,7 @@ Status PipelineRunner::ServeDeliveries() {
   publisher_->DrainWakeup();
   publisher_->Poll(milliseconds(0));
   if (publisher_->fatal_error_raised()) BeginProducerRecovery();
-  return Status::Ok();
+  return publisher_->CheckRefused();
 }
 
 Status PipelineRunner::RecreateProducerWhenReported() {

@@ -82,6 +82,8 @@ class PipelineRunner {
   // Acts on a failure of the PostgreSQL side or of the producer.
   [[nodiscard]] Status Fail(const Status& status);
   void Reconnect(const Status& why);
+  // Serves delivery reports and librdkafka's errors; returns InvalidConfig
+  // when Kafka refused outboxd before ever answering (Publisher::CheckRefused).
   [[nodiscard]] Status ServeDeliveries();
   // A fatal producer error: stop producing, let the reports of what was sent
   // come in, then RecreateProducer().

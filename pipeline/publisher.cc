@@ -51,6 +51,38 @@ DeliveryOutcome ClassifyKafkaError(rd_kafka_resp_err_t err) {
   }
 }
 
+std::optional<std::string> KafkaRefusalHint(rd_kafka_resp_err_t err, std::string_view reason) {
+  if (err != RD_KAFKA_RESP_ERR__AUTHENTICATION && err != RD_KAFKA_RESP_ERR__SSL &&
+      err != RD_KAFKA_RESP_ERR__TRANSPORT) {
+    return std::nullopt;
+  }
+  auto says = [&](std::string_view what) { return reason.find(what) != std::string_view::npos; };
+  if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
+    return "(check sasl.mechanisms, sasl.username and sasl.password in [kafka.properties], and that the broker "
+           "has that user)";
+  }
+  // outboxd did not trust the broker's certificate.
+  if (says("certificate verify failed")) {
+    return "(check that ssl.ca.location holds the CA that signed the broker's certificate, that the certificate "
+           "names the host given in bootstrap_servers, and that it has not expired)";
+  }
+  // The broker ended the handshake with an alert: it did not accept
+  // outboxd's client certificate (alert 42 "bad certificate" when none was
+  // sent, 46 "certificate unknown" when expired or of another CA).
+  if (says("SSL alert number")) {
+    return "(check ssl.certificate.location and ssl.key.location: the broker requires a client certificate signed "
+           "by a CA it trusts and not expired)";
+  }
+  if (err == RD_KAFKA_RESP_ERR__SSL) {
+    return "(check security.protocol: this listener does not seem to speak TLS)";
+  }
+  // librdkafka's own guess when a broker hangs up on the first request.
+  if (says("incorrect security.protocol")) {
+    return "(check security.protocol: this listener seems to expect TLS or SASL)";
+  }
+  return std::nullopt;
+}
+
 Publisher::Publisher(KafkaConfig config, DeliveryHandler on_delivery, std::string transactional_id)
     : config_(std::move(config)),
       on_delivery_(std::move(on_delivery)),
@@ -314,6 +346,17 @@ bool Publisher::ProbeKafka(std::chrono::milliseconds timeout) {
   return true;
 }
 
+Status Publisher::CheckRefused() {
+  if (!refusal_) return Status::Ok();
+  const std::string why = std::move(*refusal_);
+  refusal_.reset();
+  if (last_answer_ != std::chrono::steady_clock::time_point{} || ProbeKafka(kRefusalProbe)) {
+    Logger("kafka")->warn("a broker refused outboxd, another one answers; going on: {}", why);
+    return Status::Ok();
+  }
+  return Status::InvalidConfig("Kafka refused outboxd: " + why);
+}
+
 void Publisher::DrainWakeup() {
   char buf[256];
   while (::read(wake_read_.get(), buf, sizeof buf) > 0) {
@@ -374,6 +417,9 @@ void Publisher::OnError(rd_kafka_t* rk, int err, const char* reason, void* opaqu
     return;
   }
   Logger("kafka")->warn("{}: {}", rd_kafka_err2name(code), reason);
+  if (self->last_answer_ == std::chrono::steady_clock::time_point{} && !self->refusal_) {
+    if (auto hint = KafkaRefusalHint(code, reason)) self->refusal_ = std::string(reason) + " " + *hint;
+  }
   // librdkafka before 2.6.1 builds the SCRAM client-final message with a
   // nonce Kafka 4.x brokers reject (librdkafka#4895): a right password
   // fails too, so say so rather than let it look like a wrong one.

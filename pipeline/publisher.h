@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_set>
@@ -34,6 +35,13 @@ enum class DeliveryOutcome { kPersisted, kRetriable, kPermanent, kFatal };
 
 // The one place that decides what a Kafka error means for a record.
 DeliveryOutcome ClassifyKafkaError(rd_kafka_resp_err_t err);
+
+// When librdkafka's error callback reports a connection refused for a
+// reason configuration causes — credentials the broker rejects, a broker
+// certificate outboxd does not trust or a client certificate the broker does
+// not, TLS against a plaintext listener or the reverse — what to check, as
+// "(check ...)"; nullopt for anything else (a broker down or restarting).
+std::optional<std::string> KafkaRefusalHint(rd_kafka_resp_err_t err, std::string_view reason);
 
 struct DeliveryReport {
   uint64_t token = 0;
@@ -140,6 +148,16 @@ class Publisher {
   // succeeded. The clock's epoch when it never has.
   std::chrono::steady_clock::time_point last_answer() const { return last_answer_; }
 
+  // A configuration mistake on the Kafka side: InvalidConfig (exit 78)
+  // naming the broker, the cause and what to check when a broker refused
+  // the connection (KafkaRefusalHint) before any broker had ever answered
+  // this process, and none answers within kRefusalProbe. Otherwise OK: a
+  // refusal once Kafka has answered (a rotated password, one broker's stale
+  // certificate) is logged and retried, as is a broker that is down. Call
+  // after Poll().
+  [[nodiscard]] Status CheckRefused();
+  static constexpr std::chrono::milliseconds kRefusalProbe{2000};
+
  private:
   Publisher(KafkaConfig config, DeliveryHandler on_delivery, std::string transactional_id);
   [[nodiscard]] Status Build();
@@ -157,9 +175,10 @@ class Publisher {
   UniqueFd wake_read_;
   UniqueFd wake_write_;
   bool fatal_raised_ = false;
-  bool scram_hint_logged_ = false;  // OnError(): the librdkafka#4895 hint, once
-  int64_t acks_until_fatal_;        // the kafka_fatal_after_acks failpoint; -1 when not armed
-  int64_t acks_until_timeout_;      // the kafka_timeout_report_after_acks failpoint
+  bool scram_hint_logged_ = false;      // OnError(): the librdkafka#4895 hint, once
+  std::optional<std::string> refusal_;  // OnError(): a refusal before Kafka ever answered
+  int64_t acks_until_fatal_;            // the kafka_fatal_after_acks failpoint; -1 when not armed
+  int64_t acks_until_timeout_;          // the kafka_timeout_report_after_acks failpoint
   std::string last_produce_error_;
   std::chrono::steady_clock::time_point last_answer_{};
   std::unordered_set<std::string> known_topics_;  // topics looked up by this producer

@@ -244,10 +244,24 @@ class KafkaTlsTest : public ::testing::Test {
     topic_ = "outbox.event." + type_;
   }
 
-  std::string Config(const std::string& bootstrap, const std::string& properties) const {
+  // `ca`: the file outboxd trusts the broker's certificate by.
+  std::string Config(const std::string& bootstrap, const std::string& properties,
+                     const std::string& ca = "ca.crt") const {
     return "[postgres]\nconninfo = \"" + db_->conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" + bootstrap +
-           "\"\n[kafka.properties]\n\"ssl.ca.location\" = \"" + certs_ + "/ca.crt\"\n" + properties +
+           "\"\n[kafka.properties]\n\"ssl.ca.location\" = \"" + certs_ + "/" + ca + "\"\n" + properties +
            "[log]\nlevel = \"info\"\n[[outbox]]\ntable = \"public.outbox\"\npoll_interval = \"100ms\"\n";
+  }
+  std::string SaslProperties(const std::string& mechanism, const std::string& password) const {
+    return "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"" + mechanism + "\"\n\"sasl.username\" = \"" +
+           services_->kafka_tls().sasl_user + "\"\n\"sasl.password\" = \"" + password + "\"\n";
+  }
+  // security.protocol SSL with the client certificate `name`.crt/.key, or
+  // none for "".
+  std::string SslProperties(const std::string& name) const {
+    return "\"security.protocol\" = \"ssl\"\n" +
+           (name.empty() ? std::string()
+                         : "\"ssl.certificate.location\" = \"" + certs_ + "/" + name +
+                               ".crt\"\n\"ssl.key.location\" = \"" + certs_ + "/" + name + ".key\"\n");
   }
 
   // Runs outboxd (`env`: its environment on top of the test's) and expects
@@ -278,45 +292,99 @@ std::string KafkaTlsTest::certs_;
 // The password comes from the environment (${NAME} in [kafka.properties]),
 // never inline.
 TEST_F(KafkaTlsTest, PollsOverSaslSslWithPlainAndAPasswordFromTheEnvironment) {
-  const auto& tls = services_->kafka_tls();
-  ExpectRelayed(Config(tls.sasl_ssl_bootstrap,
-                       "\"security.protocol\" = \"sasl_ssl\"\n"
-                       "\"sasl.mechanisms\" = \"PLAIN\"\n"
-                       "\"sasl.username\" = \"" +
-                           tls.sasl_user +
-                           "\"\n"
-                           "\"sasl.password\" = \"${OUTBOXD_TEST_KAFKA_PASSWORD}\"\n"),
-                {{"OUTBOXD_TEST_KAFKA_PASSWORD", tls.sasl_password}});
+  ExpectRelayed(
+      Config(services_->kafka_tls().sasl_ssl_bootstrap, SaslProperties("PLAIN", "${OUTBOXD_TEST_KAFKA_PASSWORD}")),
+      {{"OUTBOXD_TEST_KAFKA_PASSWORD", services_->kafka_tls().sasl_password}});
 }
 
 // SCRAM-SHA-512 with the right password: relayed with a librdkafka that can
-// (2.6.1 on), else a log line that says why it cannot (librdkafka#4895).
+// (2.6.1 on); else outboxd stops at start-up with 78, and a log line says
+// the password is not the cause (librdkafka#4895).
 TEST_F(KafkaTlsTest, ScramEitherRelaysOrSaysWhyThisLibrdkafkaCannot) {
   const auto& tls = services_->kafka_tls();
-  const std::string config = Config(tls.sasl_ssl_bootstrap,
-                                    "\"security.protocol\" = \"sasl_ssl\"\n"
-                                    "\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n"
-                                    "\"sasl.username\" = \"" +
-                                        tls.sasl_user + "\"\n\"sasl.password\" = \"" + tls.sasl_password + "\"\n");
+  const std::string config = Config(tls.sasl_ssl_bootstrap, SaslProperties("SCRAM-SHA-512", tls.sasl_password));
   if (rd_kafka_version() >= 0x020601ff) {
     ExpectRelayed(config);
     return;
   }
   OutboxdProcess outboxd(config);
   outboxd.Start();
-  EXPECT_TRUE(outboxd.WaitForLog("(librdkafka#4895, fixed in 2.6.1)", 60s)) << outboxd.Log();
+  EXPECT_EQ(kExitConfig, outboxd.WaitExit(60s)) << outboxd.Log();
+  EXPECT_NE(std::string::npos, outboxd.Log().find("(librdkafka#4895, fixed in 2.6.1)")) << outboxd.Log();
+}
+
+// Each common mistake stops outboxd at start-up with 78 and a message that
+// names the broker, the cause and what to check; nothing is marked sent.
+TEST_F(KafkaTlsTest, EachCommonMistakeStopsWith78NamingTheBrokerAndWhatToCheck) {
+  db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', 'k', 'E', '{}')");
+  const auto& tls = services_->kafka_tls();
+  // 127.1 is 127.0.0.1, but not a name the broker's certificate gives
+  // (localhost, 127.0.0.1).
+  std::string other_name = tls.ssl_bootstrap;
+  other_name.replace(0, other_name.find(':'), "127.1");
+  struct Mistake {
+    const char* what;
+    std::string config;
+    std::string broker;
+    const char* cause;
+    const char* check;
+  };
+  const std::vector<Mistake> mistakes = {
+      {"a wrong password", Config(tls.sasl_ssl_bootstrap, SaslProperties("PLAIN", "not-the-password")),
+       tls.sasl_ssl_bootstrap, "Invalid username or password",
+       "(check sasl.mechanisms, sasl.username and sasl.password"},
+      {"a CA that did not sign the broker's certificate",
+       Config(tls.ssl_bootstrap, SslProperties("client"), "other-ca.crt"), tls.ssl_bootstrap,
+       "certificate verify failed", "(check that ssl.ca.location holds the CA"},
+      {"a host name the broker's certificate does not give", Config(other_name, SslProperties("client")), other_name,
+       "certificate verify failed", "names the host given in bootstrap_servers"},
+      {"TLS against a plaintext listener", Config(services_->kafka_bootstrap(), SslProperties("client")),
+       services_->kafka_bootstrap(), "SSL handshake failed", "(check security.protocol"},
+      {"plaintext against a TLS listener", Config(tls.ssl_bootstrap, "\"security.protocol\" = \"plaintext\"\n"),
+       tls.ssl_bootstrap, "Disconnected while requesting ApiVersion", "(check security.protocol"},
+      {"no client certificate", Config(tls.ssl_bootstrap, SslProperties("")), tls.ssl_bootstrap, "bad certificate",
+       "(check ssl.certificate.location and ssl.key.location"},
+      {"an expired client certificate", Config(tls.ssl_bootstrap, SslProperties("client-expired")), tls.ssl_bootstrap,
+       "certificate unknown", "(check ssl.certificate.location and ssl.key.location"},
+      {"a client certificate of another CA", Config(tls.ssl_bootstrap, SslProperties("client-other-ca")),
+       tls.ssl_bootstrap, "SSL alert number", "(check ssl.certificate.location and ssl.key.location"},
+  };
+  for (const Mistake& m : mistakes) {
+    SCOPED_TRACE(m.what);
+    OutboxdProcess outboxd(m.config);
+    outboxd.Start();
+    ASSERT_EQ(kExitConfig, outboxd.WaitExit(60s)) << outboxd.Log();
+    const std::string log = outboxd.Log();
+    const std::size_t line = log.find("Kafka refused outboxd: ");
+    ASSERT_NE(std::string::npos, line) << log;
+    const std::string message = log.substr(line, log.find('\n', line) - line);
+    EXPECT_NE(std::string::npos, message.find(m.broker)) << message;
+    EXPECT_NE(std::string::npos, message.find(m.cause)) << message;
+    EXPECT_NE(std::string::npos, message.find(m.check)) << message;
+  }
+  EXPECT_EQ(1, db_->QueryInt64("SELECT count(*) FROM outbox"));
+}
+
+// A broker that is down is not a mistake: outboxd waits for it, with
+// librdkafka's backoff, and relays once it is up.
+TEST_F(KafkaTlsTest, StartedWhileKafkaIsDownItRelaysOnceKafkaIsUp) {
+  const auto& tls = services_->kafka_tls();
+  const std::string config = Config(tls.sasl_ssl_bootstrap, SaslProperties("PLAIN", tls.sasl_password));
+  services_->StopKafkaKeepData();
+  db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', 'k', 'E', '{}')");
+  OutboxdProcess outboxd(config);
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("Connection refused", 30s)) << outboxd.Log();
+  EXPECT_FALSE(WaitUntil([&] { return !outboxd.Running(); }, 5s)) << outboxd.Log();
+  services_->StartKafkaAgain();
+  EXPECT_TRUE(WaitUntil([&] { return db_->QueryInt64("SELECT count(*) FROM outbox") == 0; }, 90s)) << outboxd.Log();
+  EXPECT_EQ(1u, Ids(ConsumeTopic(services_->kafka_bootstrap(), topic_, 1, 60s)).size());
   outboxd.Terminate();
   EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
 }
 
 TEST_F(KafkaTlsTest, PollsOverMutualTls) {
-  ExpectRelayed(Config(services_->kafka_tls().ssl_bootstrap,
-                       "\"security.protocol\" = \"ssl\"\n"
-                       "\"ssl.certificate.location\" = \"" +
-                           certs_ +
-                           "/client.crt\"\n"
-                           "\"ssl.key.location\" = \"" +
-                           certs_ + "/client.key\"\n"));
+  ExpectRelayed(Config(services_->kafka_tls().ssl_bootstrap, SslProperties("client")));
 }
 
 }  // namespace
