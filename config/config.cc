@@ -28,9 +28,9 @@ using std::chrono::milliseconds;
 
 constexpr std::array<std::string_view, 6> kSections = {"postgres", "kafka", "http", "log", "cdc", "outbox"};
 constexpr std::array<std::string_view, 2> kPostgresKeys = {"conninfo", "password_file"};
-constexpr std::array<std::string_view, 9> kKafkaKeys = {
-    "bootstrap_servers", "properties",           "max_in_flight",          "shutdown_timeout",     "delivery",
-    "position_topic",    "transaction_max_wait", "transaction_max_events", "transaction_max_bytes"};
+constexpr std::array<std::string_view, 10> kKafkaKeys = {
+    "bootstrap_servers", "password_file",  "properties",           "max_in_flight",          "shutdown_timeout",
+    "delivery",          "position_topic", "transaction_max_wait", "transaction_max_events", "transaction_max_bytes"};
 constexpr std::array<std::string_view, 1> kHttpKeys = {"listen"};
 constexpr std::array<std::string_view, 2> kLogKeys = {"level", "format"};
 constexpr std::array<std::string_view, 15> kOutboxKeys = {
@@ -482,6 +482,36 @@ class SectionReader {
 // ---------------------------------------------------------------------------
 // Sections.
 
+// A secret read from the file a key names: a password, without trailing
+// newlines. The path is relative to the config file's directory, not to
+// whatever directory the daemon was started in.
+struct SecretFile {
+  std::string path;
+  std::string content;
+};
+std::optional<SecretFile> ReadSecretFile(const SectionReader& r, std::string_view key, const std::string& config_path) {
+  auto file = r.String(key);
+  if (!file) return std::nullopt;
+  if (file->empty()) {
+    r.MustBe(key, "a file path, got \"\"");
+    return std::nullopt;
+  }
+  std::filesystem::path path(*file);
+  if (path.is_relative()) path = std::filesystem::path(config_path).parent_path() / path;
+  Result<std::string> content = ReadWholeFile(path.string());
+  if (!content.ok()) {
+    r.Invalid(key, "cannot read " + Quoted(path.string()) + ": " + content.status().message());
+    return std::nullopt;
+  }
+  std::string secret = std::move(content).value();
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (secret.empty()) {
+    r.Invalid(key, Quoted(path.string()) + " is empty");
+    return std::nullopt;
+  }
+  return SecretFile{path.string(), std::move(secret)};
+}
+
 void ReadPostgres(const toml::table& table, const std::string& config_path, Diagnostics& diag, PostgresConfig& out) {
   SectionReader r(table, "[postgres]", kPostgresKeys, /*substitute_env=*/true, diag);
   if (auto conninfo = r.RequiredString("conninfo")) {
@@ -491,26 +521,9 @@ void ReadPostgres(const toml::table& table, const std::string& config_path, Diag
       out.conninfo = std::move(*conninfo);
     }
   }
-  if (auto file = r.String("password_file")) {
-    if (file->empty()) {
-      r.MustBe("password_file", "a file path, got \"\"");
-      return;
-    }
-    // Relative to the config file, not to whatever directory the daemon was started in.
-    std::filesystem::path path(*file);
-    if (path.is_relative()) path = std::filesystem::path(config_path).parent_path() / path;
-    Result<std::string> content = ReadWholeFile(path.string());
-    if (!content.ok()) {
-      r.Invalid("password_file", "cannot read " + Quoted(path.string()) + ": " + content.status().message());
-      return;
-    }
-    std::string password = std::move(content).value();
-    while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) password.pop_back();
-    if (password.empty()) {
-      r.Invalid("password_file", Quoted(path.string()) + " is empty");
-      return;
-    }
-    out.password = std::move(password);
+  if (auto secret = ReadSecretFile(r, "password_file", config_path)) {
+    out.password_file = std::move(secret->path);
+    out.password = std::move(secret->content);
   }
 }
 
@@ -594,7 +607,7 @@ void ReadKafkaProperties(const toml::table& table, Diagnostics& diag, std::map<s
   }
 }
 
-void ReadKafka(const toml::table& table, Diagnostics& diag, KafkaConfig& out) {
+void ReadKafka(const toml::table& table, const std::string& config_path, Diagnostics& diag, KafkaConfig& out) {
   SectionReader r(table, "[kafka]", kKafkaKeys, /*substitute_env=*/true, diag);
   if (auto servers = r.RequiredString("bootstrap_servers")) {
     if (servers->empty()) {
@@ -608,6 +621,14 @@ void ReadKafka(const toml::table& table, Diagnostics& diag, KafkaConfig& out) {
       ReadKafkaProperties(*properties, diag, out.properties);
     } else {
       r.WrongType("properties", *node, "a table of librdkafka properties");
+    }
+  }
+  if (auto secret = ReadSecretFile(r, "password_file", config_path)) {
+    if (out.properties.contains("sasl.password")) {
+      r.Invalid("password_file", "gives the SASL password, and so does [kafka.properties] \"sasl.password\": keep one");
+    } else {
+      out.password_file = std::move(secret->path);
+      out.properties["sasl.password"] = std::move(secret->content);
     }
   }
   if (auto n = r.Integer("max_in_flight")) {
@@ -1164,7 +1185,7 @@ Result<Config> Load(const std::string& path) {
   if (const toml::table* t = Section(root, "postgres", /*required=*/true, diag)) {
     ReadPostgres(*t, path, diag, config.postgres);
   }
-  if (const toml::table* t = Section(root, "kafka", /*required=*/true, diag)) ReadKafka(*t, diag, config.kafka);
+  if (const toml::table* t = Section(root, "kafka", /*required=*/true, diag)) ReadKafka(*t, path, diag, config.kafka);
   if (const toml::table* t = Section(root, "http", /*required=*/false, diag)) ReadHttp(*t, diag, config.http);
   if (const toml::table* t = Section(root, "log", /*required=*/false, diag)) ReadLog(*t, diag, config.log);
   bool has_cdc = root.get("cdc") != nullptr;

@@ -27,6 +27,7 @@ struct PostgresConfig {
   // Contents of password_file (relative to the config file's directory),
   // without trailing newlines; nullopt when the key is absent.
   std::optional<std::string> password;
+  std::string password_file;  // its resolved path; empty when absent
 };
 
 // What a consumer of the topics is promised (docs/configuration.md,
@@ -39,6 +40,9 @@ enum class Delivery : uint8_t {
 struct KafkaConfig {
   std::string bootstrap_servers;                  // required
   std::map<std::string, std::string> properties;  // passed to librdkafka as is
+  // password_file (relative to the config file's directory), resolved; its
+  // contents, without trailing newlines, are properties["sasl.password"].
+  std::string password_file;
   // Upper bound on events produced but not yet acknowledged, over all tables.
   std::size_t max_in_flight = 50000;
   // On shutdown, how long to wait for in-flight deliveries.

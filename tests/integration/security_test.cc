@@ -267,6 +267,8 @@ class KafkaTlsTest : public ::testing::Test {
   // Runs outboxd (`env`: its environment on top of the test's) and expects
   // 20 events in Kafka, read back from the plaintext listener.
   void ExpectRelayed(const std::string& config, const std::vector<std::pair<std::string, std::string>>& env = {}) {
+    type_ = UniqueTopic("ktls");  // a topic of this call's own
+    topic_ = "outbox.event." + type_;
     for (int i = 0; i < 20; ++i) {
       db_->Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', 'k" +
                 std::to_string(i) + "', 'E', '{}')");
@@ -289,12 +291,22 @@ class KafkaTlsTest : public ::testing::Test {
 ServiceControl* KafkaTlsTest::services_ = nullptr;
 std::string KafkaTlsTest::certs_;
 
-// The password comes from the environment (${NAME} in [kafka.properties]),
-// never inline.
-TEST_F(KafkaTlsTest, PollsOverSaslSslWithPlainAndAPasswordFromTheEnvironment) {
-  ExpectRelayed(
-      Config(services_->kafka_tls().sasl_ssl_bootstrap, SaslProperties("PLAIN", "${OUTBOXD_TEST_KAFKA_PASSWORD}")),
-      {{"OUTBOXD_TEST_KAFKA_PASSWORD", services_->kafka_tls().sasl_password}});
+// The password comes from the environment (${NAME} in [kafka.properties])
+// or from [kafka] password_file, never inline.
+TEST_F(KafkaTlsTest, PollsOverSaslSslWithPlainAndAPasswordFromTheEnvironmentOrAFile) {
+  const auto& tls = services_->kafka_tls();
+  ExpectRelayed(Config(tls.sasl_ssl_bootstrap, SaslProperties("PLAIN", "${OUTBOXD_TEST_KAFKA_PASSWORD}")),
+                {{"OUTBOXD_TEST_KAFKA_PASSWORD", tls.sasl_password}});
+
+  const std::string password_file = services_->dir() + "/kafka-password";
+  std::ofstream(password_file) << tls.sasl_password << "\n";
+  ::chmod(password_file.c_str(), 0600);
+  std::string config = Config(tls.sasl_ssl_bootstrap,
+                              "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"PLAIN\"\n"
+                              "\"sasl.username\" = \"" +
+                                  tls.sasl_user + "\"\n");
+  config.replace(config.find("[kafka.properties]"), 0, "password_file = \"" + password_file + "\"\n");
+  ExpectRelayed(config);
 }
 
 // SCRAM-SHA-512 with the right password: relayed with a librdkafka that can

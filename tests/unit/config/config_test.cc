@@ -1091,6 +1091,43 @@ TEST_F(ConfigTest, EmptyPasswordFile) {
             At(3, 17) + ": 'password_file' in [postgres]: \"" + PathOf("secret") + "\" is empty");
 }
 
+// [kafka] password_file is the SASL password librdkafka gets, and may not
+// be given twice.
+TEST_F(ConfigTest, KafkaPasswordFileIsTheSaslPassword) {
+  WriteFile("kafka-password", "kafka s3cret\n");
+  Config c = Valid(
+      "[kafka]\n"
+      "bootstrap_servers = \"kafka:9093\"\n"
+      "password_file = \"kafka-password\"\n"  // relative to the config file
+      "[kafka.properties]\n"
+      "\"sasl.username\" = \"outboxd\"\n" +
+      kPostgres + kOutbox);
+  EXPECT_EQ(c.kafka.properties.at("sasl.password"), "kafka s3cret");
+  EXPECT_EQ(c.kafka.password_file, PathOf("kafka-password"));
+}
+
+TEST_F(ConfigTest, KafkaPasswordFileAndSaslPasswordPropertyConflict) {
+  WriteFile("kafka-password", "a");
+  EXPECT_EQ(Error("[kafka]\n"
+                  "bootstrap_servers = \"kafka:9093\"\n"
+                  "password_file = \"kafka-password\"\n"
+                  "[kafka.properties]\n"
+                  "\"sasl.password\" = \"b\"\n" +
+                  kPostgres + kOutbox),
+            At(3, 17) +
+                ": 'password_file' in [kafka]: gives the SASL password, and so does [kafka.properties] "
+                "\"sasl.password\": keep one");
+}
+
+TEST_F(ConfigTest, MissingKafkaPasswordFile) {
+  EXPECT_EQ(
+      Error("[kafka]\n"
+            "bootstrap_servers = \"kafka:9093\"\n"
+            "password_file = \"absent\"\n" +
+            kPostgres + kOutbox),
+      At(3, 17) + ": 'password_file' in [kafka]: cannot read \"" + PathOf("absent") + "\": No such file or directory");
+}
+
 // --- [kafka.properties] -------------------------------------------------------
 
 TEST_F(ConfigTest, PropertiesAcceptIntegersAndBooleans) {
