@@ -36,6 +36,7 @@
 #include "common/logging.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
+#include "config/secret_files.h"
 #include "daemon/exit_codes.h"
 #include "daemon/http_server.h"
 #include "daemon/init_sql.h"
@@ -101,6 +102,7 @@ int CheckConfig(const std::string& path) {
             << (config->outboxes.size() == 1 ? "" : "s");
   if (config->cdc) std::cout << ", replication slot \"" << config->cdc->slot << "\"";
   std::cout << ")\n";
+  for (const std::string& warning : SecretFileWarnings(*config)) std::cerr << "outboxd: warning: " << warning << "\n";
   if (config->kafka.delivery == Delivery::kExactlyOnce) {
     // What the mode needs beyond this file (docs/configuration.md).
     std::vector<std::string> polled;
@@ -242,6 +244,7 @@ int Run(const std::string& path) {
   }
   auto log = Logger("daemon");
   log->info("outboxd {} starting with {}", OUTBOXD_VERSION, path);
+  for (const std::string& warning : SecretFileWarnings(*config)) log->warn("{}", warning);
 
   // One registry for the process; the relays register their health and
   // metric handles in Create(), and the HTTP listener serves it.

@@ -2,6 +2,8 @@
 // naming the place and exit code 78; a schema mismatch likewise.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <fstream>
 
 #include "tests/integration/relay_test_support.h"
@@ -55,6 +57,26 @@ TEST(Cli, CheckConfigExplainsExactlyOnceForBothSources) {
   EXPECT_NE(std::string::npos, polled.output.find("isolation.level=read_committed")) << polled.output;
   EXPECT_NE(std::string::npos, polled.output.find("outboxd.poll.<system id>.<database>.app.events,public.outbox"))
       << polled.output;
+}
+
+// A password file others may read is warned about, by check-config and at
+// the start of a run, without refusing it; one of mode 0600 is not.
+TEST(Cli, CheckConfigWarnsOfAPasswordFileOthersMayRead) {
+  const std::string password = WriteFile("loose-password", "s3cret\n");
+  const std::string config = WriteFile("loose.toml",
+                                       "[postgres]\nconninfo = \"host=127.0.0.1\"\n[kafka]\n"
+                                       "bootstrap_servers = \"b:9092\"\npassword_file = \"" +
+                                           password + "\"\n[[outbox]]\ntable = \"outbox\"\n");
+  ASSERT_EQ(0, ::chmod(password.c_str(), 0644));
+  auto loose = OutboxdProcess::RunCommand({"check-config", "-c", config}, 10s);
+  EXPECT_EQ(0, loose.exit_code) << loose.output;
+  EXPECT_NE(std::string::npos, loose.output.find("warning: \"" + password +
+                                                 "\" (password_file in [kafka]) holds a secret but has mode 0644"))
+      << loose.output;
+  ASSERT_EQ(0, ::chmod(password.c_str(), 0600));
+  auto tight = OutboxdProcess::RunCommand({"check-config", "-c", config}, 10s);
+  EXPECT_EQ(0, tight.exit_code) << tight.output;
+  EXPECT_EQ(std::string::npos, tight.output.find("warning")) << tight.output;
 }
 
 struct BadConfig {
