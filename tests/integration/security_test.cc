@@ -12,6 +12,7 @@
 #include <fstream>
 #include <memory>
 
+#include "tests/integration/metrics_support.h"
 #include "tests/integration/relay_test_support.h"
 
 namespace outboxd::testing {
@@ -397,6 +398,115 @@ TEST_F(KafkaTlsTest, StartedWhileKafkaIsDownItRelaysOnceKafkaIsUp) {
 
 TEST_F(KafkaTlsTest, PollsOverMutualTls) {
   ExpectRelayed(Config(services_->kafka_tls().ssl_bootstrap, SslProperties("client")));
+}
+
+// No secret in anything outboxd writes or serves: every command's output,
+// the log of a run at debug level with librdkafka's debug contexts on, of a
+// run refused by PostgreSQL and of one refused by Kafka, and what the HTTP
+// listener serves. PostgreSQL and Kafka of the suite's own, both over TLS.
+class SecretLeakTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    services_ = new ServiceControl();
+    certs_ = services_->MakeCertificates();
+    services_->StartPostgresWithTls(certs_);
+    services_->StartKafkaWithTls(certs_);
+    TestDatabase admin(services_->info());
+    admin.Exec(std::string("CREATE ROLE outboxd_scram LOGIN REPLICATION PASSWORD '") + kScramPassword + "'");
+  }
+  static void TearDownTestSuite() {
+    delete services_;
+    services_ = nullptr;
+  }
+
+  // A file in the suite's directory holding `secret`, mode 0600.
+  static std::string SecretFile(const std::string& name, const std::string& secret) {
+    std::string path = services_->dir() + "/" + name;
+    std::ofstream(path) << secret << "\n";
+    ::chmod(path.c_str(), 0600);
+    return path;
+  }
+
+  // Expects none of `secrets` anywhere in `text` (what `what` wrote).
+  static void ExpectNoSecret(const std::string& what, const std::string& text,
+                             const std::vector<std::string>& secrets) {
+    for (const std::string& secret : secrets) {
+      EXPECT_EQ(std::string::npos, text.find(secret)) << what << " shows the secret \"" << secret << "\":\n" << text;
+    }
+  }
+
+  static ServiceControl* services_;
+  static std::string certs_;
+};
+
+ServiceControl* SecretLeakTest::services_ = nullptr;
+std::string SecretLeakTest::certs_;
+
+TEST_F(SecretLeakTest, NoSecretInAnyOutputLogOrScrape) {
+  TestDatabase db(services_->info());
+  db.Exec(OutboxDdl("outbox"));
+  db.Exec(std::string("GRANT CREATE ON DATABASE \"") + db.name() + "\" TO outboxd_scram");
+  db.Exec("GRANT ALL ON SCHEMA public TO outboxd_scram");
+  db.Exec("GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO outboxd_scram");
+  const std::string type = UniqueTopic("leak");
+  for (int i = 0; i < 20; ++i) {
+    db.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type + "', 'k" +
+            std::to_string(i) + "', 'E', '{}')");
+  }
+  const auto& tls = services_->kafka_tls();
+  const std::string wrong_pg = "wrong-pg-Pa55word";
+  const std::string wrong_kafka = "wrong-kafka-Pa55word";
+  const std::vector<std::string> secrets = {kScramPassword, tls.sasl_password, wrong_pg, wrong_kafka};
+  const int port = FreePort();
+  auto config = [&](const std::string& pg_password, const std::string& kafka_password) {
+    return "[postgres]\nconninfo = \"host=localhost hostaddr=127.0.0.1 port=" + std::to_string(services_->pg_port()) +
+           " dbname=" + db.name() + " user=outboxd_scram sslmode=verify-full sslrootcert=" + certs_ +
+           "/ca.crt\"\npassword_file = \"" + SecretFile("pg-password", pg_password) +
+           "\"\n[kafka]\nbootstrap_servers = \"" + tls.sasl_ssl_bootstrap + "\"\npassword_file = \"" +
+           SecretFile("kafka-password", kafka_password) +
+           "\"\n[kafka.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"PLAIN\"\n"
+           "\"sasl.username\" = \"" +
+           tls.sasl_user + "\"\n\"ssl.ca.location\" = \"" + certs_ + "/ca.crt\"\n\"debug\" = \"all\"\n" +
+           HttpSection(port) + "[log]\nlevel = \"debug\"\n[[outbox]]\ntable = \"public.outbox\"\n";
+  };
+
+  OutboxdProcess outboxd(config(kScramPassword, tls.sasl_password));
+  for (const std::vector<std::string>& command :
+       {std::vector<std::string>{"check-config", "-c", outboxd.config_path()},
+        std::vector<std::string>{"init", "--dry-run", "--role", "outboxd_scram", "-c", outboxd.config_path()}}) {
+    const CommandResult r = OutboxdProcess::RunCommand(command);
+    EXPECT_EQ(0, r.exit_code) << r.output;
+    ExpectNoSecret(command[0], r.output, secrets);
+  }
+
+  outboxd.Start();
+  ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 60s)) << outboxd.Log();
+  for (const char* path : {"/metrics", "/healthz", "/readyz"}) {
+    const HttpResponse r = Get(port, path);
+    EXPECT_EQ(200, r.status) << path;
+    ExpectNoSecret(path, r.body, secrets);
+  }
+  for (const std::vector<std::string>& command :
+       {std::vector<std::string>{"status", "-c", outboxd.config_path()},
+        std::vector<std::string>{"status", "--json", "-c", outboxd.config_path()}}) {
+    const CommandResult r = OutboxdProcess::RunCommand(command);
+    EXPECT_EQ(0, r.exit_code) << r.output;
+    ExpectNoSecret("status", r.output, secrets);
+  }
+  outboxd.Terminate();
+  ASSERT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  // The log would show a leak: librdkafka wrote out its configuration.
+  EXPECT_NE(std::string::npos, outboxd.Log().find("sasl.password = [redacted]")) << outboxd.Log();
+  ExpectNoSecret("the log of a run", outboxd.Log(), secrets);
+
+  // Failing logins, each with the other password right.
+  for (const auto& [pg_password, kafka_password] :
+       {std::pair{wrong_pg, tls.sasl_password}, std::pair{std::string(kScramPassword), wrong_kafka}}) {
+    OutboxdProcess refused(config(pg_password, kafka_password));
+    refused.Start();
+    EXPECT_EQ(kExitConfig, refused.WaitExit(60s)) << refused.Log();
+    ExpectNoSecret("the log of a refused run", refused.Log(), secrets);
+  }
 }
 
 }  // namespace
