@@ -26,22 +26,22 @@ FROM debian:bookworm-slim
 # other package's dependency. tests/integration/package_test.cc checks this
 # list against `ldd` of the built binary (every library it loads must come from
 # one of these packages or their dependencies), so a new library fails the
-# suite before it fails an image. libcivetweb1, libprometheus-cpp-core1.0:
-# the HTTP listener and /metrics. ca-certificates: TLS to PostgreSQL
-# (sslrootcert=system is not in bookworm's libpq 15, so point sslrootcert at a
-# file) and to Kafka (librdkafka uses the system CA store). curl: the
-# HEALTHCHECK.
+# suite before it fails an image. libprometheus-cpp-core1.0: /metrics.
+# libssl3: the HTTP listener's TLS and basic authentication. ca-certificates:
+# TLS to PostgreSQL (sslrootcert=system is not in bookworm's libpq 15, so
+# point sslrootcert at a file) and to Kafka (librdkafka uses the system CA
+# store). curl: the HEALTHCHECK.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates \
       curl \
-      libcivetweb1 \
       libfmt9 \
       libgcc-s1 \
       libpq5 \
       libprometheus-cpp-core1.0 \
       librdkafka1 \
       libspdlog1.10 \
+      libssl3 \
       libstdc++6 \
       libsystemd0 \
       libtomlplusplus3 \

@@ -31,7 +31,8 @@ constexpr std::array<std::string_view, 2> kPostgresKeys = {"conninfo", "password
 constexpr std::array<std::string_view, 10> kKafkaKeys = {
     "bootstrap_servers", "password_file",  "properties",           "max_in_flight",          "shutdown_timeout",
     "delivery",          "position_topic", "transaction_max_wait", "transaction_max_events", "transaction_max_bytes"};
-constexpr std::array<std::string_view, 1> kHttpKeys = {"listen"};
+constexpr std::array<std::string_view, 7> kHttpKeys = {
+    "listen", "tls_cert_file", "tls_key_file", "basic_auth_user", "basic_auth_password_file", "basic_auth_health"};
 constexpr std::array<std::string_view, 2> kLogKeys = {"level", "format"};
 constexpr std::array<std::string_view, 15> kOutboxKeys = {
     "table",     "source",     "order_by",      "after_delivery", "sent_column",
@@ -482,14 +483,8 @@ class SectionReader {
 // ---------------------------------------------------------------------------
 // Sections.
 
-// A secret read from the file a key names: a password, without trailing
-// newlines. The path is relative to the config file's directory, not to
-// whatever directory the daemon was started in.
-struct SecretFile {
-  std::string path;
-  std::string content;
-};
-std::optional<SecretFile> ReadSecretFile(const SectionReader& r, std::string_view key, const std::string& config_path) {
+// A file path key, relative to the config file's directory.
+std::optional<std::string> ReadPath(const SectionReader& r, std::string_view key, const std::string& config_path) {
   auto file = r.String(key);
   if (!file) return std::nullopt;
   if (file->empty()) {
@@ -498,18 +493,31 @@ std::optional<SecretFile> ReadSecretFile(const SectionReader& r, std::string_vie
   }
   std::filesystem::path path(*file);
   if (path.is_relative()) path = std::filesystem::path(config_path).parent_path() / path;
-  Result<std::string> content = ReadWholeFile(path.string());
+  return path.string();
+}
+
+// A secret read from the file a key names: a password, without trailing
+// newlines. The path is relative to the config file's directory, not to
+// whatever directory the daemon was started in.
+struct SecretFile {
+  std::string path;
+  std::string content;
+};
+std::optional<SecretFile> ReadSecretFile(const SectionReader& r, std::string_view key, const std::string& config_path) {
+  std::optional<std::string> path = ReadPath(r, key, config_path);
+  if (!path) return std::nullopt;
+  Result<std::string> content = ReadWholeFile(*path);
   if (!content.ok()) {
-    r.Invalid(key, "cannot read " + Quoted(path.string()) + ": " + content.status().message());
+    r.Invalid(key, "cannot read " + Quoted(*path) + ": " + content.status().message());
     return std::nullopt;
   }
   std::string secret = std::move(content).value();
   while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
   if (secret.empty()) {
-    r.Invalid(key, Quoted(path.string()) + " is empty");
+    r.Invalid(key, Quoted(*path) + " is empty");
     return std::nullopt;
   }
-  return SecretFile{path.string(), std::move(secret)};
+  return SecretFile{std::move(*path), std::move(secret)};
 }
 
 void ReadPostgres(const toml::table& table, const std::string& config_path, Diagnostics& diag, PostgresConfig& out) {
@@ -667,14 +675,47 @@ void ReadKafka(const toml::table& table, const std::string& config_path, Diagnos
   }
 }
 
-void ReadHttp(const toml::table& table, Diagnostics& diag, HttpConfig& out) {
+void ReadHttp(const toml::table& table, const std::string& config_path, Diagnostics& diag, HttpConfig& out) {
   SectionReader r(table, "[http]", kHttpKeys, /*substitute_env=*/true, diag);
   if (auto listen = r.String("listen")) {
+    // A port alone listens on loopback only: exposing the listener is a choice.
+    if (!listen->empty() && listen->find_first_not_of("0123456789") == std::string::npos) {
+      *listen = "127.0.0.1:" + *listen;
+    }
     std::string problem = CheckListenAddress(*listen);
     if (!problem.empty()) {
       r.MustBe("listen", "\"host:port\", such as \"127.0.0.1:9464\": " + problem);
     } else {
       out.listen = std::move(*listen);
+    }
+  }
+  // Pairs of keys that make sense only together.
+  auto pair = [&](std::string_view a, bool has_a, std::string_view b, bool has_b) {
+    if (has_a && !has_b) r.Invalid(a, "needs '" + std::string(b) + "' too");
+  };
+  if (auto cert = ReadPath(r, "tls_cert_file", config_path)) out.tls_cert_file = std::move(*cert);
+  if (auto key = ReadPath(r, "tls_key_file", config_path)) out.tls_key_file = std::move(*key);
+  pair("tls_cert_file", r.Get("tls_cert_file") != nullptr, "tls_key_file", r.Get("tls_key_file") != nullptr);
+  pair("tls_key_file", r.Get("tls_key_file") != nullptr, "tls_cert_file", r.Get("tls_cert_file") != nullptr);
+  if (auto user = r.String("basic_auth_user")) {
+    if (user->empty() || user->find(':') != std::string::npos) {
+      r.MustBe("basic_auth_user", "a user name without ':'");
+    } else {
+      out.basic_auth_user = std::move(*user);
+    }
+  }
+  if (auto secret = ReadSecretFile(r, "basic_auth_password_file", config_path)) {
+    out.basic_auth_password_file = std::move(secret->path);
+    out.basic_auth_password = std::move(secret->content);
+  }
+  pair("basic_auth_user", r.Get("basic_auth_user") != nullptr, "basic_auth_password_file",
+       r.Get("basic_auth_password_file") != nullptr);
+  pair("basic_auth_password_file", r.Get("basic_auth_password_file") != nullptr, "basic_auth_user",
+       r.Get("basic_auth_user") != nullptr);
+  if (auto health = r.Boolean("basic_auth_health")) out.basic_auth_health = *health;
+  if (r.Get("listen") == nullptr) {
+    for (std::string_view key : kHttpKeys) {
+      if (key != "listen" && r.Get(key) != nullptr) r.Invalid(key, "has no effect without 'listen'");
     }
   }
 }
@@ -1186,7 +1227,7 @@ Result<Config> Load(const std::string& path) {
     ReadPostgres(*t, path, diag, config.postgres);
   }
   if (const toml::table* t = Section(root, "kafka", /*required=*/true, diag)) ReadKafka(*t, path, diag, config.kafka);
-  if (const toml::table* t = Section(root, "http", /*required=*/false, diag)) ReadHttp(*t, diag, config.http);
+  if (const toml::table* t = Section(root, "http", /*required=*/false, diag)) ReadHttp(*t, path, diag, config.http);
   if (const toml::table* t = Section(root, "log", /*required=*/false, diag)) ReadLog(*t, diag, config.log);
   bool has_cdc = root.get("cdc") != nullptr;
   std::optional<CdcIdentity> cdc;

@@ -61,7 +61,18 @@ struct KafkaConfig {
 };
 
 struct HttpConfig {
-  std::optional<std::string> listen;  // "host:port"; no listener when absent
+  // "host:port"; a port alone is on 127.0.0.1. No listener when absent.
+  std::optional<std::string> listen;
+  // HTTPS with this PEM certificate (chain) and private key; both or neither.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // HTTP basic authentication for /metrics, and for /healthz and /readyz
+  // too when basic_auth_health: the user and the password (the contents of
+  // basic_auth_password_file, resolved as password_file is); both or neither.
+  std::string basic_auth_user;
+  std::optional<std::string> basic_auth_password;
+  std::string basic_auth_password_file;
+  bool basic_auth_health = false;
 };
 
 enum class LogFormat { kText, kJson };

@@ -28,6 +28,10 @@ std::vector<std::string> SecretFileWarnings(const Config& config) {
   if (auto key = config.kafka.properties.find("ssl.key.location"); key != config.kafka.properties.end()) {
     files.emplace_back(key->second, "\"ssl.key.location\" in [kafka.properties]");
   }
+  if (!config.http.tls_key_file.empty()) files.emplace_back(config.http.tls_key_file, "tls_key_file in [http]");
+  if (!config.http.basic_auth_password_file.empty()) {
+    files.emplace_back(config.http.basic_auth_password_file, "basic_auth_password_file in [http]");
+  }
 
   std::vector<std::string> warnings;
   for (const auto& [path, key] : files) {

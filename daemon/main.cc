@@ -285,13 +285,14 @@ int Run(const std::string& path) {
 
   // Listening before the sources start, so that probes see them come up. An
   // address that cannot be bound exits 69 (EX_UNAVAILABLE: it may be free on
-  // the next start); a malformed one was already refused by the loader (78).
+  // the next start); a malformed one was already refused by the loader, and
+  // a certificate or key that cannot be loaded is refused here (78).
   std::unique_ptr<HttpServer> http;
   if (config->http.listen) {
-    auto server = HttpServer::Start(*config->http.listen, metrics);
+    auto server = HttpServer::Start(config->http, metrics);
     if (!server.ok()) {
       log->error("{}: {}", path, server.status().message());
-      return kExitUnavailable;
+      return ExitCodeFor(server.status());
     }
     http = std::move(server).value();
   }

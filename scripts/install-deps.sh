@@ -10,7 +10,7 @@ build_pkgs=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libpq-dev librdkafka-dev libtomlplusplus-dev prometheus-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libsystemd-dev
-  libcivetweb-dev   # the [http] listener (/metrics, /healthz, /readyz)
+  libssl-dev   # the [http] listener's TLS and basic authentication
   libgtest-dev libgmock-dev
 )
 # Real services and clients the tests and the demo talk to.

@@ -2,6 +2,7 @@
 // Test support for what outboxd serves on [http] listen: GET with the real
 // curl client, and a parsed /metrics scrape.
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -15,7 +16,8 @@
 
 namespace outboxd::testing {
 
-inline constexpr const char* kCurl = "/usr/bin/curl";  // Debian package "curl"
+inline constexpr const char* kCurl = "/usr/bin/curl";          // Debian package "curl"
+inline constexpr const char* kPromtool = "/usr/bin/promtool";  // Debian package "prometheus"
 
 inline void RequireTool(const char* path, const char* package) {
   if (::access(path, X_OK) != 0) {
@@ -29,12 +31,14 @@ struct HttpResponse {
   std::string body;
 };
 
-inline HttpResponse Get(int port, const std::string& path) {
+// curl with `args` (options, then the URL); -i adds the response headers
+// to the body.
+inline HttpResponse Curl(const std::vector<std::string>& args) {
   RequireTool(kCurl, "curl");
   // The status code goes last, on a line of its own.
-  auto r = RunCommand(
-      {kCurl, "-s", "--max-time", "5", "-w", "\n%{http_code}", "http://127.0.0.1:" + std::to_string(port) + path},
-      std::chrono::seconds(10));
+  std::vector<std::string> command = {kCurl, "-s", "--max-time", "5", "-w", "\n%{http_code}"};
+  command.insert(command.end(), args.begin(), args.end());
+  auto r = RunCommand(command, std::chrono::seconds(10));
   HttpResponse out;
   if (r.exit_code != 0) return out;
   const std::size_t nl = r.output.rfind('\n');
@@ -42,6 +46,19 @@ inline HttpResponse Get(int port, const std::string& path) {
   out.status = std::atoi(r.output.c_str() + nl + 1);
   out.body = r.output.substr(0, nl);
   return out;
+}
+
+inline HttpResponse Get(int port, const std::string& path) {
+  return Curl({"http://127.0.0.1:" + std::to_string(port) + path});
+}
+
+// `promtool check metrics` on an exposition: lints names, types, HELP and
+// units.
+inline void ExpectPromtoolAccepts(const std::string& exposition) {
+  RequireTool(kPromtool, "prometheus");
+  auto r = RunCommand({kPromtool, "check", "metrics"}, std::chrono::seconds(30), exposition);
+  EXPECT_EQ(0, r.exit_code) << r.output << "\n--- exposition:\n" << exposition;
+  EXPECT_EQ("", r.output) << "promtool has remarks";
 }
 
 // One scrape of /metrics: sample lines as (name, labels) → value.

@@ -23,19 +23,34 @@ using namespace std::chrono_literals;
 constexpr char kScramPassword[] = "pg-scram-S3cret!";
 constexpr int kExitConfig = 78;
 
-class PgTlsTest : public ::testing::Test {
+// A suite with servers of its own (ServiceControl: its PostgreSQL, its
+// Kafka, each started by the suite as it needs) and the test certificates.
+class OwnServicesTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
+  static void MakeServices() {
     services_ = new ServiceControl();
     certs_ = services_->MakeCertificates();
-    services_->StartPostgresWithTls(certs_);
-    TestDatabase admin(services_->info());
-    admin.Exec(std::string("CREATE ROLE outboxd_scram LOGIN REPLICATION PASSWORD '") + kScramPassword + "'");
-    admin.Exec("CREATE ROLE outboxd_cert LOGIN REPLICATION");
   }
   static void TearDownTestSuite() {
     delete services_;
     services_ = nullptr;
+  }
+
+  static ServiceControl* services_;
+  static std::string certs_;
+};
+
+ServiceControl* OwnServicesTest::services_ = nullptr;
+std::string OwnServicesTest::certs_;
+
+class PgTlsTest : public OwnServicesTest {
+ protected:
+  static void SetUpTestSuite() {
+    MakeServices();
+    services_->StartPostgresWithTls(certs_);
+    TestDatabase admin(services_->info());
+    admin.Exec(std::string("CREATE ROLE outboxd_scram LOGIN REPLICATION PASSWORD '") + kScramPassword + "'");
+    admin.Exec("CREATE ROLE outboxd_cert LOGIN REPLICATION");
   }
 
   void SetUp() override {
@@ -119,14 +134,9 @@ class PgTlsTest : public ::testing::Test {
     EXPECT_EQ(0, db_->QueryInt64("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outboxd'"));
   }
 
-  static ServiceControl* services_;
-  static std::string certs_;
   std::unique_ptr<TestDatabase> db_;
   std::string type_, topic_, password_file_;
 };
-
-ServiceControl* PgTlsTest::services_ = nullptr;
-std::string PgTlsTest::certs_;
 
 TEST_F(PgTlsTest, PollsOverVerifyFullWithAScramPasswordFromAFile) {
   ExpectRelayed(PollConfig(Conninfo("outboxd_scram"), /*with_password_file=*/true), "outboxd_scram");
@@ -226,16 +236,11 @@ TEST_F(PgTlsTest, APlaintextConnectionOfATlsOnlyRoleStopsWith78) {
 // Kafka over TLS: a broker of the suite's own with a SASL_SSL and an SSL
 // (client certificate) listener besides the plaintext one the test reads
 // from; PostgreSQL is the shared one.
-class KafkaTlsTest : public ::testing::Test {
+class KafkaTlsTest : public OwnServicesTest {
  protected:
   static void SetUpTestSuite() {
-    services_ = new ServiceControl();
-    certs_ = services_->MakeCertificates();
+    MakeServices();
     services_->StartKafkaWithTls(certs_);
-  }
-  static void TearDownTestSuite() {
-    delete services_;
-    services_ = nullptr;
   }
 
   void SetUp() override {
@@ -283,14 +288,9 @@ class KafkaTlsTest : public ::testing::Test {
     EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
   }
 
-  static ServiceControl* services_;
-  static std::string certs_;
   std::unique_ptr<TestDatabase> db_;
   std::string type_, topic_;
 };
-
-ServiceControl* KafkaTlsTest::services_ = nullptr;
-std::string KafkaTlsTest::certs_;
 
 // The password comes from the environment (${NAME} in [kafka.properties])
 // or from [kafka] password_file, never inline.
@@ -400,23 +400,107 @@ TEST_F(KafkaTlsTest, PollsOverMutualTls) {
   ExpectRelayed(Config(services_->kafka_tls().ssl_bootstrap, SslProperties("client")));
 }
 
+// The HTTP listener over HTTPS with basic authentication, scraped with curl
+// as Prometheus would; PostgreSQL and Kafka are the shared ones.
+class HttpTlsTest : public OwnServicesTest {
+ protected:
+  static void SetUpTestSuite() { MakeServices(); }
+
+  void SetUp() override {
+    db_ = std::make_unique<TestDatabase>();
+    db_->Exec(OutboxDdl("outbox"));
+    port_ = FreePort();
+    password_file_ = services_->dir() + "/metrics-password";
+    std::ofstream(password_file_) << kMetricsPassword << "\n";
+    ::chmod(password_file_.c_str(), 0600);
+  }
+
+  // `http`: the [http] keys besides listen.
+  std::string Config(const std::string& http) const {
+    return "[postgres]\nconninfo = \"" + db_->conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" +
+           SharedServices().kafka_bootstrap + "\"\n" + HttpSection(port_) + http +
+           "[[outbox]]\ntable = \"public.outbox\"\n";
+  }
+  std::string TlsKeys(const std::string& key = "server.key") const {
+    return "tls_cert_file = \"" + certs_ + "/server.crt\"\ntls_key_file = \"" + certs_ + "/" + key + "\"\n";
+  }
+  std::string AuthKeys() const {
+    return "basic_auth_user = \"prometheus\"\nbasic_auth_password_file = \"" + password_file_ + "\"\n";
+  }
+  // curl over HTTPS, trusting the test CA; `args` before the URL.
+  HttpResponse Https(const std::string& path, std::vector<std::string> args = {}) const {
+    args.insert(args.begin(), {"--cacert", certs_ + "/ca.crt"});
+    args.push_back("https://localhost:" + std::to_string(port_) + path);
+    return Curl(args);
+  }
+  static constexpr char kMetricsPassword[] = "scrape-S3cret";
+  static constexpr char kCredentials[] = "prometheus:scrape-S3cret";
+
+  std::unique_ptr<TestDatabase> db_;
+  int port_ = 0;
+  std::string password_file_;
+};
+
+TEST_F(HttpTlsTest, MetricsOverHttpsAskForTheBasicAuthPasswordHealthDoesNot) {
+  OutboxdProcess outboxd(Config(TlsKeys() + AuthKeys()));
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("listening on", 30s)) << outboxd.Log();
+  ASSERT_TRUE(WaitUntil([&] { return Https("/readyz").status == 200; }, 30s)) << outboxd.Log();
+
+  const HttpResponse scrape = Https("/metrics", {"-u", kCredentials});
+  ASSERT_EQ(200, scrape.status) << scrape.body;
+  EXPECT_NE(std::string::npos, scrape.body.find("outboxd_build_info")) << scrape.body;
+  ExpectPromtoolAccepts(scrape.body);
+
+  const HttpResponse anonymous = Https("/metrics", {"-i"});
+  EXPECT_EQ(401, anonymous.status);
+  EXPECT_NE(std::string::npos, anonymous.body.find("WWW-Authenticate: Basic realm=\"outboxd\"")) << anonymous.body;
+  EXPECT_EQ(401, Https("/metrics", {"-u", "prometheus:not-the-password"}).status);
+  EXPECT_EQ(401, Https("/metrics", {"-u", "grafana:scrape-S3cret"}).status);
+  EXPECT_EQ(200, Https("/healthz").status);
+
+  // Only HTTPS, and only TLS 1.2 or newer.
+  EXPECT_EQ(0, Curl({"http://127.0.0.1:" + std::to_string(port_) + "/healthz"}).status);
+  EXPECT_EQ(0, Https("/healthz", {"--tls-max", "1.1"}).status);
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+}
+
+TEST_F(HttpTlsTest, BasicAuthHealthProtectsTheHealthEndpointsToo) {
+  OutboxdProcess outboxd(Config(AuthKeys() + "basic_auth_health = true\n"));
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("listening on", 30s)) << outboxd.Log();
+  for (const char* path : {"/healthz", "/readyz", "/metrics"}) {
+    SCOPED_TRACE(path);
+    EXPECT_EQ(401, Get(port_, path).status);
+    const std::string url = "http://127.0.0.1:" + std::to_string(port_) + path;
+    EXPECT_TRUE(WaitUntil([&] { return Curl({"-u", kCredentials, url}).status == 200; }, 30s)) << outboxd.Log();
+  }
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+}
+
+TEST_F(HttpTlsTest, AKeyThatIsNotTheCertificatesStopsWith78NamingIt) {
+  OutboxdProcess outboxd(Config(TlsKeys("client.key")));
+  outboxd.Start();
+  EXPECT_EQ(kExitConfig, outboxd.WaitExit(30s)) << outboxd.Log();
+  EXPECT_NE(std::string::npos,
+            outboxd.Log().find("[http] tls_key_file \"" + certs_ + "/client.key\" is not the key of tls_cert_file"))
+      << outboxd.Log();
+}
+
 // No secret in anything outboxd writes or serves: every command's output,
 // the log of a run at debug level with librdkafka's debug contexts on, of a
 // run refused by PostgreSQL and of one refused by Kafka, and what the HTTP
 // listener serves. PostgreSQL and Kafka of the suite's own, both over TLS.
-class SecretLeakTest : public ::testing::Test {
+class SecretLeakTest : public OwnServicesTest {
  protected:
   static void SetUpTestSuite() {
-    services_ = new ServiceControl();
-    certs_ = services_->MakeCertificates();
+    MakeServices();
     services_->StartPostgresWithTls(certs_);
     services_->StartKafkaWithTls(certs_);
     TestDatabase admin(services_->info());
     admin.Exec(std::string("CREATE ROLE outboxd_scram LOGIN REPLICATION PASSWORD '") + kScramPassword + "'");
-  }
-  static void TearDownTestSuite() {
-    delete services_;
-    services_ = nullptr;
   }
 
   // A file in the suite's directory holding `secret`, mode 0600.
@@ -434,13 +518,7 @@ class SecretLeakTest : public ::testing::Test {
       EXPECT_EQ(std::string::npos, text.find(secret)) << what << " shows the secret \"" << secret << "\":\n" << text;
     }
   }
-
-  static ServiceControl* services_;
-  static std::string certs_;
 };
-
-ServiceControl* SecretLeakTest::services_ = nullptr;
-std::string SecretLeakTest::certs_;
 
 TEST_F(SecretLeakTest, NoSecretInAnyOutputLogOrScrape) {
   TestDatabase db(services_->info());
@@ -456,7 +534,8 @@ TEST_F(SecretLeakTest, NoSecretInAnyOutputLogOrScrape) {
   const auto& tls = services_->kafka_tls();
   const std::string wrong_pg = "wrong-pg-Pa55word";
   const std::string wrong_kafka = "wrong-kafka-Pa55word";
-  const std::vector<std::string> secrets = {kScramPassword, tls.sasl_password, wrong_pg, wrong_kafka};
+  const std::string metrics_password = "metrics-Pa55word";
+  const std::vector<std::string> secrets = {kScramPassword, tls.sasl_password, wrong_pg, wrong_kafka, metrics_password};
   const int port = FreePort();
   auto config = [&](const std::string& pg_password, const std::string& kafka_password) {
     return "[postgres]\nconninfo = \"host=localhost hostaddr=127.0.0.1 port=" + std::to_string(services_->pg_port()) +
@@ -467,7 +546,9 @@ TEST_F(SecretLeakTest, NoSecretInAnyOutputLogOrScrape) {
            "\"\n[kafka.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"PLAIN\"\n"
            "\"sasl.username\" = \"" +
            tls.sasl_user + "\"\n\"ssl.ca.location\" = \"" + certs_ + "/ca.crt\"\n\"debug\" = \"all\"\n" +
-           HttpSection(port) + "[log]\nlevel = \"debug\"\n[[outbox]]\ntable = \"public.outbox\"\n";
+           HttpSection(port) + "basic_auth_user = \"prometheus\"\nbasic_auth_password_file = \"" +
+           SecretFile("metrics-password", metrics_password) +
+           "\"\nbasic_auth_health = true\n[log]\nlevel = \"debug\"\n[[outbox]]\ntable = \"public.outbox\"\n";
   };
 
   OutboxdProcess outboxd(config(kScramPassword, tls.sasl_password));
@@ -482,9 +563,13 @@ TEST_F(SecretLeakTest, NoSecretInAnyOutputLogOrScrape) {
   outboxd.Start();
   ASSERT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 60s)) << outboxd.Log();
   for (const char* path : {"/metrics", "/healthz", "/readyz"}) {
-    const HttpResponse r = Get(port, path);
+    const std::string url = "http://127.0.0.1:" + std::to_string(port) + path;
+    const HttpResponse r = Curl({"-i", "-u", "prometheus:" + metrics_password, url});
     EXPECT_EQ(200, r.status) << path;
     ExpectNoSecret(path, r.body, secrets);
+    const HttpResponse refused = Curl({"-i", "-u", "prometheus:" + wrong_pg, url});
+    EXPECT_EQ(401, refused.status) << path;
+    ExpectNoSecret(path, refused.body, secrets);
   }
   for (const std::vector<std::string>& command :
        {std::vector<std::string>{"status", "-c", outboxd.config_path()},

@@ -548,7 +548,7 @@ TEST_F(ConfigTest, HttpListenAddress) {
     return Error("[http]\nlisten = \"" + listen + "\"\n" + kPostgres + kKafka + kOutbox);
   };
   const std::string prefix = At(2, 10) + ": 'listen' in [http] must be \"host:port\", such as \"127.0.0.1:9464\": ";
-  EXPECT_EQ(listen_error("9464"), prefix + "missing \":port\"");
+  EXPECT_EQ(listen_error("localhost"), prefix + "missing \":port\"");
   EXPECT_EQ(listen_error("localhost:"), prefix + "missing port");
   EXPECT_EQ(listen_error(":9464"), prefix + "missing host (use 0.0.0.0 to listen on all interfaces)");
   EXPECT_EQ(listen_error("localhost:http"), prefix + "port \"http\" is not a number from 1 to 65535");
@@ -558,6 +558,41 @@ TEST_F(ConfigTest, HttpListenAddress) {
     SCOPED_TRACE(ok);
     EXPECT_EQ(Valid("[http]\nlisten = \"" + std::string(ok) + "\"\n" + kPostgres + kKafka + kOutbox).http.listen, ok);
   }
+}
+
+// A port alone listens on loopback: exposing /metrics is a choice.
+TEST_F(ConfigTest, HttpListenPortAloneIsLoopback) {
+  EXPECT_EQ(Valid("[http]\nlisten = \"9464\"\n" + kPostgres + kKafka + kOutbox).http.listen, "127.0.0.1:9464");
+}
+
+TEST_F(ConfigTest, HttpTlsAndBasicAuth) {
+  WriteFile("metrics-password", "scrape me\n");
+  Config c = Valid(
+      "[http]\n"
+      "listen = \"0.0.0.0:9464\"\n"
+      "tls_cert_file = \"http.crt\"\n"  // relative to the config file
+      "tls_key_file = \"/etc/outboxd/http.key\"\n"
+      "basic_auth_user = \"prometheus\"\n"
+      "basic_auth_password_file = \"metrics-password\"\n"
+      "basic_auth_health = true\n" +
+      kPostgres + kKafka + kOutbox);
+  EXPECT_EQ(c.http.tls_cert_file, PathOf("http.crt"));
+  EXPECT_EQ(c.http.tls_key_file, "/etc/outboxd/http.key");
+  EXPECT_EQ(c.http.basic_auth_user, "prometheus");
+  EXPECT_EQ(c.http.basic_auth_password, "scrape me");
+  EXPECT_TRUE(c.http.basic_auth_health);
+}
+
+TEST_F(ConfigTest, HttpKeysThatNeedEachOther) {
+  WriteFile("pw", "x");
+  EXPECT_EQ(Error("[http]\nlisten = \"9464\"\ntls_cert_file = \"c.crt\"\n" + kPostgres + kKafka + kOutbox),
+            At(3, 17) + ": 'tls_cert_file' in [http]: needs 'tls_key_file' too");
+  EXPECT_EQ(Error("[http]\nlisten = \"9464\"\nbasic_auth_password_file = \"pw\"\n" + kPostgres + kKafka + kOutbox),
+            At(3, 28) + ": 'basic_auth_password_file' in [http]: needs 'basic_auth_user' too");
+  EXPECT_EQ(
+      Error("[http]\nbasic_auth_user = \"p\"\nbasic_auth_password_file = \"pw\"\n" + kPostgres + kKafka + kOutbox),
+      At(2, 19) + ": 'basic_auth_user' in [http]: has no effect without 'listen'\n" + At(3, 28) +
+          ": 'basic_auth_password_file' in [http]: has no effect without 'listen'");
 }
 
 // --- cdc mode -----------------------------------------------------------------
