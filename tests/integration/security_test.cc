@@ -233,6 +233,48 @@ TEST_F(PgTlsTest, APlaintextConnectionOfATlsOnlyRoleStopsWith78) {
                 "the server's pg_hba.conf");
 }
 
+// Least privilege: outboxd runs as a role that has exactly the grants
+// `outboxd init --role` gave it (in a database where it had none), over TLS
+// with a client certificate, and relays from both sources.
+TEST_F(PgTlsTest, BothSourcesRelayAsARoleWithExactlyTheGrantsOfInit) {
+  TestDatabase db(services_->info());
+  db.Exec("CREATE TABLE items (id int PRIMARY KEY, name text)");
+  KafkaAdmin().CreateTopic(items_topic(), 1);
+  const std::string conninfo = "host=localhost hostaddr=127.0.0.1 port=" + std::to_string(services_->pg_port()) +
+                               " dbname=" + db.name() + " user=outboxd_cert sslmode=verify-full sslrootcert=" + certs_ +
+                               "/ca.crt sslcert=" + certs_ + "/client.crt sslkey=" + certs_ + "/client.key";
+  auto config = [&](const std::string& postgres) {
+    return "[postgres]\nconninfo = \"" + postgres + "\"\n[kafka]\nbootstrap_servers = \"" +
+           SharedServices().kafka_bootstrap +
+           "\"\n[log]\nlevel = \"info\"\n[[outbox]]\ntable = \"public.outbox\"\npoll_interval = \"100ms\"\n"
+           "[cdc]\nslot = \"s_" +
+           Lower(db.name()) + "\"\npublication = \"p_" + Lower(db.name()) +
+           "\"\ntables = [\"public.items\"]\ntopic_prefix = \"" + type_ + "\"\n";
+  };
+  // A DBA applies init as a superuser.
+  OutboxdProcess outboxd(config(db.conninfo()));
+  const CommandResult init =
+      OutboxdProcess::RunCommand({"init", "--role", "outboxd_cert", "-c", outboxd.config_path()});
+  ASSERT_EQ(0, init.exit_code) << init.output;
+  for (int i = 0; i < 20; ++i) {
+    db.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('" + type_ + "', 'k" +
+            std::to_string(i) + "', 'E', '{}')");
+  }
+  db.Exec("INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g");
+
+  outboxd.RewriteConfig(config(conninfo));
+  outboxd.Start();
+  EXPECT_TRUE(WaitUntil([&] { return db.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 60s)) << outboxd.Log();
+  EXPECT_EQ(20u, Ids(ConsumeTopic(SharedServices().kafka_bootstrap, topic_, 20, 60s)).size()) << outboxd.Log();
+  EXPECT_EQ(10u, ConsumeTopic(SharedServices().kafka_bootstrap, items_topic(), 10, 60s).size()) << outboxd.Log();
+  EXPECT_EQ(2, db.QueryInt64("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                             "WHERE a.usename = 'outboxd_cert' AND a.application_name IN ('outboxd', 'outboxd-cdc') "
+                             "AND s.ssl"))
+      << outboxd.Log();
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+}
+
 // Kafka over TLS: a broker of the suite's own with a SASL_SSL and an SSL
 // (client certificate) listener besides the plaintext one the test reads
 // from; PostgreSQL is the shared one.
