@@ -213,6 +213,9 @@ TEST_F(ConfigTest, TableNamesFollowSqlIdentifierSyntax) {
 
 TEST_F(ConfigTest, ShippedExamplesLoad) {
   // Every file in the directory, so that a new example cannot be forgotten here.
+  // secured.toml reads its secrets from systemd's credentials directory.
+  for (const char* credential : {"pg-password", "kafka-password", "metrics-password"}) WriteFile(credential, "pw\n");
+  ScopedEnv credentials("CREDENTIALS_DIRECTORY", dir_.c_str());
   int loaded = 0;
   for (const auto& entry : std::filesystem::directory_iterator(OUTBOXD_CONFIG_EXAMPLES_DIR)) {
     if (entry.path().extension() != ".toml") continue;
@@ -221,7 +224,7 @@ TEST_F(ConfigTest, ShippedExamplesLoad) {
     EXPECT_TRUE(c.ok()) << c.status().message();
     ++loaded;
   }
-  EXPECT_GE(loaded, 3);  // minimal.toml, outbox.toml, cdc.toml
+  EXPECT_GE(loaded, 4);  // minimal.toml, outbox.toml, cdc.toml, secured.toml
 }
 
 TEST_F(ConfigTest, ShippedCdcExample) {
