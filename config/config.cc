@@ -3,6 +3,7 @@
 #include "config/kafka_conf.h"
 #include "config/topic_name.h"
 
+#include <libpq-fe.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -520,11 +521,38 @@ std::optional<SecretFile> ReadSecretFile(const SectionReader& r, std::string_vie
   return SecretFile{std::move(*path), std::move(secret)};
 }
 
+// Why libpq cannot parse `conninfo`, or "" when it can. libpq's message
+// quotes pieces of the string, which may be pieces of a password: each
+// quoted piece is shown as "…".
+std::string ConninfoSyntaxError(const std::string& conninfo) {
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(conninfo.c_str(), &error);
+  if (options != nullptr) {
+    PQconninfoFree(options);
+    return {};
+  }
+  const std::string message = error != nullptr ? error : "out of memory";
+  if (error != nullptr) PQfreemem(error);
+  std::string masked;
+  bool quoted = false;
+  for (char c : message) {
+    if (c == '"') {
+      masked += quoted ? "…\"" : "\"";
+      quoted = !quoted;
+    } else if (!quoted && c != '\n') {
+      masked += c;
+    }
+  }
+  return "libpq cannot parse it: " + masked + " (quoted parts not shown)";
+}
+
 void ReadPostgres(const toml::table& table, const std::string& config_path, Diagnostics& diag, PostgresConfig& out) {
   SectionReader r(table, "[postgres]", kPostgresKeys, /*substitute_env=*/true, diag);
   if (auto conninfo = r.RequiredString("conninfo")) {
     if (conninfo->empty()) {
       r.MustBe("conninfo", "a libpq conninfo string or URI, got \"\"");
+    } else if (std::string problem = ConninfoSyntaxError(*conninfo); !problem.empty()) {
+      r.Invalid("conninfo", problem);
     } else {
       out.conninfo = std::move(*conninfo);
     }

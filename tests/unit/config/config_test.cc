@@ -1077,15 +1077,29 @@ TEST_F(ConfigTest, MalformedEnvironmentReference) {
 TEST_F(ConfigTest, DoubleDollarEscapesALiteralReference) {
   Config c = Valid(
       "[postgres]\n"
-      "conninfo = \"password=pa$${ss} $$ $x\"\n" +
+      "conninfo = \"password='pa$${ss} $$ $x'\"\n" +
       kKafka + kOutbox);
-  EXPECT_EQ(c.postgres.conninfo, "password=pa${ss} $$ $x");
+  EXPECT_EQ(c.postgres.conninfo, "password='pa${ss} $$ $x'");
 }
 
 TEST_F(ConfigTest, OutboxRoutingKeysAreNotSubstituted) {
   ScopedEnv type("aggregatetype", "from-the-environment");
   Config c = Valid(kOutbox + "topic = \"outbox.event.${aggregatetype}\"\n" + kPostgres + kKafka);
   EXPECT_EQ(c.outboxes.at(0).topic, "outbox.event.${aggregatetype}");
+}
+
+// A conninfo libpq cannot parse is refused at its line, without the pieces
+// libpq's message quotes: they may be a password's.
+TEST_F(ConfigTest, MalformedConninfoIsRefusedWithoutQuotingIt) {
+  EXPECT_EQ(Error("[postgres]\n"
+                  "conninfo = \"host=db password=open sesame\"\n" +
+                  kKafka + kOutbox),
+            At(2, 12) +
+                ": 'conninfo' in [postgres]: libpq cannot parse it: missing \"…\" after \"…\" in connection "
+                "info string (quoted parts not shown)");
+  const std::string uri = Error("[postgres]\nconninfo = \"postgresql://u:s3cret%zz@db/app\"\n" + kKafka + kOutbox);
+  EXPECT_NE(std::string::npos, uri.find("'conninfo' in [postgres]: libpq cannot parse it: ")) << uri;
+  EXPECT_EQ(std::string::npos, uri.find("s3cret")) << uri;
 }
 
 // --- password_file ------------------------------------------------------------
