@@ -23,6 +23,11 @@ using namespace std::chrono_literals;
 constexpr char kScramPassword[] = "pg-scram-S3cret!";
 constexpr int kExitConfig = 78;
 
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
 // A suite with servers of its own (ServiceControl: its PostgreSQL, its
 // Kafka, each started by the suite as it needs) and the test certificates.
 class OwnServicesTest : public ::testing::Test {
@@ -94,10 +99,6 @@ class PgTlsTest : public OwnServicesTest {
            "\"\ncreate = true\ntables = [\"public.items\"]\ntopic_prefix = \"" + type_ + "\"\n";
   }
   std::string items_topic() const { return type_ + ".public.items"; }
-  static std::string Lower(std::string s) {
-    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return s;
-  }
 
   void Insert(int n) {
     for (int i = 0; i < n; ++i) {
@@ -440,6 +441,34 @@ TEST_F(KafkaTlsTest, StartedWhileKafkaIsDownItRelaysOnceKafkaIsUp) {
 
 TEST_F(KafkaTlsTest, PollsOverMutualTls) {
   ExpectRelayed(Config(services_->kafka_tls().ssl_bootstrap, SslProperties("client")));
+}
+
+// Exactly once adds a transactional producer and the position topic's own
+// consumer and producer: each gets the same TLS settings.
+TEST_F(KafkaTlsTest, PollsExactlyOnceOverMutualTls) {
+  std::string config = Config(services_->kafka_tls().ssl_bootstrap, SslProperties("client"));
+  config.replace(config.find("[kafka.properties]"), 0, "delivery = \"exactly-once\"\n");
+  ExpectRelayed(config);
+}
+
+// The cdc source over SASL_SSL, its table captured through a replication
+// slot of the shared PostgreSQL.
+TEST_F(KafkaTlsTest, StreamsChangesOverSaslSsl) {
+  db_->Exec("CREATE TABLE items (id int PRIMARY KEY, name text)");
+  const std::string topic = type_ + ".public.items";
+  KafkaAdmin(services_->kafka_bootstrap()).CreateTopic(topic, 1);
+  const auto& tls = services_->kafka_tls();
+  std::string config = Config(tls.sasl_ssl_bootstrap, SaslProperties("PLAIN", tls.sasl_password));
+  config.replace(config.find("[[outbox]]"), std::string::npos,
+                 "[cdc]\nslot = \"s_" + Lower(db_->name()) + "\"\npublication = \"p_" + Lower(db_->name()) +
+                     "\"\ncreate = true\ntables = [\"public.items\"]\ntopic_prefix = \"" + type_ + "\"\n");
+  OutboxdProcess outboxd(config);
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("streaming replication slot", 60s)) << outboxd.Log();
+  db_->Exec("INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g");
+  EXPECT_EQ(10u, ConsumeTopic(services_->kafka_bootstrap(), topic, 10, 60s).size()) << outboxd.Log();
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
 }
 
 // The HTTP listener over HTTPS with basic authentication, scraped with curl
