@@ -1,5 +1,6 @@
 #include "config/config.h"
 
+#include "config/cloudevents_names.h"
 #include "config/kafka_conf.h"
 #include "config/topic_name.h"
 
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -35,10 +37,13 @@ constexpr std::array<std::string_view, 10> kKafkaKeys = {
 constexpr std::array<std::string_view, 7> kHttpKeys = {
     "listen", "tls_cert_file", "tls_key_file", "basic_auth_user", "basic_auth_password_file", "basic_auth_health"};
 constexpr std::array<std::string_view, 2> kLogKeys = {"level", "format"};
-constexpr std::array<std::string_view, 15> kOutboxKeys = {
-    "table",     "source",     "order_by",      "after_delivery", "sent_column",
-    "id",        "key",        "payload",       "topic",          "headers",
-    "timestamp", "batch_size", "poll_interval", "notify_channel", "dead_letter_topic"};
+constexpr std::array<std::string_view, 19> kOutboxKeys = {
+    "table",     "source",      "order_by",      "after_delivery", "sent_column",
+    "id",        "key",         "payload",       "topic",          "headers",
+    "timestamp", "batch_size",  "poll_interval", "notify_channel", "dead_letter_topic",
+    "format",    "traceparent", "tracestate",    "cloudevents"};
+constexpr std::array<std::string_view, 5> kCloudEventsKeys = {"source", "type", "subject", "datacontenttype",
+                                                              "extensions"};
 // Keys of an [[outbox]] block that only mean something when the table is polled.
 constexpr std::array<std::string_view, 6> kPollOnlyKeys = {"order_by",   "after_delivery", "sent_column",
                                                            "batch_size", "poll_interval",  "notify_channel"};
@@ -765,6 +770,45 @@ struct OutboxIdentity {
   const toml::node* cdc_source = nullptr;  // the 'source' value when it is "cdc"
 };
 
+// A table of NAME = "column" (headers, extension attributes), in the order
+// the file gives them (toml++ keeps keys sorted). `what` names an entry in
+// messages ("header"); `refuse(name, where)` says why a name is refused, as
+// a whole message, or "".
+std::vector<std::pair<std::string, std::string>> ReadColumnMap(
+    const toml::table& table, Diagnostics& diag, std::string_view what, const std::string& scope,
+    const std::function<std::string(std::string_view name, const std::string& where)>& refuse) {
+  struct Entry {
+    toml::source_position pos;
+    std::string name;
+    std::string column;
+  };
+  std::vector<Entry> entries;
+  for (auto&& [key, value] : table) {
+    const std::string where = std::string(what) + " '" + std::string(key.str()) + "' in " + scope;
+    if (std::string problem = refuse(key.str(), where); !problem.empty()) {
+      diag.Error(key, problem);
+      continue;
+    }
+    const auto* column = value.as_string();
+    if (column == nullptr) {
+      diag.Error(value, where + " must be a column name string, got " + std::string(TypeName(value)));
+      continue;
+    }
+    if (column->get().empty() || column->get().size() > kMaxIdentifierBytes) {
+      diag.Error(value, where + " must be a column name of 1 to 63 bytes");
+      continue;
+    }
+    entries.push_back({key.source().begin, std::string(key.str()), column->get()});
+  }
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return std::tie(a.pos.line, a.pos.column) < std::tie(b.pos.line, b.pos.column);
+  });
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(entries.size());
+  for (Entry& e : entries) out.emplace_back(std::move(e.name), std::move(e.column));
+  return out;
+}
+
 void ReadHeaders(const SectionReader& r, OutboxTableConfig& out) {
   const toml::node* node = r.Get("headers");
   if (node == nullptr) return;
@@ -773,38 +817,12 @@ void ReadHeaders(const SectionReader& r, OutboxTableConfig& out) {
     r.WrongType("headers", *node, "a table of header name = \"column\"");
     return;
   }
-  struct Entry {
-    toml::source_position pos;
-    std::string name;
-    std::string column;
-  };
-  std::vector<Entry> entries;
-  for (auto&& [key, value] : *headers) {
-    std::string where = "header '" + std::string(key.str()) + "' in " + r.scope();
-    if (key.str().empty()) {
-      r.diag().Error(key, "empty header name in " + r.scope());
-      continue;
-    }
-    if (key.str() == "id") {
-      r.diag().Error(key, where + ": the 'id' header always carries the event id; choose its column with 'id'");
-      continue;
-    }
-    const auto* column = value.as_string();
-    if (column == nullptr) {
-      r.diag().Error(value, where + " must be a column name string, got " + std::string(TypeName(value)));
-      continue;
-    }
-    if (column->get().empty() || column->get().size() > kMaxIdentifierBytes) {
-      r.diag().Error(value, where + " must be a column name of 1 to 63 bytes");
-      continue;
-    }
-    entries.push_back({key.source().begin, std::string(key.str()), column->get()});
-  }
-  // toml++ keeps keys sorted; users expect headers in the order they wrote them.
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
-    return std::tie(a.pos.line, a.pos.column) < std::tie(b.pos.line, b.pos.column);
-  });
-  for (Entry& e : entries) out.headers.emplace_back(std::move(e.name), std::move(e.column));
+  out.headers =
+      ReadColumnMap(*headers, r.diag(), "header", r.scope(), [&](std::string_view name, const std::string& where) {
+        if (name.empty()) return "empty header name in " + r.scope();
+        if (name == "id") return where + ": the 'id' header always carries the event id; choose its column with 'id'";
+        return std::string();
+      });
 }
 
 // The keys that say how a polled table is claimed and cleaned up.
@@ -874,6 +892,73 @@ void ReadTopicTemplate(const SectionReader& r, std::string_view key, std::string
   }
 }
 
+// format and [outbox.cloudevents] of an [[outbox]] block.
+void ReadEventFormat(const SectionReader& r, OutboxTableConfig& out) {
+  static constexpr std::array<std::string_view, 3> kFormats = {"debezium", "cloudevents-binary",
+                                                               "cloudevents-structured"};
+  if (auto format = r.OneOf("format", kFormats)) {
+    out.format = *format == "cloudevents-binary"       ? EventFormat::kCloudEventsBinary
+                 : *format == "cloudevents-structured" ? EventFormat::kCloudEventsStructured
+                                                       : EventFormat::kDebezium;
+  }
+  CloudEventsConfig& ce = out.cloudevents;
+  ce.source = "/outboxd/" + QualifiedTableName(out.table);
+  ce.subject = out.key;
+  const toml::node* node = r.Get("cloudevents");
+  if (node == nullptr) return;
+  const toml::table* table = node->as_table();
+  if (table == nullptr) {
+    r.WrongType("cloudevents", *node, "a table of CloudEvents attributes ([outbox.cloudevents])");
+    return;
+  }
+  if (out.format == EventFormat::kDebezium) {
+    r.Invalid("cloudevents",
+              "has no effect with format = \"debezium\" (set format = \"cloudevents-binary\" or "
+              "\"cloudevents-structured\")");
+    return;
+  }
+  SectionReader c(*table, "[outbox.cloudevents] of " + r.scope(), kCloudEventsKeys, /*substitute_env=*/false, r.diag());
+  if (auto source = c.String("source")) {
+    if (std::string problem = CheckSourceUri(*source); !problem.empty()) {
+      c.MustBe("source", "a URI-reference, such as \"/orders-service\": " + problem);
+    } else {
+      ce.source = std::move(*source);
+    }
+  }
+  if (auto type = c.Column("type")) ce.type = std::move(*type);
+  if (const toml::node* subject = c.Get("subject"); subject != nullptr) {
+    if (subject->is_string() && subject->as_string()->get().empty()) {
+      ce.subject.reset();  // "" means: no subject
+    } else if (auto column = c.Column("subject")) {
+      ce.subject = std::move(*column);
+    }
+  }
+  if (auto type = c.String("datacontenttype")) {
+    if (type->empty() || type->find('/') == std::string::npos) {
+      c.MustBe("datacontenttype", "a media type such as \"application/json\"");
+    } else {
+      ce.datacontenttype = std::move(*type);
+    }
+  }
+  const toml::node* extensions = c.Get("extensions");
+  if (extensions == nullptr) return;
+  const toml::table* list = extensions->as_table();
+  if (list == nullptr) {
+    c.WrongType("extensions", *extensions, "a table of attribute name = \"column\"");
+    return;
+  }
+  ce.extensions = ReadColumnMap(
+      *list, c.diag(), "extension attribute", c.scope(), [](std::string_view name, const std::string& where) {
+        if (std::string problem = CheckExtensionName(name); !problem.empty()) {
+          return where + ": " + problem;
+        }
+        if (name == "traceparent" || name == "tracestate") {
+          return where + ": set the [[outbox]] key '" + std::string(name) + "' instead, which also checks the value";
+        }
+        return std::string();
+      });
+}
+
 OutboxIdentity ReadOutbox(const toml::table& table, std::size_t number, Diagnostics& diag, OutboxTableConfig& out) {
   static constexpr std::array<std::string_view, 2> kSources = {"poll", "cdc"};
   SectionReader r(table, "[[outbox]] #" + std::to_string(number), kOutboxKeys, /*substitute_env=*/false, diag);
@@ -922,6 +1007,15 @@ OutboxIdentity ReadOutbox(const toml::table& table, std::size_t number, Diagnost
   ReadHeaders(r, out);
   if (auto v = r.Column("timestamp")) out.timestamp = std::move(*v);
   ReadDeadLetterTopic(r, out.dead_letter_topic);
+  if (auto v = r.Column("traceparent")) out.traceparent = std::move(*v);
+  if (auto v = r.Column("tracestate")) {
+    if (!out.traceparent) {
+      r.Invalid("tracestate", "needs 'traceparent' too (a tracestate means nothing without it)");
+    } else {
+      out.tracestate = std::move(*v);
+    }
+  }
+  ReadEventFormat(r, out);
   return identity;
 }
 

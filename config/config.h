@@ -83,6 +83,24 @@ struct LogConfig {
 
 enum class AfterDelivery { kDelete, kMark };
 
+// How an event is written to Kafka (pipeline/cloudevents.h does the writing).
+enum class EventFormat : uint8_t {
+  kDebezium,               // Debezium's outbox event router's record (the default)
+  kCloudEventsBinary,      // CloudEvents 1.0, Kafka binding, binary content mode
+  kCloudEventsStructured,  // CloudEvents 1.0, Kafka binding, structured content mode (JSON)
+};
+
+// The CloudEvents attributes of an [[outbox]] block's events
+// ([outbox.cloudevents]); `id` is the block's id column, `time` its
+// timestamp column.
+struct CloudEventsConfig {
+  std::string source;                  // a URI-reference; default "/outboxd/<schema>.<table>"
+  std::string type = "type";           // column
+  std::optional<std::string> subject;  // column; default the key column; nullopt: none
+  std::string datacontenttype = "application/json";
+  std::vector<std::pair<std::string, std::string>> extensions;  // attribute → column, file order
+};
+
 // Where an [[outbox]] block's events come from: claimed from the table by
 // polling, or captured from its inserts through the [cdc] replication slot.
 enum class OutboxSource { kPoll, kCdc };
@@ -102,6 +120,13 @@ struct OutboxTableConfig {
   std::string topic = "outbox.event.${aggregatetype}";       // template of ${column}
   std::vector<std::pair<std::string, std::string>> headers;  // header -> column, file order
   std::optional<std::string> timestamp;                      // column giving the record timestamp
+  EventFormat format = EventFormat::kDebezium;
+  CloudEventsConfig cloudevents;  // with a CloudEvents format
+  // W3C trace context columns, carried as headers "traceparent" and
+  // "tracestate" in every format (and as the CloudEvents distributed-tracing
+  // extension); a malformed traceparent is dropped with its tracestate.
+  std::optional<std::string> traceparent;
+  std::optional<std::string> tracestate;
   std::size_t batch_size = 1000;
   std::chrono::milliseconds poll_interval{250};
   std::optional<std::string> notify_channel;

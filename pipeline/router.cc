@@ -4,6 +4,7 @@
 #include <charconv>
 
 #include "config/topic_name.h"
+#include "pipeline/cloudevents.h"
 
 namespace outboxd {
 
@@ -82,6 +83,59 @@ Router::Router(const OutboxTableConfig& config, TopicTemplate topic) : config_(c
   for (const auto& c : topic_.columns()) add(c);
   for (const auto& [header, column] : config_.headers) add(column);
   if (config_.timestamp) add(*config_.timestamp);
+  if (config_.traceparent) add(*config_.traceparent);
+  if (config_.tracestate) add(*config_.tracestate);
+  if (config_.format != EventFormat::kDebezium) {
+    add(config_.cloudevents.type);
+    if (config_.cloudevents.subject) add(*config_.cloudevents.subject);
+    for (const auto& [name, column] : config_.cloudevents.extensions) add(column);
+  }
+}
+
+namespace {
+
+// A column's value when the row has it and it is not NULL.
+const std::string* Value(const Row& row, const std::string& column) {
+  const auto* v = row.Find(column);
+  return v != nullptr && v->has_value() ? &**v : nullptr;
+}
+
+}  // namespace
+
+void Router::AddTraceContext(const Row& row, Record& rec, CloudEventAttributes* event) const {
+  if (!config_.traceparent) return;
+  const std::string* traceparent = Value(row, *config_.traceparent);
+  // A malformed traceparent is dropped, and its tracestate with it (W3C
+  // trace context: vendors must ignore tracestate without a valid parent).
+  if (traceparent == nullptr || !ValidTraceparent(*traceparent)) return;
+  const std::string* tracestate = config_.tracestate ? Value(row, *config_.tracestate) : nullptr;
+  rec.headers.push_back({"traceparent", *traceparent});
+  if (tracestate != nullptr) rec.headers.push_back({"tracestate", *tracestate});
+  if (event == nullptr) return;
+  event->extensions.emplace_back("traceparent", *traceparent);
+  if (tracestate != nullptr) event->extensions.emplace_back("tracestate", *tracestate);
+}
+
+Result<CloudEventAttributes> Router::Attributes(const Row& row, const Record& rec) const {
+  const CloudEventsConfig& ce = config_.cloudevents;
+  CloudEventAttributes a;
+  a.id = *rec.headers.front().value;  // the "id" header, never NULL
+  a.source = ce.source;
+  const std::string* type = Value(row, ce.type);
+  if (type == nullptr || type->empty()) {
+    return Status::Permanent("CloudEvents type column \"" + ce.type + "\" is NULL or empty");
+  }
+  a.type = *type;
+  if (ce.subject) {
+    if (const std::string* subject = Value(row, *ce.subject); subject != nullptr && !subject->empty())
+      a.subject = *subject;
+  }
+  a.time_ms = rec.timestamp_ms;
+  a.datacontenttype = ce.datacontenttype;
+  for (const auto& [name, column] : ce.extensions) {
+    if (const std::string* v = Value(row, column)) a.extensions.emplace_back(name, *v);
+  }
+  return a;
 }
 
 Result<Record> Router::Route(const Row& row) const {
@@ -120,6 +174,14 @@ Result<Record> Router::Route(const Row& row) const {
       rec.timestamp_ms = ms;
     }
   }
+  if (config_.format == EventFormat::kDebezium) {
+    AddTraceContext(row, rec, nullptr);
+    return rec;
+  }
+  auto event = Attributes(row, rec);
+  if (!event.ok()) return event.status();
+  AddTraceContext(row, rec, &*event);
+  EncodeCloudEvent(*event, config_.format, rec);
   return rec;
 }
 

@@ -1,9 +1,12 @@
 #pragma once
 // Router: turns an outbox Row into a Kafka Record — topic, key, value, headers,
-// timestamp — by the column mapping of one [[outbox]] block. Pure: it knows
-// nothing of Kafka or PostgreSQL connections. Defaults reproduce Debezium's
-// outbox event router byte for byte (topic "outbox.event.${aggregatetype}", key
-// from aggregateid, value from payload as stored, header "id").
+// timestamp — by the column mapping of one [[outbox]] block, in its format.
+// Pure: it knows nothing of Kafka or PostgreSQL connections. Defaults
+// reproduce Debezium's outbox event router byte for byte (topic
+// "outbox.event.${aggregatetype}", key from aggregateid, value from payload as
+// stored, header "id"); a CloudEvents format then rewrites that record
+// (pipeline/cloudevents.h). Trace context columns add "traceparent" and
+// "tracestate" headers in every format.
 //
 // Immutable after construction; safe to share between threads.
 
@@ -12,6 +15,7 @@
 
 #include "common/status.h"
 #include "config/config.h"
+#include "pipeline/cloudevents.h"
 #include "pipeline/record.h"
 
 namespace outboxd {
@@ -57,6 +61,11 @@ class Router {
 
  private:
   Router(const OutboxTableConfig& config, TopicTemplate topic);
+  // Headers "traceparent" and "tracestate" when the row has a well-formed
+  // traceparent; with `event`, its extension attributes too.
+  void AddTraceContext(const Row& row, Record& rec, CloudEventAttributes* event) const;
+  // The CloudEvents attributes of a routed record (format is not Debezium).
+  [[nodiscard]] Result<CloudEventAttributes> Attributes(const Row& row, const Record& rec) const;
   OutboxTableConfig config_;
   TopicTemplate topic_;
   std::vector<std::string> required_;

@@ -598,6 +598,78 @@ TEST_F(ConfigTest, HttpKeysThatNeedEachOther) {
           ": 'basic_auth_password_file' in [http]: has no effect without 'listen'");
 }
 
+// --- format, CloudEvents, trace context ---------------------------------------
+
+TEST_F(ConfigTest, CloudEventsDefaults) {
+  Config c = Valid(kOutbox + "format = \"cloudevents-binary\"\n" + kPostgres + kKafka);
+  const OutboxTableConfig& o = c.outboxes.at(0);
+  EXPECT_EQ(EventFormat::kCloudEventsBinary, o.format);
+  EXPECT_EQ("/outboxd/public.outbox", o.cloudevents.source);
+  EXPECT_EQ("type", o.cloudevents.type);
+  EXPECT_EQ(std::optional<std::string>("aggregateid"), o.cloudevents.subject);  // the key column
+  EXPECT_EQ("application/json", o.cloudevents.datacontenttype);
+  EXPECT_TRUE(o.cloudevents.extensions.empty());
+  EXPECT_EQ(EventFormat::kDebezium, Valid(kOutbox + kPostgres + kKafka).outboxes.at(0).format);
+}
+
+TEST_F(ConfigTest, CloudEventsEveryKeySet) {
+  Config c = Valid(
+      "[[outbox]]\n"
+      "table = \"app.events\"\n"
+      "format = \"cloudevents-structured\"\n"
+      "traceparent = \"trace_parent\"\n"
+      "tracestate = \"trace_state\"\n"
+      "[outbox.cloudevents]\n"
+      "source = \"https://orders.example.com/svc\"\n"
+      "type = \"event_type\"\n"
+      "subject = \"\"\n"
+      "datacontenttype = \"application/vnd.orders+json\"\n"
+      "[outbox.cloudevents.extensions]\n"
+      "correlationid = \"correlation_id\"\n"
+      "causationid = \"causation_id\"\n" +
+      kPostgres + kKafka);
+  const OutboxTableConfig& o = c.outboxes.at(0);
+  EXPECT_EQ(EventFormat::kCloudEventsStructured, o.format);
+  EXPECT_EQ(std::optional<std::string>("trace_parent"), o.traceparent);
+  EXPECT_EQ(std::optional<std::string>("trace_state"), o.tracestate);
+  EXPECT_EQ("https://orders.example.com/svc", o.cloudevents.source);
+  EXPECT_EQ("event_type", o.cloudevents.type);
+  EXPECT_FALSE(o.cloudevents.subject.has_value());
+  EXPECT_EQ("application/vnd.orders+json", o.cloudevents.datacontenttype);
+  using Pairs = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ((Pairs{{"correlationid", "correlation_id"}, {"causationid", "causation_id"}}), o.cloudevents.extensions);
+}
+
+TEST_F(ConfigTest, CloudEventsMistakes) {
+  auto error = [&](const std::string& lines) { return Error(kOutbox + lines + kPostgres + kKafka); };
+  EXPECT_EQ(error("format = \"cloudevents\"\n"),
+            At(3, 10) +
+                ": 'format' in [[outbox]] #1 must be debezium, cloudevents-binary or cloudevents-structured, "
+                "got \"cloudevents\"");
+  EXPECT_EQ(error("[outbox.cloudevents]\nsource = \"/s\"\n"),
+            At(3, 1) +
+                ": 'cloudevents' in [[outbox]] #1: has no effect with format = \"debezium\" (set format = "
+                "\"cloudevents-binary\" or \"cloudevents-structured\")");
+  EXPECT_EQ(error("format = \"cloudevents-binary\"\n[outbox.cloudevents]\nsource = \"/orders service\"\n"),
+            At(5, 10) +
+                ": 'source' in [outbox.cloudevents] of [[outbox]] #1 must be a URI-reference, such as "
+                "\"/orders-service\": character 8 is not allowed in a URI (percent-encode it)");
+  EXPECT_EQ(error("format = \"cloudevents-binary\"\n[outbox.cloudevents.extensions]\nCorrelationId = \"c\"\n"),
+            At(5, 1) +
+                ": extension attribute 'CorrelationId' in [outbox.cloudevents] of [[outbox]] #1: not only "
+                "lower-case letters a-z and digits");
+  EXPECT_EQ(error("format = \"cloudevents-binary\"\n[outbox.cloudevents.extensions]\nsubject = \"c\"\n"),
+            At(5, 1) +
+                ": extension attribute 'subject' in [outbox.cloudevents] of [[outbox]] #1: the name of a "
+                "CloudEvents context attribute");
+  EXPECT_EQ(error("format = \"cloudevents-binary\"\n[outbox.cloudevents]\ncolour = \"red\"\n"),
+            At(5, 1) + ": unknown key 'colour' in [outbox.cloudevents] of [[outbox]] #1");
+  EXPECT_EQ(error("tracestate = \"ts\"\n"),
+            At(3, 14) +
+                ": 'tracestate' in [[outbox]] #1: needs 'traceparent' too (a tracestate means nothing "
+                "without it)");
+}
+
 // --- cdc mode -----------------------------------------------------------------
 
 TEST_F(ConfigTest, CdcEveryKeySet) {

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace outboxd {
 namespace {
 
@@ -157,6 +159,103 @@ TEST_F(RouterTest, TimestampColumnInEpochMilliseconds) {
   EXPECT_EQ(std::optional<int64_t>(1700000000123), Route(config_, r).timestamp_ms);
   Set(r, "created_ms", std::string("yesterday"));
   EXPECT_EQ(StatusCode::kPermanent, RouteError(config_, r).code());
+}
+
+// --- CloudEvents and trace context --------------------------------------------
+
+TEST_F(RouterTest, CloudEventsBinaryTakesItsAttributesFromTheRow) {
+  config_.table = "public.outbox";
+  config_.format = EventFormat::kCloudEventsBinary;
+  config_.timestamp = "ts";
+  config_.cloudevents.source = "/outboxd/public.outbox";
+  config_.cloudevents.subject = "aggregateid";
+  config_.cloudevents.extensions = {{"correlationid", "corr"}};
+  Row row = OutboxRow();
+  Set(row, "ts", "1796680800123");
+  Set(row, "corr", "c-7");
+  const Record rec = Route(config_, row);
+  EXPECT_EQ(std::optional<std::string>(R"({"total": 12.5})"), rec.value);
+  EXPECT_EQ(std::optional<std::string>("order-42"), rec.key);
+  const std::vector<Header> expected = {
+      {"ce_specversion", "1.0"},
+      {"ce_id", "9f1c7a52-4a3e-4d5b-9a43-7d0c2b1e5f10"},
+      {"ce_source", "/outboxd/public.outbox"},
+      {"ce_type", "OrderCreated"},
+      {"ce_time", "2026-12-07T22:00:00.123Z"},
+      {"ce_subject", "order-42"},
+      {"ce_correlationid", "c-7"},
+      {"content-type", "application/json"},
+      {"id", "9f1c7a52-4a3e-4d5b-9a43-7d0c2b1e5f10"},
+  };
+  EXPECT_EQ(expected, rec.headers);
+}
+
+TEST_F(RouterTest, CloudEventsNeedATypeAndSkipNullOptionalAttributes) {
+  config_.format = EventFormat::kCloudEventsStructured;
+  config_.cloudevents.source = "/s";
+  config_.cloudevents.subject = "aggregateid";
+  config_.cloudevents.extensions = {{"correlationid", "corr"}};
+  Row row = OutboxRow();
+  Set(row, "aggregateid", std::nullopt);
+  Set(row, "corr", std::nullopt);
+  const Record rec = Route(config_, row);
+  EXPECT_EQ(std::string::npos, rec.value->find("subject")) << *rec.value;
+  EXPECT_EQ(std::string::npos, rec.value->find("correlationid")) << *rec.value;
+  Set(row, "type", std::nullopt);
+  EXPECT_EQ("CloudEvents type column \"type\" is NULL or empty", RouteError(config_, row).message());
+}
+
+TEST_F(RouterTest, CloudEventsColumnsAreRequired) {
+  config_.format = EventFormat::kCloudEventsBinary;
+  config_.cloudevents.subject = "aggregateid";
+  config_.cloudevents.extensions = {{"correlationid", "corr"}};
+  config_.traceparent = "tp";
+  auto router = Router::Create(config_);
+  ASSERT_TRUE(router.ok());
+  EXPECT_EQ((std::vector<std::string>{"id", "aggregateid", "payload", "aggregatetype", "tp", "type", "corr"}),
+            router->RequiredColumns());
+}
+
+constexpr char kTraceparent[] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+TEST_F(RouterTest, TraceContextGoesToHeadersInEveryFormat) {
+  config_.traceparent = "tp";
+  config_.tracestate = "ts";
+  config_.cloudevents.source = "/s";
+  Row row = OutboxRow();
+  Set(row, "tp", kTraceparent);
+  Set(row, "ts", "congo=t61rcWkgMzE");
+  for (EventFormat format :
+       {EventFormat::kDebezium, EventFormat::kCloudEventsBinary, EventFormat::kCloudEventsStructured}) {
+    SCOPED_TRACE(static_cast<int>(format));
+    config_.format = format;
+    const Record rec = Route(config_, row);
+    const std::size_t n = rec.headers.size();
+    ASSERT_GE(n, 2u);
+    EXPECT_EQ((Header{"traceparent", kTraceparent}), rec.headers[n - 2]);
+    EXPECT_EQ((Header{"tracestate", "congo=t61rcWkgMzE"}), rec.headers[n - 1]);
+    if (format == EventFormat::kCloudEventsBinary) {
+      EXPECT_NE(rec.headers.end(),
+                std::find(rec.headers.begin(), rec.headers.end(), Header{"ce_traceparent", kTraceparent}));
+    }
+    if (format == EventFormat::kCloudEventsStructured) {
+      EXPECT_NE(std::string::npos, rec.value->find(std::string("\"traceparent\":\"") + kTraceparent)) << *rec.value;
+    }
+  }
+}
+
+// A malformed traceparent is never fatal: it is dropped, with its tracestate.
+TEST_F(RouterTest, AMalformedOrNullTraceparentIsDroppedWithItsTracestate) {
+  config_.traceparent = "tp";
+  config_.tracestate = "ts";
+  for (const std::optional<std::string>& bad : {std::optional<std::string>("00-bogus"), std::optional<std::string>()}) {
+    Row row = OutboxRow();
+    Set(row, "tp", bad);
+    Set(row, "ts", "congo=t61rcWkgMzE");
+    const Record rec = Route(config_, row);
+    ASSERT_EQ(1u, rec.headers.size());
+    EXPECT_EQ("id", rec.headers[0].name);
+  }
 }
 
 }  // namespace
