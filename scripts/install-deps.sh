@@ -17,6 +17,7 @@ build_pkgs=(
 test_pkgs=(
   postgresql postgresql-client kcat maven openjdk-17-jre-headless
   procps util-linux iproute2 python3
+  python3-venv   # the CloudEvents SDK (PyPI) for the interop tests, in a venv
   curl prometheus   # the metrics test scrapes /metrics and runs promtool (the service is not started)
   openssl   # tests/harness/certs.sh makes the TLS tests' certificates
   clang-14 libclang-rt-14-dev   # libFuzzer targets (tests/fuzz), ThreadSanitizer builds (--tsan)

@@ -527,6 +527,8 @@ void ServiceControl::StartPostgresWithTls(const std::string& cert_dir) {
   RunScript("pg.sh", "start", "pg", {"--tls", cert_dir}, std::chrono::seconds(180));
   ReadPgEnv();
 }
+std::string HarnessScript(const std::string& name) { return std::string(OUTBOXD_HARNESS_SCRIPTS) + "/" + name; }
+
 std::string ServiceControl::MakeCertificates() {
   std::string certs = info_.dir + "/certs";
   const std::vector<std::string> args = {"bash", std::string(OUTBOXD_HARNESS_SCRIPTS) + "/certs.sh", certs};

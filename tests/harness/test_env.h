@@ -210,6 +210,9 @@ struct KafkaRecord {
   int64_t timestamp_ms = 0;
 };
 
+// The path of a script of tests/harness (e.g. "cloudevents-sdk.sh").
+[[nodiscard]] std::string HarnessScript(const std::string& name);
+
 // Reads `topic` from the beginning with the real kcat client
 // (`kcat -C -J -e -o beginning`), again and again until at least
 // `expected_at_least` records are there or `deadline` has passed, and returns

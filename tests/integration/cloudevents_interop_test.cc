@@ -1,0 +1,158 @@
+// CloudEvents interop (issue 13): the built outboxd binary writes an outbox
+// table's events in each CloudEvents mode, and the official CloudEvents
+// Python SDK's Kafka binding (PyPI "cloudevents", installed by
+// tests/harness/cloudevents-sdk.sh) reads every record back; its attributes
+// and data must be what the rows held. A record the SDK rejects fails the
+// test with the SDK's error.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "tests/integration/relay_test_support.h"
+
+namespace outboxd::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using Json = nlohmann::json;
+
+constexpr char kTraceparent[] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+// The interpreter with the SDK (installed once, then cached).
+std::string SdkPython() {
+  const CommandResult r = RunCommand({"bash", HarnessScript("cloudevents-sdk.sh")}, 600s);
+  if (r.exit_code != 0) throw HarnessError("cloudevents-sdk.sh failed:\n" + r.output);
+  std::string path = r.output;
+  while (!path.empty() && path.back() == '\n') path.pop_back();
+  return path.substr(path.rfind('\n') + 1);
+}
+
+// What the SDK made of each record, by CloudEvents id.
+std::map<std::string, Json> ReadWithSdk(const std::vector<KafkaRecord>& records) {
+  std::string lines;
+  for (const KafkaRecord& r : records) {
+    Json headers = Json::array();
+    for (const auto& [name, value] : r.headers) {
+      headers.push_back(name);
+      headers.push_back(value);
+    }
+    lines += Json{{"offset", r.offset},
+                  {"headers", headers},
+                  {"key", r.key ? Json(*r.key) : Json()},
+                  {"payload", r.value ? Json(*r.value) : Json()}}
+                 .dump() +
+             "\n";
+  }
+  const CommandResult r = RunCommand({SdkPython(), HarnessScript("cloudevents_read.py")}, 60s, lines);
+  EXPECT_EQ(0, r.exit_code) << r.output;
+  std::map<std::string, Json> events;
+  std::size_t start = 0;
+  while (start < r.output.size()) {
+    const std::size_t end = r.output.find('\n', start);
+    const std::string line = r.output.substr(start, end - start);
+    start = end == std::string::npos ? r.output.size() : end + 1;
+    if (line.empty() || line.front() != '{') continue;
+    Json event = Json::parse(line);
+    const std::string id = event["attributes"].value("id", "");
+    events[id] = std::move(event);
+  }
+  return events;
+}
+
+class CloudEventsInteropTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    db_.Exec(OutboxDdl("outbox"));
+    db_.Exec(
+        "ALTER TABLE outbox ADD COLUMN created_ms bigint, ADD COLUMN trace text, ADD COLUMN state text, "
+        "ADD COLUMN corr text");
+    type_ = UniqueTopic("ce");
+  }
+
+  std::string Config() const {
+    return "[postgres]\nconninfo = \"" + db_.conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" +
+           SharedServices().kafka_bootstrap +
+           "\"\n[[outbox]]\ntable = \"public.outbox\"\npoll_interval = \"100ms\"\nformat = \"cloudevents-" +
+           GetParam() +
+           "\"\ntimestamp = \"created_ms\"\ntraceparent = \"trace\"\ntracestate = \"state\"\n"
+           "[outbox.cloudevents]\nsource = \"/orders-service\"\n"
+           "[outbox.cloudevents.extensions]\ncorrelationid = \"corr\"\n";
+  }
+
+  // Inserts a row; returns its id.
+  std::string Insert(const std::string& key, const std::string& type, const std::string& payload_sql,
+                     const std::string& created_ms, const std::string& trace_sql, const std::string& corr_sql) {
+    return db_.QueryString(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload, created_ms, trace, state, "
+        "corr) VALUES ('" +
+        type_ + "', '" + key + "', '" + type + "', " + payload_sql + ", " + created_ms + ", " + trace_sql +
+        ", 'congo=t61rcWkgMzE', " + corr_sql + ") RETURNING id");
+  }
+
+  TestDatabase db_;
+  std::string type_;
+};
+
+TEST_P(CloudEventsInteropTest, TheSdkReadsEveryRecordWithTheAttributesTheRowsHeld) {
+  const std::string created = Insert("order-1", "OrderCreated", "'{\"total\": 12.5}'", "1796680800123",
+                                     std::string("'") + kTraceparent + "'", "'c-1'");
+  const std::string paid = Insert("order-2", "OrderPaid", "NULL", "1796680800456", "'bogus'", "NULL");
+  const std::string shipped =
+      Insert("order-3", "OrderShipped", "'\"just a string\"'", "1796680801000", "NULL", "'c-3'");
+
+  OutboxdProcess outboxd(Config());
+  outboxd.Start();
+  const auto records = ConsumeTopic(SharedServices().kafka_bootstrap, "outbox.event." + type_, 3, 60s);
+  ASSERT_EQ(3u, records.size()) << outboxd.Log();
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+
+  const std::map<std::string, Json> events = ReadWithSdk(records);
+  ASSERT_EQ(3u, events.size());
+  for (const auto& [id, key, type, time] :
+       {std::tuple{created, "order-1", "OrderCreated", "2026-12-07T22:00:00.123000+00:00"},
+        std::tuple{paid, "order-2", "OrderPaid", "2026-12-07T22:00:00.456000+00:00"},
+        std::tuple{shipped, "order-3", "OrderShipped", "2026-12-07T22:00:01+00:00"}}) {
+    SCOPED_TRACE(type);
+    ASSERT_TRUE(events.contains(id));
+    const Json& a = events.at(id)["attributes"];
+    EXPECT_EQ("1.0", a.value("specversion", ""));
+    EXPECT_EQ("/orders-service", a.value("source", ""));
+    EXPECT_EQ(type, a.value("type", ""));
+    EXPECT_EQ(key, a.value("subject", ""));
+    EXPECT_EQ(key, a.value("partitionkey", ""));  // the record key, as the binding maps it
+    EXPECT_EQ(time, a.value("time", ""));
+    EXPECT_EQ("application/json", a.value("datacontenttype", ""));
+  }
+  const Json& first = events.at(created);
+  EXPECT_EQ(Json::parse(R"({"total": 12.5})"), first["data"]);
+  EXPECT_EQ("c-1", first["attributes"].value("correlationid", ""));
+  EXPECT_EQ(kTraceparent, first["attributes"].value("traceparent", ""));
+  EXPECT_EQ("congo=t61rcWkgMzE", first["attributes"].value("tracestate", ""));
+
+  // A NULL payload has no data; a NULL extension value and a malformed
+  // traceparent (with its tracestate) are left out.
+  const Json& second = events.at(paid);
+  EXPECT_TRUE(second["data"].is_null()) << second.dump();
+  EXPECT_FALSE(second["attributes"].contains("correlationid")) << second.dump();
+  EXPECT_FALSE(second["attributes"].contains("traceparent")) << second.dump();
+  EXPECT_FALSE(second["attributes"].contains("tracestate")) << second.dump();
+
+  const Json& third = events.at(shipped);
+  EXPECT_EQ(Json("just a string"), third["data"]);
+  EXPECT_FALSE(third["attributes"].contains("traceparent")) << third.dump();
+
+  // The W3C headers OpenTelemetry reads are there in both modes.
+  for (const KafkaRecord& r : records) {
+    const bool has_trace =
+        std::find(r.headers.begin(), r.headers.end(),
+                  std::pair<std::string, std::string>{"traceparent", kTraceparent}) != r.headers.end();
+    EXPECT_EQ(r.key == "order-1", has_trace) << *r.key;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, CloudEventsInteropTest, ::testing::Values("binary", "structured"));
+
+}  // namespace
+}  // namespace outboxd::testing
