@@ -38,6 +38,9 @@ OutboxTableConfig MessageRouting(const CdcConfig& cdc) {
   c.source = OutboxSource::kCdc;
   c.topic = cdc.message_topic;
   c.dead_letter_topic = cdc.dead_letter_topic;
+  c.format = cdc.format;
+  c.cloudevents.source = cdc.cloudevents_source.value_or("/outboxd/messages");
+  c.cloudevents.subject = c.key;
   c.config_location = cdc.config_location;
   return c;
 }
@@ -368,6 +371,8 @@ Status CdcSource::Connect(bool first) {
     ChangeMapperOptions options;
     options.database = database_;
     options.topic_prefix = cdc_.topic_prefix;
+    options.format = cdc_.format;
+    options.cloudevents_source = cdc_.cloudevents_source;
     options.types = [this](uint32_t oid) { return decoder_.FindType(oid); };
     mapper_.emplace(std::move(options));
   }

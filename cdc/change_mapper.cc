@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <utility>
 
+#include "config/cloudevents_names.h"
+#include "pipeline/cloudevents.h"
 #include "pipeline/router.h"
 
 namespace outboxd {
@@ -646,6 +648,15 @@ Result<Record> ChangeMapper::Envelope(const RelationMsg& rel, Op op, std::string
   rec.value = std::move(value);
   rec.headers.push_back({"id", DeterministicEventId(tx.commit_lsn, index)});
   rec.timestamp_ms = CommitMillis(tx);
+  if (options_.format != EventFormat::kDebezium) {
+    CloudEventAttributes event;
+    event.id = *rec.headers.front().value;
+    event.source = options_.cloudevents_source.value_or(DefaultSource(QualifiedName(rel)));
+    event.type = std::string("outboxd.change.") + static_cast<char>(op);
+    event.time_ms = rec.timestamp_ms;
+    event.datacontenttype = "application/json";
+    EncodeCloudEvent(event, options_.format, rec);
+  }
   return rec;
 }
 

@@ -59,6 +59,7 @@
 #include "cdc/pgoutput_decoder.h"
 #include "common/lsn.h"
 #include "common/status.h"
+#include "config/config.h"
 #include "pipeline/record.h"
 
 namespace outboxd {
@@ -134,6 +135,11 @@ struct ChangeMapperOptions {
   // (e.g. the primary key of a REPLICA IDENTITY FULL table).
   std::map<std::string, std::vector<std::string>> key_columns;
   TypeLookup types;  // optional; see PgTextToJson
+  // A CloudEvents format writes each change envelope as the data of an event
+  // of type "outboxd.change.<op>", id the "id" header's, time the commit
+  // time, source `cloudevents_source` or DefaultSource("<schema>.<table>").
+  EventFormat format = EventFormat::kDebezium;
+  std::optional<std::string> cloudevents_source;
 };
 
 class ChangeMapper {

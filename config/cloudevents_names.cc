@@ -37,4 +37,20 @@ std::string CheckSourceUri(std::string_view source) {
   return {};
 }
 
+std::string DefaultSource(std::string_view table) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out = "/outboxd/";
+  for (const char c : table) {
+    const auto u = static_cast<unsigned char>(c);
+    if (std::isalnum(u) != 0 || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += c;
+    } else {
+      out += '%';
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    }
+  }
+  return out;
+}
+
 }  // namespace outboxd

@@ -17,4 +17,9 @@ std::string CheckExtensionName(std::string_view name);
 // percent-escapes, not empty), or "" when it is.
 std::string CheckSourceUri(std::string_view source);
 
+// The default source of events about `table` ("schema.table", or a name
+// as written): "/outboxd/" and the name, each byte that is not an RFC 3986
+// unreserved character percent-encoded, so that it is a URI-reference.
+std::string DefaultSource(std::string_view table);
+
 }  // namespace outboxd

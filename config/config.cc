@@ -47,10 +47,11 @@ constexpr std::array<std::string_view, 5> kCloudEventsKeys = {"source", "type", 
 // Keys of an [[outbox]] block that only mean something when the table is polled.
 constexpr std::array<std::string_view, 6> kPollOnlyKeys = {"order_by",   "after_delivery", "sent_column",
                                                            "batch_size", "poll_interval",  "notify_channel"};
-constexpr std::array<std::string_view, 13> kCdcKeys = {
-    "slot",       "publication",  "create",   "message_prefix",  "message_topic",    "dead_letter_topic",
-    "tables",     "topic_prefix", "snapshot", "status_interval", "confirm_interval", "confirm_events",
-    "state_table"};
+constexpr std::array<std::string_view, 15> kCdcKeys = {
+    "slot",        "publication",  "create",     "message_prefix",  "message_topic",    "dead_letter_topic",
+    "tables",      "topic_prefix", "snapshot",   "status_interval", "confirm_interval", "confirm_events",
+    "state_table", "format",       "cloudevents"};
+constexpr std::array<std::string_view, 1> kCdcCloudEventsKeys = {"source"};
 
 constexpr std::int64_t kMaxBatchSize = 100000;
 constexpr std::size_t kMaxIdentifierBytes = 63;  // PostgreSQL's NAMEDATALEN - 1
@@ -892,39 +893,52 @@ void ReadTopicTemplate(const SectionReader& r, std::string_view key, std::string
   }
 }
 
-// format and [outbox.cloudevents] of an [[outbox]] block.
-void ReadEventFormat(const SectionReader& r, OutboxTableConfig& out) {
+// The format key of [[outbox]] or [cdc], and its "cloudevents" sub-table
+// (nullptr when absent or refused; the refusal is reported).
+const toml::table* ReadFormat(const SectionReader& r, std::string_view subtable, EventFormat& format) {
   static constexpr std::array<std::string_view, 3> kFormats = {"debezium", "cloudevents-binary",
                                                                "cloudevents-structured"};
-  if (auto format = r.OneOf("format", kFormats)) {
-    out.format = *format == "cloudevents-binary"       ? EventFormat::kCloudEventsBinary
-                 : *format == "cloudevents-structured" ? EventFormat::kCloudEventsStructured
-                                                       : EventFormat::kDebezium;
+  if (auto name = r.OneOf("format", kFormats)) {
+    format = *name == "cloudevents-binary"       ? EventFormat::kCloudEventsBinary
+             : *name == "cloudevents-structured" ? EventFormat::kCloudEventsStructured
+                                                 : EventFormat::kDebezium;
   }
-  CloudEventsConfig& ce = out.cloudevents;
-  ce.source = "/outboxd/" + QualifiedTableName(out.table);
-  ce.subject = out.key;
   const toml::node* node = r.Get("cloudevents");
-  if (node == nullptr) return;
+  if (node == nullptr) return nullptr;
   const toml::table* table = node->as_table();
   if (table == nullptr) {
-    r.WrongType("cloudevents", *node, "a table of CloudEvents attributes ([outbox.cloudevents])");
-    return;
+    r.WrongType("cloudevents", *node, "a table of CloudEvents attributes (" + std::string(subtable) + ")");
+    return nullptr;
   }
-  if (out.format == EventFormat::kDebezium) {
+  if (format == EventFormat::kDebezium) {
     r.Invalid("cloudevents",
               "has no effect with format = \"debezium\" (set format = \"cloudevents-binary\" or "
               "\"cloudevents-structured\")");
-    return;
+    return nullptr;
   }
+  return table;
+}
+
+// A CloudEvents source key, checked.
+std::optional<std::string> ReadSource(const SectionReader& c) {
+  auto source = c.String("source");
+  if (!source) return std::nullopt;
+  if (std::string problem = CheckSourceUri(*source); !problem.empty()) {
+    c.MustBe("source", "a URI-reference, such as \"/orders-service\": " + problem);
+    return std::nullopt;
+  }
+  return source;
+}
+
+// format and [outbox.cloudevents] of an [[outbox]] block.
+void ReadEventFormat(const SectionReader& r, OutboxTableConfig& out) {
+  CloudEventsConfig& ce = out.cloudevents;
+  ce.source = DefaultSource(QualifiedTableName(out.table));
+  ce.subject = out.key;
+  const toml::table* table = ReadFormat(r, "[outbox.cloudevents]", out.format);
+  if (table == nullptr) return;
   SectionReader c(*table, "[outbox.cloudevents] of " + r.scope(), kCloudEventsKeys, /*substitute_env=*/false, r.diag());
-  if (auto source = c.String("source")) {
-    if (std::string problem = CheckSourceUri(*source); !problem.empty()) {
-      c.MustBe("source", "a URI-reference, such as \"/orders-service\": " + problem);
-    } else {
-      ce.source = std::move(*source);
-    }
-  }
+  if (auto source = ReadSource(c)) ce.source = std::move(*source);
   if (auto type = c.Column("type")) ce.type = std::move(*type);
   if (const toml::node* subject = c.Get("subject"); subject != nullptr) {
     if (subject->is_string() && subject->as_string()->get().empty()) {
@@ -1190,6 +1204,10 @@ void ReadCdc(const toml::table& table, Diagnostics& diag, CdcConfig& out, CdcIde
     } else {
       out.confirm_events = *n;
     }
+  }
+  if (const toml::table* ce = ReadFormat(r, "[cdc.cloudevents]", out.format)) {
+    SectionReader c(*ce, "[cdc.cloudevents]", kCdcCloudEventsKeys, /*substitute_env=*/false, diag);
+    out.cloudevents_source = ReadSource(c);
   }
   if (r.Get("state_table") != nullptr) identity.state_table.reset();
   if (auto name = r.String("state_table")) {

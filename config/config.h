@@ -167,6 +167,12 @@ struct CdcConfig {
   // Table (created by `outboxd init`) in which outboxd records, per slot, the
   // last position it confirmed, to notice a slot dropped and re-created.
   std::string state_table = "public.outboxd_slot_state";
+  // How row changes and messages are written; row changes in a CloudEvents
+  // format have type "outboxd.change.<op>" (docs/cloudevents.md).
+  EventFormat format = EventFormat::kDebezium;
+  // [cdc.cloudevents] source; nullopt: "/outboxd/<schema>.<table>" for a row
+  // change, "/outboxd/messages" for a message.
+  std::optional<std::string> cloudevents_source;
   std::string config_location;  // "FILE:LINE:COLUMN" of the section
 };
 

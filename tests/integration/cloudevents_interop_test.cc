@@ -6,6 +6,10 @@
 // test with the SDK's error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <ctime>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -58,6 +62,21 @@ std::map<std::string, Json> ReadWithSdk(const std::vector<KafkaRecord>& records)
     events[id] = std::move(event);
   }
   return events;
+}
+
+// An instant as Python's datetime.isoformat() prints what the SDK parsed.
+std::string PythonIsoFormat(int64_t epoch_ms) {
+  const std::time_t seconds = static_cast<std::time_t>(epoch_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::string out = buf;
+  if (epoch_ms % 1000 != 0) {
+    std::snprintf(buf, sizeof buf, ".%03d000", static_cast<int>(epoch_ms % 1000));
+    out += buf;
+  }
+  return out + "+00:00";
 }
 
 class CloudEventsInteropTest : public ::testing::TestWithParam<std::string> {
@@ -150,6 +169,59 @@ TEST_P(CloudEventsInteropTest, TheSdkReadsEveryRecordWithTheAttributesTheRowsHel
                   std::pair<std::string, std::string>{"traceparent", kTraceparent}) != r.headers.end();
     EXPECT_EQ(r.key == "order-1", has_trace) << *r.key;
   }
+}
+
+// The cdc source: row changes of a captured table and a
+// pg_logical_emit_message event, read back by the SDK.
+TEST_P(CloudEventsInteropTest, TheSdkReadsRowChangesAndMessagesOfTheCdcSource) {
+  db_.Exec("CREATE TABLE items (id int PRIMARY KEY, name text)");
+  std::string db = db_.name();
+  std::transform(db.begin(), db.end(), db.begin(), [](unsigned char c) { return std::tolower(c); });
+  const std::string items_topic = type_ + ".public.items";
+  KafkaAdmin().CreateTopic(items_topic, 1);
+  OutboxdProcess outboxd("[postgres]\nconninfo = \"" + db_.conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" +
+                         SharedServices().kafka_bootstrap + "\"\n[cdc]\nslot = \"s_" + db + "\"\npublication = \"p_" +
+                         db + "\"\ncreate = true\ntables = [\"public.items\"]\ntopic_prefix = \"" + type_ +
+                         "\"\nmessage_prefix = \"outbox\"\nformat = \"cloudevents-" + GetParam() + "\"\n");
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("streaming replication slot", 60s)) << outboxd.Log();
+  db_.Exec("INSERT INTO items VALUES (1, 'one')");
+  db_.Exec("UPDATE items SET name = 'uno' WHERE id = 1");
+  db_.Exec("DELETE FROM items WHERE id = 1");
+  db_.Exec("SELECT pg_logical_emit_message(true, 'outbox', '{\"id\": \"m-1\", \"aggregatetype\": \"" + type_ +
+           "\", \"aggregateid\": \"a-1\", \"type\": \"Ping\", \"payload\": {\"x\": 1}}')");
+  const auto changes = ConsumeTopic(SharedServices().kafka_bootstrap, items_topic, 3, 60s);
+  const auto messages = ConsumeTopic(SharedServices().kafka_bootstrap, "outbox.event." + type_, 1, 60s);
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  ASSERT_EQ(3u, changes.size()) << outboxd.Log();
+  ASSERT_EQ(1u, messages.size()) << outboxd.Log();
+
+  const std::map<std::string, Json> events = ReadWithSdk(changes);
+  ASSERT_EQ(3u, events.size());
+  std::vector<std::string> ops;
+  for (const KafkaRecord& r : changes) {
+    const std::string id =
+        std::find_if(r.headers.begin(), r.headers.end(), [](const auto& h) { return h.first == "id"; })->second;
+    ASSERT_TRUE(events.contains(id)) << id;
+    const Json& event = events.at(id);
+    const std::string op = event["data"].value("op", "");
+    ops.push_back(op);
+    EXPECT_EQ("outboxd.change." + op, event["attributes"].value("type", ""));
+    EXPECT_EQ("/outboxd/public.items", event["attributes"].value("source", ""));
+    EXPECT_EQ("items", event["data"]["source"].value("table", ""));
+    // time is the commit time, the envelope's ts_ms.
+    EXPECT_EQ(PythonIsoFormat(event["data"].value("ts_ms", int64_t{0})), event["attributes"].value("time", ""));
+  }
+  EXPECT_EQ((std::vector<std::string>{"c", "u", "d"}), ops);
+
+  const std::map<std::string, Json> message = ReadWithSdk(messages);
+  ASSERT_TRUE(message.contains("m-1"));
+  const Json& ping = message.at("m-1");
+  EXPECT_EQ("Ping", ping["attributes"].value("type", ""));
+  EXPECT_EQ("/outboxd/messages", ping["attributes"].value("source", ""));
+  EXPECT_EQ("a-1", ping["attributes"].value("subject", ""));
+  EXPECT_EQ(Json::parse(R"({"x": 1})"), ping["data"]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, CloudEventsInteropTest, ::testing::Values("binary", "structured"));

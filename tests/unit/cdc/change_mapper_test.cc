@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "pipeline/cloudevents.h"
 #include "pipeline/router.h"
 
 namespace outboxd {
@@ -54,7 +55,8 @@ Json J(std::string_view text) { return Json::parse(text); }
 
 class ChangeMapperTest : public ::testing::Test {
  protected:
-  ChangeMapper mapper_{ChangeMapperOptions{.database = "app", .topic_prefix = "pg", .key_columns = {}, .types = {}}};
+  ChangeMapper mapper_{ChangeMapperOptions{
+      .database = "app", .topic_prefix = "pg", .key_columns = {}, .types = {}, .format = {}, .cloudevents_source = {}}};
 
   Record Insert(const RelationRef& rel, TupleData row, uint64_t index = 0) {
     return Ok(mapper_.MapInsert({rel, std::move(row)}, kTx, index));
@@ -159,10 +161,57 @@ TEST_F(ChangeMapperTest, SqlNullIsJsonNull) {
 }
 
 TEST_F(ChangeMapperTest, TopicPrefixIsConfigurable) {
-  ChangeMapper m(ChangeMapperOptions{.database = "app", .topic_prefix = "cdc.prod", .key_columns = {}, .types = {}});
+  ChangeMapper m(ChangeMapperOptions{.database = "app",
+                                     .topic_prefix = "cdc.prod",
+                                     .key_columns = {},
+                                     .types = {},
+                                     .format = {},
+                                     .cloudevents_source = {}});
   auto r = m.MapInsert({Orders(), Tuple({T("1"), N(), N()})}, kTx, 0);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ("cdc.prod.public.orders", r->topic);
+}
+
+// A CloudEvents format wraps the same change envelope: data is the envelope,
+// type says the operation, id and time are the change's.
+TEST_F(ChangeMapperTest, CloudEventsBinaryWrapsTheEnvelope) {
+  const Record debezium = Insert(Orders(), Tuple({T("1"), N(), N()}), 3);
+  ChangeMapper m(ChangeMapperOptions{.database = "app",
+                                     .topic_prefix = "pg",
+                                     .key_columns = {},
+                                     .types = {},
+                                     .format = EventFormat::kCloudEventsBinary,
+                                     .cloudevents_source = {}});
+  auto r = m.MapInsert({Orders(), Tuple({T("1"), N(), N()})}, kTx, 3);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(debezium.value, r->value);
+  EXPECT_EQ(debezium.key, r->key);
+  const std::string id = *debezium.headers.at(0).value;
+  const std::vector<Header> expected = {
+      {"ce_specversion", "1.0"},
+      {"ce_id", id},
+      {"ce_source", "/outboxd/public.orders"},
+      {"ce_type", "outboxd.change.c"},
+      {"ce_time", Rfc3339Utc(*debezium.timestamp_ms)},
+      {"content-type", "application/json"},
+      {"id", id},
+  };
+  EXPECT_EQ(expected, r->headers);
+}
+
+TEST_F(ChangeMapperTest, CloudEventsStructuredWithAConfiguredSource) {
+  ChangeMapper m(ChangeMapperOptions{.database = "app",
+                                     .topic_prefix = "pg",
+                                     .key_columns = {},
+                                     .types = {},
+                                     .format = EventFormat::kCloudEventsStructured,
+                                     .cloudevents_source = "/inventory"});
+  auto r = m.MapInsert({Orders(), Tuple({T("1"), N(), N()})}, kTx, 0);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const Json v = Value(*r);
+  EXPECT_EQ("/inventory", v["source"]);
+  EXPECT_EQ("outboxd.change.c", v["type"]);
+  EXPECT_EQ("c", v["data"]["op"]);
 }
 
 TEST_F(ChangeMapperTest, EmptyNamespaceIsPgCatalog) {
@@ -208,8 +257,12 @@ TEST_F(ChangeMapperTest, NoKeyColumnsMeansANullKafkaKey) {
 TEST_F(ChangeMapperTest, ConfiguredKeyColumnsOverrideTheReplicaIdentity) {
   // REPLICA IDENTITY FULL flags every column as key; the primary key is "id".
   auto rel = Relation("public", "orders", {Key("id", kInt4), Key("note", kText)}, RelationMsg::ReplicaIdentity::kFull);
-  ChangeMapper m(ChangeMapperOptions{
-      .database = "app", .topic_prefix = "pg", .key_columns = {{"public.orders", {"id"}}}, .types = {}});
+  ChangeMapper m(ChangeMapperOptions{.database = "app",
+                                     .topic_prefix = "pg",
+                                     .key_columns = {{"public.orders", {"id"}}},
+                                     .types = {},
+                                     .format = {},
+                                     .cloudevents_source = {}});
   auto r = m.MapInsert({rel, Tuple({T("5"), T("n")})}, kTx, 0);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ(R"({"id":5})", r->key);
@@ -217,8 +270,12 @@ TEST_F(ChangeMapperTest, ConfiguredKeyColumnsOverrideTheReplicaIdentity) {
 }
 
 TEST_F(ChangeMapperTest, AConfiguredKeyColumnTheTableLacksIsAnError) {
-  ChangeMapper m(ChangeMapperOptions{
-      .database = "app", .topic_prefix = "pg", .key_columns = {{"public.orders", {"nope"}}}, .types = {}});
+  ChangeMapper m(ChangeMapperOptions{.database = "app",
+                                     .topic_prefix = "pg",
+                                     .key_columns = {{"public.orders", {"nope"}}},
+                                     .types = {},
+                                     .format = {},
+                                     .cloudevents_source = {}});
   EXPECT_CONTAINS(Error(m.MapInsert({Orders(), Tuple({T("1"), N(), N()})}, kTx, 0)), "key column \"nope\"");
 }
 

@@ -670,6 +670,25 @@ TEST_F(ConfigTest, CloudEventsMistakes) {
                 "without it)");
 }
 
+TEST_F(ConfigTest, CloudEventsDefaultSourceIsAUriReferenceForAnyTableName) {
+  Config c = Valid("[[outbox]]\ntable = 'app.\"Line Items\"'\nformat = \"cloudevents-binary\"\n" + kPostgres + kKafka);
+  EXPECT_EQ("/outboxd/app.%22Line%20Items%22", c.outboxes.at(0).cloudevents.source);
+}
+
+TEST_F(ConfigTest, CdcFormatAndSource) {
+  Config c = Valid(kCdc + "format = \"cloudevents-structured\"\n[cdc.cloudevents]\nsource = \"/inventory\"\n" +
+                   kPostgres + kKafka);
+  EXPECT_EQ(EventFormat::kCloudEventsStructured, c.cdc->format);
+  EXPECT_EQ(std::optional<std::string>("/inventory"), c.cdc->cloudevents_source);
+  EXPECT_EQ(EventFormat::kDebezium, Valid(kCdc + kPostgres + kKafka).cdc->format);
+  EXPECT_EQ(Error(kCdc + "[cdc.cloudevents]\nsource = \"/inventory\"\n" + kPostgres + kKafka),
+            At(3, 1) +
+                ": 'cloudevents' in [cdc]: has no effect with format = \"debezium\" (set format = "
+                "\"cloudevents-binary\" or \"cloudevents-structured\")");
+  EXPECT_EQ(Error(kCdc + "format = \"cloudevents-binary\"\n[cdc.cloudevents]\ntype = \"t\"\n" + kPostgres + kKafka),
+            At(5, 1) + ": unknown key 'type' in [cdc.cloudevents]");
+}
+
 // --- cdc mode -----------------------------------------------------------------
 
 TEST_F(ConfigTest, CdcEveryKeySet) {
