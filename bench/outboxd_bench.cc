@@ -113,6 +113,7 @@ struct Options {
   std::string pg_recvlogical;          // empty: PATH, then the server's version's bindir
   std::string transaction_max_wait;    // exactly-once runs: [kafka] transaction_max_wait; empty: outboxd's
   int64_t transaction_max_events = 0;  // exactly-once runs: [kafka] transaction_max_events; 0: outboxd's
+  std::string format;                  // [[outbox]] and [cdc] format; empty: outboxd's ("debezium")
 };
 
 void Usage(const char* argv0) {
@@ -136,6 +137,7 @@ void Usage(const char* argv0) {
       "  --transaction-max-wait D  exactly-once runs: [kafka] transaction_max_wait (default: outboxd's, 20ms)\n"
       "  --transaction-max-events N  exactly-once runs: [kafka] transaction_max_events (default: outboxd's, "
       "10000)\n"
+      "  --format F          outboxd's [[outbox]] and [cdc] format, e.g. cloudevents-binary (default: debezium)\n"
       "  --cdc-async-commit  cdc latency: the writer keeps the server's synchronous_commit = off\n"
       "                      (default: it sets on; off adds up to wal_writer_delay, see bench/README.md)\n"
       "  --pg-recvlogical P  cdc raw limit: pg_recvlogical binary (default: PATH, then\n"
@@ -220,6 +222,8 @@ Options ParseOptions(int argc, char** argv) {
       o.transaction_max_wait = value(i);
     } else if (a == "--transaction-max-events") {
       o.transaction_max_events = static_cast<int64_t>(number(i));
+    } else if (a == "--format") {
+      o.format = value(i);
     } else if (a == "--cdc-async-commit") {
       o.cdc_async_commit = true;
     } else if (a == "--pg-recvlogical") {
@@ -511,6 +515,7 @@ std::string OutboxdToml(const Options& o, const TestDatabase& db, const std::str
   t += "[[outbox]]\ntable = " + Quote(table) + "\n";
   t += "batch_size = " + std::to_string(o.batch_size) + "\n";
   t += "headers = { type = \"type\" }\n";
+  if (!o.format.empty()) t += "format = " + Quote(o.format) + "\n";
   t += extra_outbox_keys;
   return t;
 }
@@ -1294,6 +1299,7 @@ std::string CdcToml(const Options& o, const TestDatabase& db, const CdcNames& n,
   t += std::string("create = ") + (create ? "true" : "false") + "\n";
   t += "tables = [" + Quote(n.table) + "]\ntopic_prefix = " + Quote(n.topic_prefix) + "\n";
   if (!status_interval.empty()) t += "status_interval = " + Quote(status_interval) + "\n";
+  if (!o.format.empty()) t += "format = " + Quote(o.format) + "\n";
   return t;
 }
 
