@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <tuple>
 
 #include "tests/integration/relay_test_support.h"
 
@@ -146,6 +147,29 @@ TEST(Cli, MissingTableAtStartupExits78NamingIt) {
   EXPECT_EQ(78, r.run.exit_code) << r.run.output;
   EXPECT_TRUE(Contains(r.run.output, "\"public.no_such_outbox\" does not exist")) << r.run.output;
   EXPECT_TRUE(Contains(r.run.output, r.path + ":5:1")) << r.run.output;
+}
+
+// A CloudEvents attribute or trace context mapped to a column the table
+// lacks is refused at start-up like any other mapped column.
+TEST(Cli, ACloudEventsColumnTheTableLacksExits78NamingIt) {
+  TestDatabase db;
+  db.Exec(OutboxDdl("outbox"));
+  for (const auto& [name, block, column] :
+       {std::tuple{"ce_extension",
+                   "table = \"outbox\"\nformat = \"cloudevents-binary\"\n"
+                   "[outbox.cloudevents.extensions]\ncorrelationid = \"correlation_id\"\n",
+                   "correlation_id"},
+        std::tuple{"ce_type",
+                   "table = \"outbox\"\nformat = \"cloudevents-structured\"\n"
+                   "[outbox.cloudevents]\ntype = \"event_type\"\n",
+                   "event_type"},
+        std::tuple{"traceparent", "table = \"outbox\"\ntraceparent = \"trace_parent\"\n", "trace_parent"}}) {
+    SCOPED_TRACE(name);
+    auto r = RunAgainst(db, name, block);
+    EXPECT_EQ(78, r.run.exit_code) << r.run.output;
+    EXPECT_TRUE(Contains(r.run.output, std::string("\"public.outbox\" has no column \"") + column + "\""))
+        << r.run.output;
+  }
 }
 
 TEST(Cli, MissingColumnAtStartupExits78NamingTableAndColumn) {
