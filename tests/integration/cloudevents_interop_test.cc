@@ -12,7 +12,9 @@
 #include <ctime>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
+#include "common/pg.h"
 #include "tests/integration/relay_test_support.h"
 
 namespace outboxd::testing {
@@ -77,6 +79,40 @@ std::string PythonIsoFormat(int64_t epoch_ms) {
     out += buf;
   }
   return out + "+00:00";
+}
+
+// The CloudEvents id of a record: its ce_id header in binary mode, the
+// envelope's "id" in structured mode; "" when it has neither.
+std::string CloudEventId(const KafkaRecord& r) {
+  for (const auto& [name, value] : r.headers) {
+    if (name == "ce_id") return value;
+  }
+  if (!r.value) return "";
+  const Json envelope = Json::parse(*r.value, nullptr, /*allow_exceptions=*/false);
+  return envelope.is_object() ? envelope.value("id", "") : "";
+}
+
+// Every copy of an event (records with the same CloudEvents id) must be the
+// same record: key, value and headers byte for byte, so a consumer that
+// drops the CloudEvents it has seen by id loses nothing. Returns the ids and
+// prints how many records were copies.
+std::set<std::string> ExpectCopiesIdentical(const std::vector<KafkaRecord>& records) {
+  std::map<std::string, const KafkaRecord*> first;
+  for (const KafkaRecord& r : records) {
+    const std::string id = CloudEventId(r);
+    EXPECT_FALSE(id.empty()) << "record without a CloudEvents id at offset " << r.offset;
+    const auto [it, inserted] = first.emplace(id, &r);
+    if (inserted) continue;
+    const KafkaRecord& original = *it->second;
+    EXPECT_EQ(original.key, r.key) << "id " << id;
+    EXPECT_EQ(original.value, r.value) << "id " << id;
+    EXPECT_EQ(original.headers, r.headers) << "id " << id;
+  }
+  std::cout << "[ stats    ] " << first.size() << " events, " << records.size() << " records, "
+            << records.size() - first.size() << " copies\n";
+  std::set<std::string> ids;
+  for (const auto& [id, record] : first) ids.insert(id);
+  return ids;
 }
 
 class CloudEventsInteropTest : public ::testing::TestWithParam<std::string> {
@@ -171,6 +207,55 @@ TEST_P(CloudEventsInteropTest, TheSdkReadsEveryRecordWithTheAttributesTheRowsHel
   }
 }
 
+// A crash between Kafka's ack and the row's deletion sends the event again;
+// the copy must be the same CloudEvent. A lock holds outboxd's DELETE until
+// it is killed, so every record published before the SIGKILL is sent again.
+TEST_P(CloudEventsInteropTest, AnEventSentAgainAfterSigkillIsTheSameCloudEvent) {
+  constexpr int kRows = 3000;
+  db_.Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, payload, created_ms, trace, state, corr) SELECT '" +
+           type_ + "', 'order-' || g % 7, 'OrderCreated', jsonb_build_object('n', g), 1796680800000 + g, '" +
+           kTraceparent + "', 'congo=t61rcWkgMzE', 'c-' || g FROM generate_series(1, " + std::to_string(kRows) + ") g");
+  std::set<std::string> rows;
+  for (const auto& row : db_.Query("SELECT id::text FROM outbox")) rows.insert(*row[0]);
+  const std::string topic = "outbox.event." + type_;
+  KafkaAdmin().CreateTopic(topic, 3);
+
+  auto lock = PgConn::Connect(db_.conninfo(), std::nullopt, "test-lock");
+  ASSERT_TRUE(lock.ok()) << lock.status().message();
+  ASSERT_TRUE(lock->Exec("BEGIN").ok());
+  ASSERT_TRUE(lock->Exec("LOCK TABLE outbox IN SHARE MODE").ok());
+  OutboxdProcess outboxd(Config());
+  outboxd.Start();
+  auto deletes_waiting = [&] {
+    return db_.QueryInt64(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+        "AND query LIKE 'DELETE%'");
+  };
+  ASSERT_TRUE(WaitUntil([&] { return deletes_waiting() > 0; }, 60s)) << outboxd.Log();
+  outboxd.Kill();
+  (void)outboxd.WaitExit(30s);
+  // Its session, still waiting in the DELETE, goes with it: the rows stay.
+  (void)db_.Query(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND "
+      "wait_event_type = 'Lock' AND query LIKE 'DELETE%'");
+  ASSERT_TRUE(WaitUntil([&] { return deletes_waiting() == 0; }, 30s));
+  ASSERT_TRUE(lock->Exec("COMMIT").ok());
+  const std::size_t before_restart = ConsumeTopic(SharedServices().kafka_bootstrap, topic, 1, 30s).size();
+  ASSERT_GT(before_restart, 0u);
+  ASSERT_EQ(kRows, db_.QueryInt64("SELECT count(*) FROM outbox"));
+
+  outboxd.Start();
+  ASSERT_TRUE(WaitUntil([&] { return db_.QueryInt64("SELECT count(*) FROM outbox") == 0; }, 120s)) << outboxd.Log();
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+
+  const auto records = ConsumeTopic(SharedServices().kafka_bootstrap, topic, kRows + before_restart, 60s);
+  EXPECT_EQ(rows, ExpectCopiesIdentical(records));
+  EXPECT_EQ(kRows + before_restart, records.size()) << "each record published before the SIGKILL, once more";
+  // The SDK reads them all; dropped by id, the copies leave each row once.
+  EXPECT_EQ(rows.size(), ReadWithSdk(records).size());
+}
+
 // The cdc source: row changes of a captured table and a
 // pg_logical_emit_message event, read back by the SDK.
 TEST_P(CloudEventsInteropTest, TheSdkReadsRowChangesAndMessagesOfTheCdcSource) {
@@ -222,6 +307,51 @@ TEST_P(CloudEventsInteropTest, TheSdkReadsRowChangesAndMessagesOfTheCdcSource) {
   EXPECT_EQ("/outboxd/messages", ping["attributes"].value("source", ""));
   EXPECT_EQ("a-1", ping["attributes"].value("subject", ""));
   EXPECT_EQ(Json::parse(R"({"x": 1})"), ping["data"]);
+}
+
+// A crash before the slot is confirmed streams the changes again: each copy
+// must be the same CloudEvent (the id is derived from the commit's LSN).
+// With confirmation held off, every change is sent again.
+TEST_P(CloudEventsInteropTest, AChangeStreamedAgainAfterSigkillIsTheSameCloudEvent) {
+  constexpr std::size_t kTransactions = 20;
+  constexpr std::size_t kRowsEach = 50;
+  db_.Exec("CREATE TABLE items (id int PRIMARY KEY, name text)");
+  std::string db = db_.name();
+  std::transform(db.begin(), db.end(), db.begin(), [](unsigned char c) { return std::tolower(c); });
+  const std::string items_topic = type_ + ".public.items";
+  const std::string messages_topic = "outbox.event." + type_;
+  KafkaAdmin().CreateTopic(items_topic, 3);
+  OutboxdProcess outboxd("[postgres]\nconninfo = \"" + db_.conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" +
+                         SharedServices().kafka_bootstrap + "\"\n[cdc]\nslot = \"s_" + db + "\"\npublication = \"p_" +
+                         db + "\"\ncreate = true\ntables = [\"public.items\"]\ntopic_prefix = \"" + type_ +
+                         "\"\nmessage_prefix = \"outbox\"\nformat = \"cloudevents-" + GetParam() +
+                         "\"\nstatus_interval = \"1h\"\nconfirm_interval = \"1h\"\nconfirm_events = 1000000\n");
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("streaming replication slot", 60s)) << outboxd.Log();
+  for (std::size_t t = 0; t < kTransactions; ++t) {
+    db_.Exec("BEGIN; INSERT INTO items SELECT g, 'item ' || g FROM generate_series(" +
+             std::to_string(t * kRowsEach + 1) + ", " + std::to_string((t + 1) * kRowsEach) +
+             ") g; SELECT pg_logical_emit_message(true, 'outbox', '{\"aggregatetype\": \"" + type_ +
+             "\", \"aggregateid\": \"a-" + std::to_string(t) + "\", \"type\": \"Batch\", \"payload\": {}}'); COMMIT");
+  }
+  constexpr std::size_t kChanges = kTransactions * kRowsEach;
+  ASSERT_EQ(kChanges, ConsumeTopic(SharedServices().kafka_bootstrap, items_topic, kChanges, 60s).size())
+      << outboxd.Log();
+  ASSERT_EQ(kTransactions, ConsumeTopic(SharedServices().kafka_bootstrap, messages_topic, kTransactions, 60s).size())
+      << outboxd.Log();
+  outboxd.Kill();
+  (void)outboxd.WaitExit(30s);
+
+  outboxd.Start();  // waits for the slot the killed session held, then streams again
+  const auto changes = ConsumeTopic(SharedServices().kafka_bootstrap, items_topic, 2 * kChanges, 90s);
+  const auto messages = ConsumeTopic(SharedServices().kafka_bootstrap, messages_topic, 2 * kTransactions, 60s);
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  EXPECT_EQ(2 * kChanges, changes.size()) << "every change, once more\n" << outboxd.Log();
+  EXPECT_EQ(2 * kTransactions, messages.size()) << "every message, once more\n" << outboxd.Log();
+  EXPECT_EQ(kChanges, ExpectCopiesIdentical(changes).size());
+  EXPECT_EQ(kTransactions, ExpectCopiesIdentical(messages).size());
+  EXPECT_EQ(kChanges, ReadWithSdk(changes).size());
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, CloudEventsInteropTest, ::testing::Values("binary", "structured"));
