@@ -30,21 +30,6 @@ std::string QualifiedName(const RelationMsg& rel) {
   return (rel.namespace_name.empty() ? std::string("pg_catalog") : rel.namespace_name) + "." + rel.name;
 }
 
-// The Router for pg_logical_emit_message() events: an [[outbox]] block with
-// Debezium's defaults and [cdc]'s topic and dead-letter topic.
-OutboxTableConfig MessageRouting(const CdcConfig& cdc) {
-  OutboxTableConfig c;
-  c.table = "message prefix \"" + cdc.message_prefix.value_or("") + "\"";
-  c.source = OutboxSource::kCdc;
-  c.topic = cdc.message_topic;
-  c.dead_letter_topic = cdc.dead_letter_topic;
-  c.format = cdc.format;
-  c.cloudevents.source = cdc.cloudevents_source.value_or("/outboxd/messages");
-  c.cloudevents.subject = c.key;
-  c.config_location = cdc.config_location;
-  return c;
-}
-
 }  // namespace
 
 CdcSource::CdcSource(const Config& config)

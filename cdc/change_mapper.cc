@@ -729,6 +729,7 @@ Result<std::optional<OutboxMessage>> ParseOutboxMessage(const LogicalMsg& msg, s
   if (!content.is_object()) return error("content is not a JSON object");
 
   OutboxMessage out;
+  std::vector<std::pair<std::string, std::string>> trace;  // column → value
   for (const auto& [name, value] : content.items()) {
     if (name == "headers") {
       if (value.is_null()) continue;
@@ -736,6 +737,10 @@ Result<std::optional<OutboxMessage>> ParseOutboxMessage(const LogicalMsg& msg, s
       for (const auto& [header, hv] : value.items()) {
         if (header == "id") return error("\"headers\" may not set \"id\"; it comes from the \"id\" member");
         if (!hv.is_string()) return error("header \"" + header + "\" is not a string");
+        if (header == "traceparent" || header == "tracestate") {
+          trace.emplace_back(header == "traceparent" ? kMessageTraceparent : kMessageTracestate, hv.get<std::string>());
+          continue;
+        }
         out.headers.push_back({header, hv.get<std::string>()});
       }
       continue;
@@ -748,6 +753,10 @@ Result<std::optional<OutboxMessage>> ParseOutboxMessage(const LogicalMsg& msg, s
     } else {
       out.row.values.emplace_back(Dump(value));
     }
+  }
+  for (auto& [column, value] : trace) {
+    out.row.columns.push_back(column);
+    out.row.values.emplace_back(std::move(value));
   }
   const auto* id = out.row.Find("id");
   if (id != nullptr && id->has_value() && (*id)->empty()) return error("\"id\" is empty");
@@ -762,6 +771,21 @@ void EnsureMessageId(OutboxMessage& message, Lsn commit_lsn, uint64_t index) {
   }
   message.row.columns.emplace_back("id");
   message.row.values.emplace_back(DeterministicEventId(commit_lsn, index));
+}
+
+OutboxTableConfig MessageRouting(const CdcConfig& cdc) {
+  OutboxTableConfig c;
+  c.table = "message prefix \"" + cdc.message_prefix.value_or("") + "\"";
+  c.source = OutboxSource::kCdc;
+  c.topic = cdc.message_topic;
+  c.dead_letter_topic = cdc.dead_letter_topic;
+  c.format = cdc.format;
+  c.cloudevents.source = cdc.cloudevents_source.value_or("/outboxd/messages");
+  c.cloudevents.subject = c.key;
+  c.traceparent = kMessageTraceparent;
+  c.tracestate = kMessageTracestate;
+  c.config_location = cdc.config_location;
+  return c;
 }
 
 void AppendMessageHeaders(const OutboxMessage& message, Record& record) {

@@ -194,8 +194,17 @@ struct OutboxMessage {
   Row row;
   // The content's optional "headers" object (name → string), in content
   // order, to be appended to the routed Record after the Router's headers.
+  // Its "traceparent" and "tracestate" are not here: they are the message's
+  // trace context, in `row` as kMessageTraceparent and kMessageTracestate,
+  // for the Router to check and carry (a malformed traceparent is dropped
+  // with its tracestate, as from an outbox column).
   std::vector<Header> headers;
 };
+
+// The columns of OutboxMessage::row holding the trace context of the
+// content's "headers"; the message Router's traceparent and tracestate.
+inline constexpr char kMessageTraceparent[] = "headers.traceparent";
+inline constexpr char kMessageTracestate[] = "headers.tracestate";
 
 // Parses pg_logical_emit_message content when `msg.prefix` equals `prefix`;
 // nullopt for any other prefix (not ours: ignored). A non-transactional
@@ -210,6 +219,12 @@ struct OutboxMessage {
 // Gives a message without an "id" (absent or null) the deterministic id of
 // its place in the stream, DeterministicEventId(commit_lsn, index).
 void EnsureMessageId(OutboxMessage& message, Lsn commit_lsn, uint64_t index);
+
+// How message rows are routed: an [[outbox]] block with Debezium's column
+// names and [cdc]'s topic, dead-letter topic, format and CloudEvents source
+// (default "/outboxd/messages"), the key as subject, and the trace context
+// of the content's "headers".
+[[nodiscard]] OutboxTableConfig MessageRouting(const CdcConfig& cdc);
 
 // Appends `message.headers` to a record the Router made of `message.row`.
 void AppendMessageHeaders(const OutboxMessage& message, Record& record);

@@ -273,8 +273,10 @@ TEST_P(CloudEventsInteropTest, TheSdkReadsRowChangesAndMessagesOfTheCdcSource) {
   db_.Exec("INSERT INTO items VALUES (1, 'one')");
   db_.Exec("UPDATE items SET name = 'uno' WHERE id = 1");
   db_.Exec("DELETE FROM items WHERE id = 1");
-  db_.Exec("SELECT pg_logical_emit_message(true, 'outbox', '{\"id\": \"m-1\", \"aggregatetype\": \"" + type_ +
-           "\", \"aggregateid\": \"a-1\", \"type\": \"Ping\", \"payload\": {\"x\": 1}}')");
+  db_.Exec(
+      "SELECT pg_logical_emit_message(true, 'outbox', '{\"id\": \"m-1\", \"aggregatetype\": \"" + type_ +
+      "\", \"aggregateid\": \"a-1\", \"type\": \"Ping\", \"payload\": {\"x\": 1}, \"headers\": {\"traceparent\": \"" +
+      kTraceparent + "\", \"tracestate\": \"congo=t61rcWkgMzE\"}}')");
   const auto changes = ConsumeTopic(SharedServices().kafka_bootstrap, items_topic, 3, 60s);
   const auto messages = ConsumeTopic(SharedServices().kafka_bootstrap, "outbox.event." + type_, 1, 60s);
   outboxd.Terminate();
@@ -307,6 +309,9 @@ TEST_P(CloudEventsInteropTest, TheSdkReadsRowChangesAndMessagesOfTheCdcSource) {
   EXPECT_EQ("/outboxd/messages", ping["attributes"].value("source", ""));
   EXPECT_EQ("a-1", ping["attributes"].value("subject", ""));
   EXPECT_EQ(Json::parse(R"({"x": 1})"), ping["data"]);
+  // The trace context of the message's headers.
+  EXPECT_EQ(kTraceparent, ping["attributes"].value("traceparent", ""));
+  EXPECT_EQ("congo=t61rcWkgMzE", ping["attributes"].value("tracestate", ""));
 }
 
 // A crash before the slot is confirmed streams the changes again: each copy

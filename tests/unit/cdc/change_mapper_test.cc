@@ -552,9 +552,12 @@ class OutboxMessageTest : public ::testing::Test {
     EXPECT_EQ(StatusCode::kPermanent, r.status().code());
     return r.status().message();
   }
-  // Routes like poll mode with the default (Debezium) [[outbox]] mapping.
-  Record Route(const OutboxMessage& m) {
-    auto router = Router::Create(OutboxTableConfig{});
+  // Routes as the cdc source does ([cdc] defaults: the Debezium [[outbox]]
+  // mapping), in `format`.
+  Record Route(const OutboxMessage& m, EventFormat format = EventFormat::kDebezium) {
+    CdcConfig cdc;
+    cdc.format = format;
+    auto router = Router::Create(MessageRouting(cdc));
     EXPECT_TRUE(router.ok());
     auto rec = router->Route(m.row);
     EXPECT_TRUE(rec.ok()) << rec.status().message();
@@ -599,8 +602,36 @@ TEST_F(OutboxMessageTest, ANullPayloadIsATombstone) {
 
 TEST_F(OutboxMessageTest, HeadersAreAppendedAfterTheRoutersInContentOrder) {
   Record r = Route(Parse(R"({"id":"e1","aggregatetype":"A","aggregateid":"1","payload":{},)"
-                         R"("headers":{"traceparent":"00-ab-cd-01","b":"2"}})"));
-  EXPECT_EQ((std::vector<Header>{{"id", "e1"}, {"traceparent", "00-ab-cd-01"}, {"b", "2"}}), r.headers);
+                         R"("headers":{"z":"1","b":"2"}})"));
+  EXPECT_EQ((std::vector<Header>{{"id", "e1"}, {"z", "1"}, {"b", "2"}}), r.headers);
+}
+
+constexpr char kTraceparent[] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+TEST_F(OutboxMessageTest, TheTraceContextOfTheHeadersIsCarriedOnce) {
+  const std::string content =
+      std::string(R"({"id":"e1","aggregatetype":"A","aggregateid":"1","type":"T","payload":{},)") +
+      R"("headers":{"h":"v","tracestate":"congo=t61rcWkgMzE","traceparent":")" + kTraceparent + R"("}})";
+  const OutboxMessage m = Parse(content);
+  EXPECT_EQ((std::vector<Header>{{"h", "v"}}), m.headers);
+  EXPECT_EQ((std::vector<Header>{
+                {"id", "e1"}, {"traceparent", kTraceparent}, {"tracestate", "congo=t61rcWkgMzE"}, {"h", "v"}}),
+            Route(m).headers);
+  const Record binary = Route(m, EventFormat::kCloudEventsBinary);
+  auto has = [&](const std::string& name, const std::string& value) {
+    return std::find(binary.headers.begin(), binary.headers.end(), Header{name, value}) != binary.headers.end();
+  };
+  EXPECT_TRUE(has("ce_traceparent", kTraceparent));
+  EXPECT_TRUE(has("ce_tracestate", "congo=t61rcWkgMzE"));
+  EXPECT_TRUE(has("traceparent", kTraceparent));
+}
+
+TEST_F(OutboxMessageTest, AMalformedTraceparentInTheHeadersIsDroppedWithItsTracestate) {
+  for (const char* traceparent : {"00-ab-cd-01", "", "00-00000000000000000000000000000000-b7ad6b7169203331-01"}) {
+    const Record r = Route(Parse(std::string(R"({"id":"e1","aggregatetype":"A","aggregateid":"1","payload":{},)") +
+                                 R"("headers":{"traceparent":")" + traceparent + R"(","tracestate":"a=1"}})"));
+    EXPECT_EQ((std::vector<Header>{{"id", "e1"}}), r.headers) << traceparent;
+  }
 }
 
 TEST_F(OutboxMessageTest, AMessageWithoutIdGetsTheDeterministicIdOfItsPlace) {
