@@ -916,7 +916,7 @@ CdcSource::Routed CdcSource::RouteInsert(const InsertMsg& msg, uint64_t index) {
     routed.record.headers.push_back({"id", DeterministicEventId(tx_->commit_lsn, index)});
     return routed;
   }
-  auto record = outbox_routers_.at(name).Route(*row);
+  auto record = outbox_routers_.at(name).Route(*row, tx_->commit_time_us / 1000);
   if (!record.ok()) {
     routed.error = record.status().Prefixed("outbox table \"" + name + "\"");
     // What the dead-letter record can still carry.
@@ -944,7 +944,7 @@ std::optional<CdcSource::Routed> CdcSource::RouteMessage(const LogicalMsg& msg, 
   }
   OutboxMessage& message = **parsed;
   EnsureMessageId(message, tx.commit_lsn, index);
-  auto record = message_router_->Route(message.row);
+  auto record = message_router_->Route(message.row, tx.commit_time_us / 1000);
   if (!record.ok()) {
     routed.error = record.status().Prefixed("logical decoding message at " + msg.lsn.ToString());
     routed.record.headers.push_back({"id", **message.row.Find("id")});

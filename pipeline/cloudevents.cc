@@ -92,13 +92,13 @@ void EncodeCloudEvent(const CloudEventAttributes& a, EventFormat format, Record&
     if (a.time_ms) headers.push_back({"ce_time", Rfc3339Utc(*a.time_ms)});
     if (a.subject) headers.push_back({"ce_subject", *a.subject});
     for (const auto& [name, value] : a.extensions) headers.push_back({"ce_" + name, value});
-    if (a.datacontenttype) headers.push_back({"content-type", *a.datacontenttype});
+    if (a.datacontenttype && record.value) headers.push_back({"content-type", *a.datacontenttype});
   } else {
     std::string json = "{\"specversion\":\"1.0\",\"id\":" + JsonString(a.id) + ",\"source\":" + JsonString(a.source) +
                        ",\"type\":" + JsonString(a.type);
     if (a.time_ms) json += ",\"time\":\"" + Rfc3339Utc(*a.time_ms) + "\"";
     if (a.subject) json += ",\"subject\":" + JsonString(*a.subject);
-    if (a.datacontenttype) json += ",\"datacontenttype\":" + JsonString(*a.datacontenttype);
+    if (a.datacontenttype && record.value) json += ",\"datacontenttype\":" + JsonString(*a.datacontenttype);
     for (const auto& [name, value] : a.extensions) json += ",\"" + name + "\":" + JsonString(value);
     if (record.value) {
       // The data as it is when it is JSON (a jsonb column's text always is):

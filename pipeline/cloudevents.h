@@ -11,7 +11,8 @@
 // JSON object, "content-type: application/cloudevents+json; charset=UTF-8",
 // with the data embedded as JSON when datacontenttype is JSON and the data
 // parses as JSON, else as "data_base64"; the key stays. In both modes the
-// record's other headers stay, after the CloudEvents ones.
+// record's other headers stay, after the CloudEvents ones. An event without
+// data (a NULL payload) has no datacontenttype in either mode.
 
 #include <cstdint>
 #include <optional>

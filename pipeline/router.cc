@@ -138,7 +138,7 @@ Result<CloudEventAttributes> Router::Attributes(const Row& row, const Record& re
   return a;
 }
 
-Result<Record> Router::Route(const Row& row) const {
+Result<Record> Router::Route(const Row& row, std::optional<int64_t> commit_time_ms) const {
   Record rec;
   auto topic = topic_.Render(row);
   if (!topic.ok()) return topic.status();
@@ -174,6 +174,7 @@ Result<Record> Router::Route(const Row& row) const {
       rec.timestamp_ms = ms;
     }
   }
+  if (!rec.timestamp_ms) rec.timestamp_ms = commit_time_ms;
   if (config_.format == EventFormat::kDebezium) {
     AddTraceContext(row, rec, nullptr);
     return rec;

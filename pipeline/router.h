@@ -10,6 +10,8 @@
 //
 // Immutable after construction; safe to share between threads.
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,7 +59,10 @@ class Router {
 
   // A permanent error means this row can never be published as it is (NULL id
   // or routing column, illegal topic); the message names the column.
-  [[nodiscard]] Result<Record> Route(const Row& row) const;
+  // `commit_time_ms`, when the source knows it (cdc), is the event's time
+  // (record timestamp, CloudEvents "time") unless the timestamp column gives
+  // one: the same on every replay.
+  [[nodiscard]] Result<Record> Route(const Row& row, std::optional<int64_t> commit_time_ms = std::nullopt) const;
 
  private:
   Router(const OutboxTableConfig& config, TopicTemplate topic);

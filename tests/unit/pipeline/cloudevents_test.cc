@@ -85,6 +85,17 @@ TEST(CloudEventsTest, StructuredModeWithoutDataHasNoDataMember) {
   EXPECT_EQ(std::string::npos, r.value->find("\"data_base64\":")) << *r.value;
 }
 
+// datacontenttype describes the data: an event without data has none (the
+// JavaScript SDK refuses to parse a JSON content type with no value).
+TEST(CloudEventsTest, AnEventWithoutDataHasNoDataContentType) {
+  Record binary = DataRecord(std::nullopt);
+  EncodeCloudEvent(Attributes(), EventFormat::kCloudEventsBinary, binary);
+  for (const Header& h : binary.headers) EXPECT_NE("content-type", h.name);
+  Record structured = DataRecord(std::nullopt);
+  EncodeCloudEvent(Attributes(), EventFormat::kCloudEventsStructured, structured);
+  EXPECT_EQ(std::string::npos, structured.value->find("datacontenttype")) << *structured.value;
+}
+
 TEST(CloudEventsTest, AttributesAreEscapedAsJsonStrings) {
   Record r = DataRecord("{}");
   CloudEventAttributes a = Attributes();

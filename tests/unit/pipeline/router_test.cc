@@ -161,6 +161,27 @@ TEST_F(RouterTest, TimestampColumnInEpochMilliseconds) {
   EXPECT_EQ(StatusCode::kPermanent, RouteError(config_, r).code());
 }
 
+TEST_F(RouterTest, TheCommitTimeIsTheTimeUnlessTheTimestampColumnHasOne) {
+  config_.format = EventFormat::kCloudEventsBinary;
+  config_.cloudevents.source = "/s";
+  auto router = Router::Create(config_);
+  ASSERT_TRUE(router.ok());
+  auto rec = router->Route(OutboxRow(), 1796680800123);
+  ASSERT_TRUE(rec.ok()) << rec.status().message();
+  EXPECT_EQ(std::optional<int64_t>(1796680800123), rec->timestamp_ms);
+  EXPECT_NE(rec->headers.end(),
+            std::find(rec->headers.begin(), rec->headers.end(), Header{"ce_time", "2026-12-07T22:00:00.123Z"}));
+
+  config_.timestamp = "created_ms";
+  router = Router::Create(config_);
+  ASSERT_TRUE(router.ok());
+  Row row = OutboxRow();
+  Set(row, "created_ms", std::string("1700000000123"));
+  EXPECT_EQ(std::optional<int64_t>(1700000000123), router->Route(row, 1796680800123)->timestamp_ms);
+  Set(row, "created_ms", std::nullopt);
+  EXPECT_EQ(std::optional<int64_t>(1796680800123), router->Route(row, 1796680800123)->timestamp_ms);
+}
+
 // --- CloudEvents and trace context --------------------------------------------
 
 TEST_F(RouterTest, CloudEventsBinaryTakesItsAttributesFromTheRow) {
