@@ -18,6 +18,7 @@ test_pkgs=(
   postgresql postgresql-client kcat maven openjdk-17-jre-headless
   procps util-linux iproute2 python3
   python3-venv   # the CloudEvents SDK (PyPI) for the interop tests, in a venv
+  nodejs   # the CloudEvents JavaScript SDK (npm) for the interop tests; npm below
   curl prometheus   # the metrics test scrapes /metrics and runs promtool (the service is not started)
   openssl   # tests/harness/certs.sh makes the TLS tests' certificates
   clang-14 libclang-rt-14-dev   # libFuzzer targets (tests/fuzz), ThreadSanitizer builds (--tsan)
@@ -34,6 +35,9 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm: Debian's package, unless a Node.js that brings its own (as
+# NodeSource's nodejs does, which Debian's npm would conflict with) has it.
+if [[ $what == all ]] && ! command -v npm >/dev/null 2>&1; then missing+=(npm); fi
 if ((${#missing[@]})); then
   sudo_cmd=()
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)

@@ -1,28 +1,67 @@
 #!/usr/bin/env bash
-# Prints the path of a Python interpreter that has the official CloudEvents
-# Python SDK (PyPI "cloudevents", pinned below), for the interop tests'
-# consumer (cloudevents_read.py beside this script). The SDK is installed
-# from PyPI into a virtual environment under
-# ${OUTBOXD_CACHE_DIR:-$HOME/.cache/outboxd}/cloudevents-sdk-VERSION once;
-# later runs reuse it. Needs Debian's python3 and python3-venv
-# (scripts/install-deps.sh).
+# Installs an official CloudEvents SDK for the interop tests' consumers
+# (cloudevents_read.py and cloudevents_read.js beside this script) once, and
+# prints, as its last line, what a consumer needs to use it:
+#
+#   cloudevents-sdk.sh [python]   the path of a Python interpreter with PyPI
+#                                 "cloudevents" (in a virtual environment)
+#   cloudevents-sdk.sh javascript the node_modules directory holding npm
+#                                 "cloudevents", for NODE_PATH
+#
+# Both are pinned below and cached under
+# ${OUTBOXD_CACHE_DIR:-$HOME/.cache/outboxd}/cloudevents-{sdk,js}-VERSION;
+# later runs reuse them. Needs Debian's python3 and python3-venv, and Node.js
+# with npm (scripts/install-deps.sh).
 set -euo pipefail
-version=2.2.0
-cache_dir=${OUTBOXD_CACHE_DIR:-${HOME:-/tmp}/.cache/outboxd}/cloudevents-sdk-$version
-python=$cache_dir/bin/python3
-if [[ -x $python ]] && "$python" -c 'import cloudevents.core.bindings.kafka' 2>/dev/null; then
-  echo "$python"
-  exit 0
-fi
-mkdir -p "$(dirname "$cache_dir")"
-rm -rf "$cache_dir"
-# Built aside and moved in place, so that tests running at once never see a
-# half-installed one (a venv's interpreter finds its packages where it is).
-work=$(mktemp -d "$cache_dir.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-# Debian's interpreter, not whatever python3 comes first on PATH.
-/usr/bin/python3 -m venv "$work" >&2
-"$work/bin/python3" -m pip install --quiet --disable-pip-version-check "cloudevents==$version" >&2
-mv -T "$work" "$cache_dir" 2>/dev/null || true  # another run may have won
-"$python" -c 'import cloudevents.core.bindings.kafka'
-echo "$python"
+language=${1:-python}
+python_version=2.2.0
+javascript_version=8.0.3  # the newest that supports Node.js 18 (Debian 12) and 20
+cache_root=${OUTBOXD_CACHE_DIR:-${HOME:-/tmp}/.cache/outboxd}
+
+# Builds into a fresh directory beside $1 with the command given after it,
+# then moves it into place, so that tests running at once never see a
+# half-installed one.
+install_aside() {
+  local target=$1
+  shift
+  mkdir -p "$(dirname "$target")"
+  rm -rf "$target"
+  work=$(mktemp -d "$target.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  "$@" "$work"
+  mv -T "$work" "$target" 2>/dev/null || true  # another run may have won
+}
+
+case $language in
+  python)
+    cache_dir=$cache_root/cloudevents-sdk-$python_version
+    python=$cache_dir/bin/python3
+    ready() { [[ -x $python ]] && "$python" -c 'import cloudevents.core.bindings.kafka' 2>/dev/null; }
+    install() {
+      # Debian's interpreter, not whatever python3 comes first on PATH. A
+      # venv's interpreter finds its packages where the venv is: the moved
+      # one works.
+      /usr/bin/python3 -m venv "$1" >&2
+      "$1/bin/python3" -m pip install --quiet --disable-pip-version-check "cloudevents==$python_version" >&2
+    }
+    ready || install_aside "$cache_dir" install
+    "$python" -c 'import cloudevents.core.bindings.kafka'
+    echo "$python"
+    ;;
+  javascript)
+    cache_dir=$cache_root/cloudevents-js-$javascript_version
+    modules=$cache_dir/node_modules
+    ready() { NODE_PATH=$modules node -e 'require("cloudevents").Kafka.toEvent' 2>/dev/null; }
+    install() {
+      npm install --prefix "$1" --no-audit --no-fund --no-save --loglevel=error \
+        "cloudevents@$javascript_version" >&2
+    }
+    ready || install_aside "$cache_dir" install
+    NODE_PATH=$modules node -e 'require("cloudevents").Kafka.toEvent'
+    echo "$modules"
+    ;;
+  *)
+    echo "cloudevents-sdk.sh: unknown language \"$language\" (python or javascript)" >&2
+    exit 2
+    ;;
+esac

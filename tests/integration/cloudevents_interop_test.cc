@@ -25,17 +25,24 @@ using Json = nlohmann::json;
 
 constexpr char kTraceparent[] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-// The interpreter with the SDK (installed once, then cached).
-std::string SdkPython() {
-  const CommandResult r = RunCommand({"bash", HarnessScript("cloudevents-sdk.sh")}, 600s);
+enum class Sdk : uint8_t { kPython, kJavaScript };
+
+// The command line of a consumer on the official SDK of `sdk` (the SDK is
+// installed once by cloudevents-sdk.sh, then cached).
+std::vector<std::string> SdkReader(Sdk sdk) {
+  const bool python = sdk == Sdk::kPython;
+  const CommandResult r =
+      RunCommand({"bash", HarnessScript("cloudevents-sdk.sh"), python ? "python" : "javascript"}, 600s);
   if (r.exit_code != 0) throw HarnessError("cloudevents-sdk.sh failed:\n" + r.output);
   std::string path = r.output;
   while (!path.empty() && path.back() == '\n') path.pop_back();
-  return path.substr(path.rfind('\n') + 1);
+  path = path.substr(path.rfind('\n') + 1);
+  if (python) return {path, HarnessScript("cloudevents_read.py")};
+  return {"env", "NODE_PATH=" + path, "node", HarnessScript("cloudevents_read.js")};
 }
 
-// What the SDK made of each record, by CloudEvents id.
-std::map<std::string, Json> ReadWithSdk(const std::vector<KafkaRecord>& records) {
+// What the SDK of `sdk` made of each record, by CloudEvents id.
+std::map<std::string, Json> ReadWithSdk(const std::vector<KafkaRecord>& records, Sdk sdk) {
   std::string lines;
   for (const KafkaRecord& r : records) {
     Json headers = Json::array();
@@ -50,8 +57,8 @@ std::map<std::string, Json> ReadWithSdk(const std::vector<KafkaRecord>& records)
                  .dump() +
              "\n";
   }
-  const CommandResult r = RunCommand({SdkPython(), HarnessScript("cloudevents_read.py")}, 60s, lines);
-  EXPECT_EQ(0, r.exit_code) << r.output;
+  const CommandResult r = RunCommand(SdkReader(sdk), 60s, lines);
+  EXPECT_EQ(0, r.exit_code) << (sdk == Sdk::kPython ? "Python" : "JavaScript") << " SDK: " << r.output;
   std::map<std::string, Json> events;
   std::size_t start = 0;
   while (start < r.output.size()) {
@@ -64,6 +71,44 @@ std::map<std::string, Json> ReadWithSdk(const std::vector<KafkaRecord>& records)
     events[id] = std::move(event);
   }
   return events;
+}
+
+// Milliseconds since the epoch of an RFC 3339 time in UTC as either SDK
+// prints it ("…T22:00:00.123000+00:00", "…T22:00:00.123Z").
+int64_t InstantMillis(const std::string& text) {
+  std::tm tm{};
+  const char* rest = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+  if (rest == nullptr) return -1;
+  int64_t ms = static_cast<int64_t>(timegm(&tm)) * 1000;
+  if (*rest == '.') {
+    int64_t scale = 100;
+    for (++rest; std::isdigit(static_cast<unsigned char>(*rest)) != 0; ++rest, scale /= 10) ms += (*rest - '0') * scale;
+  }
+  return std::string_view(rest) == "Z" || std::string_view(rest) == "+00:00" ? ms : -1;
+}
+
+// Both SDKs read the records and must agree on every event (times compared
+// as instants); returns what the Python SDK made of them.
+std::map<std::string, Json> ReadWithSdks(const std::vector<KafkaRecord>& records) {
+  std::map<std::string, Json> python = ReadWithSdk(records, Sdk::kPython);
+  const std::map<std::string, Json> javascript = ReadWithSdk(records, Sdk::kJavaScript);
+  EXPECT_EQ(python.size(), javascript.size());
+  auto comparable = [](Json event) {
+    Json& attributes = event["attributes"];
+    if (attributes.contains("time")) attributes["time"] = InstantMillis(attributes["time"].get<std::string>());
+    event.erase("offset");
+    return event;
+  };
+  for (const auto& [id, event] : python) {
+    const auto js = javascript.find(id);
+    if (js == javascript.end()) {
+      ADD_FAILURE() << "the JavaScript SDK did not read event " << id;
+      continue;
+    }
+    EXPECT_EQ(comparable(event), comparable(js->second))
+        << "Python: " << event.dump() << "\nJavaScript: " << js->second.dump();
+  }
+  return python;
 }
 
 // An instant as Python's datetime.isoformat() prints what the SDK parsed.
@@ -163,7 +208,7 @@ TEST_P(CloudEventsInteropTest, TheSdkReadsEveryRecordWithTheAttributesTheRowsHel
   outboxd.Terminate();
   EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
 
-  const std::map<std::string, Json> events = ReadWithSdk(records);
+  const std::map<std::string, Json> events = ReadWithSdks(records);
   ASSERT_EQ(3u, events.size());
   for (const auto& [id, key, type, time] :
        {std::tuple{created, "order-1", "OrderCreated", "2026-12-07T22:00:00.123000+00:00"},
@@ -254,7 +299,7 @@ TEST_P(CloudEventsInteropTest, AnEventSentAgainAfterSigkillIsTheSameCloudEvent) 
   EXPECT_EQ(rows, ExpectCopiesIdentical(records));
   EXPECT_EQ(kRows + before_restart, records.size()) << "each record published before the SIGKILL, once more";
   // The SDK reads them all; dropped by id, the copies leave each row once.
-  EXPECT_EQ(rows.size(), ReadWithSdk(records).size());
+  EXPECT_EQ(rows.size(), ReadWithSdks(records).size());
 }
 
 // The cdc source: row changes of a captured table and a
@@ -285,7 +330,7 @@ TEST_P(CloudEventsInteropTest, TheSdkReadsRowChangesAndMessagesOfTheCdcSource) {
   ASSERT_EQ(3u, changes.size()) << outboxd.Log();
   ASSERT_EQ(1u, messages.size()) << outboxd.Log();
 
-  const std::map<std::string, Json> events = ReadWithSdk(changes);
+  const std::map<std::string, Json> events = ReadWithSdks(changes);
   ASSERT_EQ(3u, events.size());
   std::vector<std::string> ops;
   for (const KafkaRecord& r : changes) {
@@ -303,7 +348,7 @@ TEST_P(CloudEventsInteropTest, TheSdkReadsRowChangesAndMessagesOfTheCdcSource) {
   }
   EXPECT_EQ((std::vector<std::string>{"c", "u", "d"}), ops);
 
-  const std::map<std::string, Json> message = ReadWithSdk(messages);
+  const std::map<std::string, Json> message = ReadWithSdks(messages);
   ASSERT_TRUE(message.contains("m-1"));
   const Json& ping = message.at("m-1");
   EXPECT_EQ("Ping", ping["attributes"].value("type", ""));
@@ -359,7 +404,7 @@ TEST_P(CloudEventsInteropTest, AChangeStreamedAgainAfterSigkillIsTheSameCloudEve
   EXPECT_EQ(2 * kTransactions, messages.size()) << "every message, once more\n" << outboxd.Log();
   EXPECT_EQ(kChanges, ExpectCopiesIdentical(changes).size());
   EXPECT_EQ(kTransactions, ExpectCopiesIdentical(messages).size());
-  EXPECT_EQ(kChanges, ReadWithSdk(changes).size());
+  EXPECT_EQ(kChanges, ReadWithSdks(changes).size());
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, CloudEventsInteropTest, ::testing::Values("binary", "structured"));
