@@ -407,6 +407,52 @@ TEST_P(CloudEventsInteropTest, AChangeStreamedAgainAfterSigkillIsTheSameCloudEve
   EXPECT_EQ(kChanges, ReadWithSdks(changes).size());
 }
 
+// An outbox table captured by the cdc source (source = "cdc"): its rows are
+// the same CloudEvents as polled ones, and without a timestamp column their
+// time is the commit time.
+TEST_P(CloudEventsInteropTest, TheSdksReadAnOutboxTableCapturedByCdc) {
+  std::string db = db_.name();
+  std::transform(db.begin(), db.end(), db.begin(), [](unsigned char c) { return std::tolower(c); });
+  OutboxdProcess outboxd("[postgres]\nconninfo = \"" + db_.conninfo() + "\"\n[kafka]\nbootstrap_servers = \"" +
+                         SharedServices().kafka_bootstrap + "\"\n[cdc]\nslot = \"s_" + db + "\"\npublication = \"p_" +
+                         db + "\"\ncreate = true\n[[outbox]]\ntable = \"public.outbox\"\nsource = \"cdc\"\n" +
+                         "format = \"cloudevents-" + GetParam() +
+                         "\"\ntraceparent = \"trace\"\ntracestate = \"state\"\n[outbox.cloudevents]\nsource = "
+                         "\"/orders-service\"\n[outbox.cloudevents.extensions]\ncorrelationid = \"corr\"\n");
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("streaming replication slot", 60s)) << outboxd.Log();
+  db_.Exec("BEGIN");
+  const std::string created =
+      Insert("order-1", "OrderCreated", "'{\"total\": 12.5}'", "NULL", std::string("'") + kTraceparent + "'", "'c-1'");
+  const std::string paid = Insert("order-2", "OrderPaid", "NULL", "NULL", "'00-bogus'", "NULL");
+  const auto records = ConsumeTopic(SharedServices().kafka_bootstrap, "outbox.event." + type_, 2, 60s);
+  outboxd.Terminate();
+  EXPECT_EQ(0, outboxd.WaitExit(30s)) << outboxd.Log();
+  ASSERT_EQ(2u, records.size()) << outboxd.Log();
+
+  const std::map<std::string, Json> events = ReadWithSdks(records);
+  ASSERT_TRUE(events.contains(created) && events.contains(paid)) << outboxd.Log();
+  for (const KafkaRecord& r : records) {
+    const Json& a = events.at(CloudEventId(r))["attributes"];
+    EXPECT_EQ("/orders-service", a.value("source", ""));
+    EXPECT_EQ(*r.key, a.value("subject", ""));
+    EXPECT_EQ(*r.key, a.value("partitionkey", ""));
+    // The commit time, as the record's timestamp is.
+    EXPECT_EQ(PythonIsoFormat(r.timestamp_ms), a.value("time", ""));
+  }
+  const Json& first = events.at(created);
+  EXPECT_EQ("OrderCreated", first["attributes"].value("type", ""));
+  EXPECT_EQ(Json::parse(R"({"total": 12.5})"), first["data"]);
+  EXPECT_EQ("c-1", first["attributes"].value("correlationid", ""));
+  EXPECT_EQ(kTraceparent, first["attributes"].value("traceparent", ""));
+  EXPECT_EQ("congo=t61rcWkgMzE", first["attributes"].value("tracestate", ""));
+  const Json& second = events.at(paid);
+  EXPECT_EQ("OrderPaid", second["attributes"].value("type", ""));
+  EXPECT_TRUE(second["data"].is_null()) << second.dump();
+  EXPECT_FALSE(second["attributes"].contains("traceparent")) << second.dump();
+  EXPECT_FALSE(second["attributes"].contains("correlationid")) << second.dump();
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, CloudEventsInteropTest, ::testing::Values("binary", "structured"));
 
 }  // namespace
