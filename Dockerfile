@@ -1,13 +1,21 @@
-# outboxd container image: a build stage with the toolchain, a runtime stage
-# with only the shared libraries outboxd links against.
+# outboxd container image: the Debian package (scripts/package.sh) installed
+# on a slim Debian base, so that the image and the package are one build.
 #
 #   docker build -t outboxd .
 #   docker run --rm -v /path/to/outboxd.toml:/etc/outboxd/outboxd.toml:ro outboxd
 #
-# The image ships no configuration: mount one at /etc/outboxd/outboxd.toml (see
-# config/examples/, copied to /usr/share/doc/outboxd/examples/, and
-# docs/operations.md). outboxd logs to stderr and stops cleanly on SIGTERM; it
-# can run as PID 1 (it does not start child processes).
+# By default the package is built here, in a stage with the toolchain. With a
+# package built already, only the runtime stage runs (the context is a
+# directory holding that .deb; tests/integration/image_test.cc does this):
+#
+#   docker build --build-arg PACKAGE_STAGE=prebuilt -f Dockerfile DIR
+#
+# The image's /etc/outboxd/outboxd.toml configures nothing: mount yours over
+# it (see /usr/share/doc/outboxd/examples/ and docs/operations.md). outboxd
+# logs to stderr and stops cleanly on SIGTERM; it can run as PID 1 (it does not
+# start child processes).
+
+ARG PACKAGE_STAGE=build
 
 FROM debian:bookworm AS build
 WORKDIR /src
@@ -16,45 +24,36 @@ WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
 RUN scripts/install-deps.sh build && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DOUTBOXD_BUILD_TESTS=OFF \
- && cmake --build /build --target outboxd -j"$(nproc)" \
- && /build/daemon/outboxd --version
+RUN scripts/package.sh /build \
+ && mkdir /out && cp /build/outboxd_*.deb /out/
+
+FROM scratch AS prebuilt
+COPY outboxd_*.deb /out/
+
+FROM ${PACKAGE_STAGE} AS package
 
 FROM debian:bookworm-slim
-# Runtime libraries of the build above (Debian bookworm package names): every
-# library outboxd links directly is listed here, not left to arrive as some
-# other package's dependency. tests/integration/package_test.cc checks this
-# list against `ldd` of the built binary (every library it loads must come from
-# one of these packages or their dependencies), so a new library fails the
-# suite before it fails an image. libprometheus-cpp-core1.0: /metrics.
-# libssl3: the HTTP listener's TLS and basic authentication. ca-certificates:
-# TLS to PostgreSQL (sslrootcert=system is not in bookworm's libpq 15, so
-# point sslrootcert at a file) and to Kafka (librdkafka uses the system CA
-# store). curl: the HEALTHCHECK.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      ca-certificates \
-      curl \
-      libfmt9 \
-      libgcc-s1 \
-      libpq5 \
-      libprometheus-cpp-core1.0 \
-      librdkafka1 \
-      libspdlog1.10 \
-      libssl3 \
-      libstdc++6 \
-      libsystemd0 \
-      libtomlplusplus3 \
- && rm -rf /var/lib/apt/lists/*
+LABEL org.opencontainers.image.title="outboxd" \
+      org.opencontainers.image.description="Relays transactional outbox events from PostgreSQL to Apache Kafka" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.vendor="outboxd developers" \
+      org.opencontainers.image.base.name="debian:bookworm-slim"
 # Fixed ids, so that mounted files can be made readable to the user, and
-# numeric USER, so that Kubernetes' runAsNonRoot can verify it.
+# numeric USER, so that Kubernetes' runAsNonRoot can verify it. Made before
+# the package, whose postinst then keeps them.
 RUN groupadd --system --gid 10001 outboxd \
  && useradd --system --uid 10001 --gid outboxd --no-create-home --home-dir /nonexistent \
-      --shell /usr/sbin/nologin outboxd \
- && install -d -m 0755 /etc/outboxd
-COPY --from=build /build/daemon/outboxd /usr/local/bin/outboxd
-COPY config/examples/ /usr/share/doc/outboxd/examples/
-RUN if ldd /usr/local/bin/outboxd | grep 'not found'; then exit 1; fi \
+      --shell /usr/sbin/nologin outboxd
+# The package's Depends (from dpkg-shlibdeps) bring every library the binary
+# links. ca-certificates: TLS to PostgreSQL and Kafka. curl: the HEALTHCHECK.
+# Documentation other than the copyright files and man pages is left out.
+COPY --from=package /out/ /tmp/outboxd/
+RUN printf 'path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\npath-include /usr/share/doc/outboxd/examples/*\npath-exclude /usr/share/man/*\npath-exclude /usr/share/locale/*\n' \
+      > /etc/dpkg/dpkg.cfg.d/outboxd-slim \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl /tmp/outboxd/outboxd_*.deb \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log /tmp/outboxd \
+ && if ldd /usr/bin/outboxd | grep 'not found'; then exit 1; fi \
  && outboxd --version
 USER 10001:10001
 # /metrics, /healthz and /readyz: the config must listen where the check

@@ -24,6 +24,7 @@ test_pkgs=(
   clang-14 libclang-rt-14-dev   # libFuzzer targets (tests/fuzz), ThreadSanitizer builds (--tsan)
   clang-format-14 clang-tidy-14  # scripts/lint.sh
   lintian groff-base man-db   # the Debian package's checks (tests/integration/deb_package_test.cc)
+  podman debootstrap   # the container image: built and run by tests/integration/image_test.cc
 )
 
 case "$what" in
