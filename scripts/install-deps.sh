@@ -12,6 +12,7 @@ build_pkgs=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libsystemd-dev
   libssl-dev   # the [http] listener's TLS and basic authentication
   libgtest-dev libgmock-dev
+  dpkg-dev file   # scripts/package.sh: CPack's Depends (dpkg-shlibdeps, which needs file)
 )
 # Real services and clients the tests and the demo talk to.
 test_pkgs=(
@@ -25,6 +26,7 @@ test_pkgs=(
   clang-format-14 clang-tidy-14  # scripts/lint.sh
   lintian groff-base man-db   # the Debian package's checks (tests/integration/deb_package_test.cc)
   podman debootstrap   # the container image: built and run by tests/integration/image_test.cc
+  python3-yaml   # tests/integration/deploy_test.cc parses deploy/'s YAML
 )
 
 case "$what" in
