@@ -5,8 +5,12 @@
 # and stops everything again.
 #
 #   scripts/demo.sh          run the demo, then stop and remove everything
+#   scripts/demo.sh --cdc    the same through logical replication: row changes
+#                            of a table and a pg_logical_emit_message event
 #   scripts/demo.sh --keep   leave PostgreSQL, Kafka and outboxd running and
-#                            print how to reach them
+#                            print how to reach them (with or without --cdc)
+#
+# Both end with the highlights of outboxd's /metrics (events published, lag).
 #
 # Environment: DEMO_DIR (default: a new temporary directory) holds the
 # servers' data, outboxd's configuration and its log. Runs as root or as a
@@ -16,11 +20,13 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 keep=0
+mode=poll
 for arg in "$@"; do
   case "$arg" in
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: $0 [--keep]" >&2; exit 64 ;;
+    --cdc) mode=cdc ;;
+    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: $0 [--cdc] [--keep]" >&2; exit 64 ;;
   esac
 done
 
@@ -97,6 +103,7 @@ set -a
 set +a
 psql() { command psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
+setup_poll() {
 step "Creating database demo: the outbox table and its NOTIFY trigger"
 psql -d postgres -c 'CREATE DATABASE demo'
 psql -d demo <<'SQL'
@@ -131,6 +138,9 @@ conninfo = "host=$PGHOST port=$PGPORT dbname=demo user=$PGUSER"
 [kafka]
 bootstrap_servers = "$KAFKA_BOOTSTRAP"
 
+[http]
+listen = "127.0.0.1:$http_port"
+
 [log]
 level = "info"
 
@@ -144,12 +154,49 @@ step "outboxd configuration ($config)"
 cat "$config"
 "$outboxd" check-config -c "$config"
 
-step "Starting outboxd (log: $log)"
-# setsid: with --keep, outboxd outlives this script and its terminal.
-setsid "$outboxd" run -c "$config" </dev/null >"$log" 2>&1 &
-outboxd_pid=$!
-echo "outboxd pid $outboxd_pid"
+}
 
+setup_cdc() {
+step "Creating database demo: a table to capture"
+psql -d postgres -c 'CREATE DATABASE demo'
+psql -d demo <<'SQL'
+CREATE TABLE public.orders (
+  id       int PRIMARY KEY,
+  customer text NOT NULL,
+  total    numeric(10, 2) NOT NULL,
+  status   text NOT NULL DEFAULT 'new'
+);
+SQL
+psql -d demo -c '\d public.orders'
+
+cat >"$config" <<EOF
+# outboxd demo configuration, cdc source (written by scripts/demo.sh --cdc).
+[postgres]
+conninfo = "host=$PGHOST port=$PGPORT dbname=demo user=$PGUSER"
+
+[kafka]
+bootstrap_servers = "$KAFKA_BOOTSTRAP"
+
+[http]
+listen = "127.0.0.1:$http_port"
+
+[log]
+level = "info"
+
+[cdc]
+slot = "outboxd_demo"            # made at start with the publication (create = true)
+publication = "outboxd_demo"
+create = true
+tables = ["public.orders"]       # row changes -> demo.public.orders
+topic_prefix = "demo"
+message_prefix = "outbox"        # pg_logical_emit_message(true, 'outbox', ...) -> outbox.event.<aggregatetype>
+EOF
+step "outboxd configuration ($config)"
+cat "$config"
+"$outboxd" check-config -c "$config"
+}
+
+events_poll() {
 step "Inserting 5 events: 3 for aggregate type order, 2 for customer"
 psql -d demo <<'SQL'
 BEGIN;
@@ -187,6 +234,72 @@ count() { kcat -C -b "$KAFKA_BOOTSTRAP" -t "$1" -o beginning -e -q -f '%o\n' | w
 orders=$(count outbox.event.order)
 customers=$(count outbox.event.customer)
 ((orders == 3 && customers == 2)) || die "expected 3 + 2 records, found $orders + $customers"
+summary="5 events inserted into public.outbox: $orders records on outbox.event.order, $customers on outbox.event.customer"
+}
+
+events_cdc() {
+step "Waiting for outboxd to stream the replication slot"
+deadline=$(awk -v now="$(date +%s)" 'BEGIN { print now + 60 }')
+until grep -q 'streaming replication slot' "$log"; do
+  alive "$outboxd_pid" || die "outboxd exited early"
+  (($(date +%s) < deadline)) || die "outboxd did not start streaming within 60 s"
+  sleep 0.1
+done
+
+step "Changing public.orders (2 inserts, an update, a delete) and emitting an outbox message"
+psql -d demo <<'SQL'
+BEGIN;
+INSERT INTO public.orders (id, customer, total) VALUES (1001, 'c-7', 42.50), (1002, 'c-8', 9.99);
+COMMIT;
+BEGIN;
+UPDATE public.orders SET status = 'paid' WHERE id = 1001;
+DELETE FROM public.orders WHERE id = 1002;
+-- An event without an outbox table: published when, and only if, this commits.
+SELECT pg_logical_emit_message(true, 'outbox',
+  '{"aggregatetype": "order", "aggregateid": "1001", "type": "OrderPaid", "payload": {"orderId": 1001, "amount": 42.50}}');
+COMMIT;
+SQL
+inserted_at=$(date +%s.%N)
+
+# A topic not there yet counts 0.
+count() { { kcat -C -b "$KAFKA_BOOTSTRAP" -t "$1" -o beginning -e -q -f '%o\n' 2>/dev/null || true; } | wc -l; }
+step "Waiting until Kafka has the 4 row changes and the message"
+deadline=$(awk -v now="$(date +%s)" 'BEGIN { print now + 60 }')
+while :; do
+  changes=$(count demo.public.orders)
+  messages=$(count outbox.event.order)
+  ((changes >= 4 && messages >= 1)) && break
+  alive "$outboxd_pid" || die "outboxd exited early"
+  (($(date +%s) < deadline)) || die "after 60 s: $changes of 4 row changes, $messages of 1 message"
+  sleep 0.2
+done
+elapsed=$(awk -v t0="$inserted_at" -v now="$(date +%s.%N)" 'BEGIN { printf "%.2f", now - t0 }')
+echo "in Kafka ${elapsed}s after the commits"
+for topic in demo.public.orders outbox.event.order; do
+  step "Records on $topic (kcat)"
+  kcat -C -b "$KAFKA_BOOTSTRAP" -t "$topic" -o beginning -e -q \
+    -f 'key=%k headers=%h value=%s\n'
+done
+((changes == 4 && messages == 1)) || die "expected 4 + 1 records, found $changes + $messages"
+summary="4 row changes of public.orders on demo.public.orders and 1 message on outbox.event.order"
+}
+
+# A free loopback port for outboxd's /metrics.
+http_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+setup_$mode
+
+step "Starting outboxd (log: $log)"
+# setsid: with --keep, outboxd outlives this script and its terminal.
+setsid "$outboxd" run -c "$config" </dev/null >"$log" 2>&1 &
+outboxd_pid=$!
+echo "outboxd pid $outboxd_pid"
+
+events_$mode
+
+step "outboxd's /metrics, highlights (curl http://127.0.0.1:$http_port/metrics)"
+curl -fsS "http://127.0.0.1:$http_port/metrics" |
+  grep -E '^outboxd_(events_published_total|events_in_flight|outbox_pending_rows|replication_slot_lag_bytes|last_delivery_timestamp_seconds|ready)[{ ]' ||
+  die "no metrics at 127.0.0.1:$http_port"
 
 if ((keep)); then
   succeeded=1
@@ -197,7 +310,8 @@ if ((keep)); then
   Kafka       kcat -b $KAFKA_BOOTSTRAP -L
               kcat -C -b $KAFKA_BOOTSTRAP -t outbox.event.order -f 'key=%k headers=%h value=%s\\n'
   outboxd     pid $outboxd_pid, config $config, log $log
-Insert more rows into public.outbox and watch them arrive. To stop:
+              curl -s http://127.0.0.1:$http_port/metrics
+Insert more rows (poll: public.outbox; --cdc: public.orders) and watch them arrive. To stop:
   kill -TERM $outboxd_pid
   $repo/tests/harness/kafka.sh stop $DEMO_DIR/kafka
   $repo/tests/harness/pg.sh stop $DEMO_DIR/pg
@@ -222,10 +336,9 @@ sed 's/^/  /' "$log"
 
 cat <<EOF
 
-==> Summary
-  5 events inserted into public.outbox in database demo
-  $orders records on outbox.event.order, $customers on outbox.event.customer
-  delivered and deleted ${elapsed}s after the inserts; outboxd stopped cleanly (exit 0)
+==> Summary ($mode)
+  $summary
+  in Kafka ${elapsed}s after the commits; outboxd stopped cleanly (exit 0)
 Stopping Kafka and PostgreSQL and removing their data.
 EOF
 succeeded=1
