@@ -10,6 +10,10 @@
 #
 #   docker build --build-arg PACKAGE_STAGE=prebuilt -f Dockerfile DIR
 #
+# podman (buildah 1.28, Debian 12) skips a stage that only a FROM with the
+# argument's default names: give it explicitly there,
+#   podman build --build-arg PACKAGE_STAGE=build -t outboxd .
+#
 # The image's /etc/outboxd/outboxd.toml configures nothing: mount yours over
 # it (see /usr/share/doc/outboxd/examples/ and docs/operations.md). outboxd
 # logs to stderr and stops cleanly on SIGTERM; it can run as PID 1 (it does not
