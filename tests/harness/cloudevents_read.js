@@ -60,4 +60,8 @@ async function main() {
   return 0;
 }
 
-main().then((code) => process.exit(code));
+// exitCode, not process.exit(): exit() would cut off output still queued for
+// a pipe.
+main().then((code) => {
+  process.exitCode = code;
+});
