@@ -46,7 +46,6 @@ std::vector<std::string> Words(const std::string& text) {
   return words;
 }
 
-
 // The instructions of the last stage (after the last FROM), with continuation
 // lines joined and comment lines dropped, as Docker reads them.
 std::vector<std::string> RuntimeStageInstructions(const std::string& dockerfile) {
