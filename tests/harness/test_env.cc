@@ -529,6 +529,11 @@ void ServiceControl::StartPostgresWithTls(const std::string& cert_dir) {
 }
 std::string HarnessScript(const std::string& name) { return std::string(OUTBOXD_HARNESS_SCRIPTS) + "/" + name; }
 
+std::string ReadTextFile(const std::string& path) {
+  if (::access(path.c_str(), R_OK) != 0) Throw(ErrnoText("cannot read " + path));
+  return ReadFile(path);
+}
+
 std::string ServiceControl::MakeCertificates() {
   std::string certs = info_.dir + "/certs";
   const std::vector<std::string> args = {"bash", std::string(OUTBOXD_HARNESS_SCRIPTS) + "/certs.sh", certs};

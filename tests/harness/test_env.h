@@ -213,6 +213,10 @@ struct KafkaRecord {
 // The path of a script of tests/harness (e.g. "cloudevents-sdk.sh").
 [[nodiscard]] std::string HarnessScript(const std::string& name);
 
+// The whole contents of the file at `path`; throws HarnessError when it
+// cannot be read.
+[[nodiscard]] std::string ReadTextFile(const std::string& path);
+
 // Reads `topic` from the beginning with the real kcat client
 // (`kcat -C -J -e -o beginning`), again and again until at least
 // `expected_at_least` records are there or `deadline` has passed, and returns

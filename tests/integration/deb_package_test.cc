@@ -26,13 +26,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::string LastLine(std::string text) {
   while (!text.empty() && text.back() == '\n') text.pop_back();
   return text.substr(text.rfind('\n') + 1);
@@ -78,7 +71,7 @@ std::set<std::string> HelpWords() {
 }
 
 TEST(DebPackageTest, TheManPageDescribesEveryCommandAndOptionOfTheHelp) {
-  std::string page = ReadFile(std::string(OUTBOXD_SOURCE_DIR) + "/docs/outboxd.1");
+  std::string page = ReadTextFile(std::string(OUTBOXD_SOURCE_DIR) + "/docs/outboxd.1");
   page = std::regex_replace(page, std::regex(R"(\\-)"), "-");  // roff's escaped hyphens
   const std::set<std::string> words = HelpWords();
   EXPECT_GE(words.size(), 10u);
@@ -180,7 +173,7 @@ TEST_F(DebPackageInstallTest, InstallsRemovesAndPurgesCleanly) {
   ASSERT_EQ(0, remove.exit_code) << remove.output;
   EXPECT_NE(0, access("/usr/bin/outboxd", F_OK));
   EXPECT_NE(0, access("/lib/systemd/system/outboxd.service", F_OK));
-  EXPECT_NE(std::string::npos, ReadFile("/etc/outboxd/outboxd.toml").find("# edited by the administrator"));
+  EXPECT_NE(std::string::npos, ReadTextFile("/etc/outboxd/outboxd.toml").find("# edited by the administrator"));
 
   // Purge: the configuration and its directory go.
   const CommandResult purge = Sh({"dpkg", "--purge", "outboxd"});

@@ -35,14 +35,6 @@ Json LoadYaml(const std::string& path) {
   return Json::parse(r.output);
 }
 
-std::string ReadTextFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw HarnessError("cannot read " + path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::string Replace(std::string text, const std::string& from, const std::string& to) {
   for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
     text.replace(at, from.size(), to);

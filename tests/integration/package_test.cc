@@ -24,14 +24,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw HarnessError("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::vector<std::string> Lines(const std::string& text) {
   std::vector<std::string> lines;
   std::istringstream in(text);
@@ -99,7 +91,7 @@ TEST(PackageTest, DockerfileParsing) {
 }
 
 TEST(PackageTest, RuntimeStageRunsAsNonRootWithAHealthCheck) {
-  const auto stage = RuntimeStageInstructions(ReadFile(std::string(OUTBOXD_SOURCE_DIR) + "/Dockerfile"));
+  const auto stage = RuntimeStageInstructions(ReadTextFile(std::string(OUTBOXD_SOURCE_DIR) + "/Dockerfile"));
   std::map<std::string, std::string> last;
   for (const auto& i : stage) last[Words(i).front()] = i;
   ASSERT_TRUE(last.count("USER"));
