@@ -130,30 +130,16 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON public.outbox
 SQL
 psql -d demo -c '\d public.outbox'
 
-cat >"$config" <<EOF
-# outboxd demo configuration (written by scripts/demo.sh).
-[postgres]
-conninfo = "host=$PGHOST port=$PGPORT dbname=demo user=$PGUSER"
+}
 
-[kafka]
-bootstrap_servers = "$KAFKA_BOOTSTRAP"
-
-[http]
-listen = "127.0.0.1:$http_port"
-
-[log]
-level = "info"
-
+config_poll() {
+cat <<'EOF'
 [[outbox]]
 table = "public.outbox"          # Debezium defaults for every column
 headers = { type = "type" }
 timestamp = "created_at"
 notify_channel = "outbox"
 EOF
-step "outboxd configuration ($config)"
-cat "$config"
-"$outboxd" check-config -c "$config"
-
 }
 
 setup_cdc() {
@@ -169,20 +155,10 @@ CREATE TABLE public.orders (
 SQL
 psql -d demo -c '\d public.orders'
 
-cat >"$config" <<EOF
-# outboxd demo configuration, cdc source (written by scripts/demo.sh --cdc).
-[postgres]
-conninfo = "host=$PGHOST port=$PGPORT dbname=demo user=$PGUSER"
+}
 
-[kafka]
-bootstrap_servers = "$KAFKA_BOOTSTRAP"
-
-[http]
-listen = "127.0.0.1:$http_port"
-
-[log]
-level = "info"
-
+config_cdc() {
+cat <<'EOF'
 [cdc]
 slot = "outboxd_demo"            # made at start with the publication (create = true)
 publication = "outboxd_demo"
@@ -191,9 +167,6 @@ tables = ["public.orders"]       # row changes -> demo.public.orders
 topic_prefix = "demo"
 message_prefix = "outbox"        # pg_logical_emit_message(true, 'outbox', ...) -> outbox.event.<aggregatetype>
 EOF
-step "outboxd configuration ($config)"
-cat "$config"
-"$outboxd" check-config -c "$config"
 }
 
 events_poll() {
@@ -287,6 +260,27 @@ summary="4 row changes of public.orders on demo.public.orders and 1 message on o
 # A free loopback port for outboxd's /metrics.
 http_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 setup_$mode
+{
+  cat <<EOF
+# outboxd demo configuration, $mode source (written by scripts/demo.sh).
+[postgres]
+conninfo = "host=$PGHOST port=$PGPORT dbname=demo user=$PGUSER"
+
+[kafka]
+bootstrap_servers = "$KAFKA_BOOTSTRAP"
+
+[http]
+listen = "127.0.0.1:$http_port"
+
+[log]
+level = "info"
+
+EOF
+  config_$mode
+} >"$config"
+step "outboxd configuration ($config)"
+cat "$config"
+"$outboxd" check-config -c "$config"
 
 step "Starting outboxd (log: $log)"
 # setsid: with --keep, outboxd outlives this script and its terminal.
